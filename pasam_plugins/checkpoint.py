@@ -1,0 +1,335 @@
+"""Loading and saving checkpoints.
+
+Formats understood by :func:`load_model` (detected from the file's keys, never its name):
+
+- official SAM ``sam_vit_{b,l,h}_*.pth``: a plain state dict; the variant is read from the
+  image encoder's shapes. Loaded without adapter.
+- official PA-SAM decoder ``epoch_N.pth``: SAM's mask decoder keys plus ``guiding_conv.*``
+  and ``prompt_adapter.*`` without prefix; needs ``sam_checkpoint`` for the rest of SAM.
+- merged ``sam_pa_epoch_N.pth``: a SAM state dict whose ``mask_decoder.*`` holds the above.
+- this project's format: one ``.safetensors`` file whose header metadata holds a JSON
+  document (variant, guide mode, contents, training provenance, version). ``contents`` is
+  ``"full"`` (whole model) or ``"adapter"`` (the trainable decoder parts only; needs
+  ``sam_checkpoint``).
+
+Every ``torch.load`` uses ``weights_only=True``. Errors are :class:`CheckpointError` and name
+the file, what was expected and which keys are missing or unexpected.
+"""
+
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from . import __version__
+from .modeling import ENCODER_CONFIGS, GUIDE_MODES, PASam, build_pasam
+
+FORMAT_NAME = "pasam-plugins"
+FORMAT_VERSION = "1"
+#: decoder parts trained by PA-SAM (reference section 5) = what an adapter file stores
+ADAPTER_PREFIXES = (
+    "guiding_conv.",
+    "prompt_adapter.",
+    "output_upscaling.",
+    "output_hypernetworks_mlps.",
+    "mask_tokens.",
+)
+_MAX_LISTED = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def _fmt_keys(keys: list[str]) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:_MAX_LISTED])
+    more = f" (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
+    return shown + more
+
+
+def _load_strict(
+    module: torch.nn.Module, sd: Mapping[str, Tensor], *, source: str, what: str
+) -> None:
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = [f"{source}: does not match {what}"]
+        if missing:
+            parts.append(f"missing keys: {_fmt_keys(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_fmt_keys(unexpected)}")
+        if wrong:
+            parts.append(f"wrong shapes (file != model): {'; '.join(wrong[:_MAX_LISTED])}")
+        raise CheckpointError("; ".join(parts))
+    module.load_state_dict(sd, strict=True)
+
+
+def _torch_load(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: not a loadable PyTorch checkpoint (expected a state dict of tensors, "
+            f"loaded with weights_only=True): {msg}"
+        ) from exc
+    if isinstance(obj, Mapping):
+        for nested in ("model", "state_dict"):
+            if nested in obj and isinstance(obj[nested], Mapping):
+                obj = obj[nested]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError(
+            f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}"
+        )
+    return dict(obj)
+
+
+def detect_variant(sd: Mapping[str, Tensor], *, source: str = "checkpoint") -> str:
+    """SAM variant from the image encoder's shapes (embed dim and depth)."""
+    key = "image_encoder.patch_embed.proj.weight"
+    if key not in sd:
+        raise CheckpointError(
+            f"{source}: not a SAM checkpoint: expected keys image_encoder.*, prompt_encoder.*, "
+            f"mask_decoder.* (no {key})"
+        )
+    dim = int(sd[key].shape[0])
+    depth = len({m.group(1) for k in sd if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))})
+    for name, cfg in ENCODER_CONFIGS.items():
+        if cfg.embed_dim == dim and cfg.depth == depth:
+            return name
+    raise CheckpointError(
+        f"{source}: image encoder with width {dim} and {depth} blocks matches no known SAM "
+        f"variant ({', '.join(f'{n}: {c.embed_dim}x{c.depth}' for n, c in ENCODER_CONFIGS.items())})"
+    )
+
+
+def load_official_decoder_state_dict(sd: Mapping[str, Tensor], *, source: str) -> dict[str, Tensor]:
+    """Check an official PA-SAM decoder state dict (``epoch_N.pth`` layout) and return it."""
+    if not any(k.startswith("prompt_adapter.") for k in sd):
+        raise CheckpointError(
+            f"{source}: not a PA-SAM decoder checkpoint: no prompt_adapter.* keys "
+            f"(expected the official epoch_N.pth layout)"
+        )
+    reference = build_pasam("vit_tiny", adapter=True).mask_decoder
+    expected = reference.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    if missing or unexpected:
+        parts = [f"{source}: does not match the official PA-SAM decoder layout"]
+        if missing:
+            parts.append(f"missing keys: {_fmt_keys(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_fmt_keys(unexpected)}")
+        raise CheckpointError("; ".join(parts))
+    return dict(sd)
+
+
+def _is_ours(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if len(head) < 8:
+            return False
+        n = int.from_bytes(head, "little")
+        if not 2 <= n <= 100_000_000:
+            return False
+        with open(path, "rb") as f:
+            f.seek(8)
+            return f.read(1) == b"{"
+    except OSError:
+        return False
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Metadata of a checkpoint in this project's format (raises for other files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - any header error
+        raise CheckpointError(
+            f"{path}: not a pasam-plugins .safetensors checkpoint ({exc})"
+        ) from exc
+    if raw.get("format") != FORMAT_NAME or "pasam" not in raw:
+        raise CheckpointError(
+            f"{path}: a safetensors file, but not in the pasam-plugins format "
+            f"(header metadata 'format' is {raw.get('format')!r})"
+        )
+    try:
+        meta = json.loads(raw["pasam"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: corrupt pasam metadata ({exc})") from exc
+    return meta
+
+
+def _resolve_sam(sam_checkpoint: str | Path | None, path: Path, what: str) -> dict[str, Tensor]:
+    sam_checkpoint = sam_checkpoint or os.environ.get("PASAM_SAM_CHECKPOINT")
+    if not sam_checkpoint:
+        raise CheckpointError(
+            f"{path}: {what} holds only decoder weights; give the SAM checkpoint it was "
+            f"trained on (sam_checkpoint= / --sam-checkpoint / PASAM_SAM_CHECKPOINT)"
+        )
+    sam_path = Path(sam_checkpoint)
+    if _is_ours(sam_path):
+        return load_model(sam_path).state_dict()
+    return _torch_load(sam_path)
+
+
+def load_model(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    sam_checkpoint: str | Path | None = None,
+    guide_mode: str | None = None,
+) -> PASam:
+    """Load any supported checkpoint as a :class:`PASam` (see the module docstring).
+
+    Arguments:
+      path: the checkpoint.
+      sam_checkpoint: base SAM weights for files that hold only the decoder.
+      guide_mode: override the guide mode (official files default to ``"reference"``).
+    """
+    path = Path(path)
+    if guide_mode is not None and guide_mode not in GUIDE_MODES:
+        raise CheckpointError(f"guide mode must be one of {GUIDE_MODES}, got {guide_mode!r}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors" or _is_ours(path):
+        model = _load_ours(path, sam_checkpoint=sam_checkpoint, guide_mode=guide_mode)
+        return model.to(device).eval()
+
+    sd = _torch_load(path)
+    source = str(path)
+    if "image_encoder.patch_embed.proj.weight" in sd:
+        variant = detect_variant(sd, source=source)
+        adapter = any(k.startswith("mask_decoder.prompt_adapter.") for k in sd)
+        model = build_pasam(variant, adapter=adapter, guide_mode=guide_mode or "reference")
+        _load_strict(
+            model,
+            sd,
+            source=source,
+            what=f"SAM {variant}" + (" + PA-SAM decoder (merged)" if adapter else ""),
+        )
+    elif "guiding_conv.0.weight" in sd or "prompt_adapter.static_uncertain_token.weight" in sd:
+        dec = load_official_decoder_state_dict(sd, source=source)
+        base = _resolve_sam(sam_checkpoint, path, "an official PA-SAM decoder checkpoint")
+        variant = detect_variant(base, source=str(sam_checkpoint))
+        model = build_pasam(variant, adapter=True, guide_mode=guide_mode or "reference")
+        merged = {k: v for k, v in base.items() if not k.startswith("mask_decoder.")}
+        merged.update({f"mask_decoder.{k}": v for k, v in dec.items()})
+        _load_strict(model, merged, source=source, what=f"SAM {variant} + PA-SAM decoder")
+    else:
+        raise CheckpointError(
+            f"{source}: not a SAM or PA-SAM checkpoint: expected SAM keys (image_encoder.*, "
+            f"prompt_encoder.*, mask_decoder.*), an official PA-SAM decoder (guiding_conv.*, "
+            f"prompt_adapter.*) or a pasam-plugins .safetensors file; found keys like "
+            f"{_fmt_keys(list(sd)[:_MAX_LISTED])}"
+        )
+    model.source = source  # type: ignore[attr-defined]
+    return model.to(device).eval()
+
+
+def _load_ours(path: Path, *, sam_checkpoint: str | Path | None, guide_mode: str | None) -> PASam:
+    meta = read_metadata(path)
+    variant = meta.get("variant")
+    if variant not in ENCODER_CONFIGS:
+        raise CheckpointError(f"{path}: unknown variant {variant!r} in metadata")
+    mode = guide_mode or meta.get("guide_mode", "reference")
+    has_adapter = bool(meta.get("has_adapter", True))
+    try:
+        sd = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot read tensors ({exc})") from exc
+    model = build_pasam(variant, adapter=has_adapter, guide_mode=mode)
+    contents = meta.get("contents", "full")
+    if contents == "adapter":
+        base = _resolve_sam(sam_checkpoint, path, "this adapter file")
+        base_variant = detect_variant(base, source=str(sam_checkpoint))
+        if base_variant != variant:
+            raise CheckpointError(
+                f"{path}: adapter trained on SAM {variant}, but {sam_checkpoint} is SAM {base_variant}"
+            )
+        full = {
+            k: v
+            for k, v in base.items()
+            if not k.startswith("mask_decoder.guiding_conv.")
+            and not k.startswith("mask_decoder.prompt_adapter.")
+        }
+        full.update(sd)
+        sd = full
+    elif contents != "full":
+        raise CheckpointError(f"{path}: unknown contents {contents!r} in metadata")
+    _load_strict(model, sd, source=str(path), what=f"a pasam-plugins {variant} model")
+    model.source = str(path)  # type: ignore[attr-defined]
+    model.metadata = meta  # type: ignore[attr-defined]
+    return model
+
+
+def save_checkpoint(
+    model: PASam,
+    path: str | Path,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    adapter_only: bool = False,
+) -> Path:
+    """Save in this project's format, atomically (temp file in the same directory + rename).
+
+    Arguments:
+      adapter_only: store only the trained decoder parts (needs the base SAM to load).
+      metadata: extra entries (e.g. ``provenance``: dataset, steps, losses).
+    """
+    path = Path(path)
+    if adapter_only and not model.has_adapter:
+        raise ValueError("adapter_only=True, but the model has no adapter")
+    sd = model.state_dict()
+    if adapter_only:
+        sd = {
+            k: v
+            for k, v in sd.items()
+            if any(k.startswith(f"mask_decoder.{p}") for p in ADAPTER_PREFIXES)
+        }
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+    meta: dict[str, Any] = {
+        "variant": model.variant,
+        "guide_mode": model.guide_mode,
+        "has_adapter": model.has_adapter,
+        "contents": "adapter" if adapter_only else "full",
+        "version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if metadata:
+        meta.update(metadata)
+    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "pasam": json.dumps(meta)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

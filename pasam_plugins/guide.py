@@ -1,0 +1,77 @@
+"""The guide input of PA-SAM's dense prompt compensation (image + Canny edges, 4x256x256).
+
+Computed once per image by the predictor (never per click); the network's ``guiding_conv``
+turns it into the 256x64x64 guide.
+"""
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+GUIDE_SIZE = 256
+
+
+def _wrap_to_uint8(x: np.ndarray) -> np.ndarray:
+    """Cast floats to uint8 as numpy does on x86-64: truncate toward zero, wrap modulo 256.
+
+    Written out explicitly so the result does not depend on the platform's float->uint8 cast.
+    """
+    return (np.trunc(x).astype(np.int64) & 0xFF).astype(np.uint8)
+
+
+def reference_guide_input(x_preprocessed: Tensor) -> Tensor:
+    """Guide input exactly as the authors' code builds it (guide mode ``"reference"``).
+
+    Arguments:
+      x_preprocessed (Tensor): 1x3x1024x1024, the output of ``Sam.preprocess``.
+
+    Returns:
+      Tensor: 1x4x256x256 float32: the bilinearly downsampled normalized image and the
+        Canny edges (/255) of its channels cast straight to uint8.
+    """
+    x256 = F.interpolate(
+        x_preprocessed.float(), (GUIDE_SIZE, GUIDE_SIZE), mode="bilinear", align_corners=False
+    )
+    arr = x256[0].permute(1, 2, 0).detach().cpu().numpy()
+    edges = cv2.Canny(_wrap_to_uint8(arr), 10, 100)
+    edges_t = torch.from_numpy(edges).to(x256.device, torch.float32)[None, None] / 255.0
+    return torch.cat([x256, edges_t], dim=1)
+
+
+def image_guide_input(x_preprocessed: Tensor, image_resized_uint8: np.ndarray) -> Tensor:
+    """Guide input following the paper (guide mode ``"image"``): Canny on the 8-bit image.
+
+    Arguments:
+      x_preprocessed (Tensor): 1x3x1024x1024, the output of ``Sam.preprocess``.
+      image_resized_uint8 (np.ndarray): hxwx3 uint8 RGB, the image resized so that its longest
+        side is 1024 (the same geometry as ``x_preprocessed`` before padding).
+
+    Returns:
+      Tensor: 1x4x256x256 float32.
+    """
+    x256 = F.interpolate(
+        x_preprocessed.float(), (GUIDE_SIZE, GUIDE_SIZE), mode="bilinear", align_corners=False
+    )
+    size = x_preprocessed.shape[-1]
+    canvas = np.zeros((size, size, 3), np.uint8)
+    h, w = image_resized_uint8.shape[:2]
+    canvas[:h, :w] = image_resized_uint8
+    small = cv2.resize(canvas, (GUIDE_SIZE, GUIDE_SIZE), interpolation=cv2.INTER_AREA)
+    edges = cv2.Canny(small, 10, 100)
+    edges_t = torch.from_numpy(edges).to(x256.device, torch.float32)[None, None] / 255.0
+    return torch.cat([x256, edges_t], dim=1)
+
+
+def guide_input(
+    mode: str, x_preprocessed: Tensor, image_resized_uint8: np.ndarray | None = None
+) -> Tensor:
+    """Dispatch on the guide mode recorded with the model."""
+    if mode == "reference":
+        return reference_guide_input(x_preprocessed)
+    if mode == "image":
+        if image_resized_uint8 is None:
+            raise ValueError("guide mode 'image' needs the resized uint8 image")
+        return image_guide_input(x_preprocessed, image_resized_uint8)
+    raise ValueError(f"unknown guide mode {mode!r}; use 'reference' or 'image'")

@@ -1,0 +1,530 @@
+"""PA-SAM network: SAM's modules plus the prompt adapter, tensors in and tensors out.
+
+The computation follows ``docs/pasam-reference.md`` (checked against the authors' code).
+Everything here takes and returns tensors; image I/O, Canny edges and prompt transforms live
+in :mod:`pasam_plugins.guide` and :mod:`pasam_plugins.predictor`.
+"""
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import torch
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+from segment_anything.modeling.common import LayerNorm2d
+from segment_anything.modeling.mask_decoder import MLP
+from segment_anything.modeling.transformer import Attention
+from torch import Tensor, nn
+
+GuideMode = Literal["reference", "image"]
+MiningMode = Literal["topk", "gumbel", "off"]
+GUIDE_MODES: tuple[str, ...] = ("reference", "image")
+
+#: number of mined points of each sign (the paper's k)
+NUM_MINED = 4
+
+
+@dataclass
+class DecoderOutput:
+    """Everything the PA-SAM decoder computes for B prompt sets.
+
+    Attributes:
+      masks: Bx1x256x256 low-res logits with the adapter (BxCx256x256 without).
+      iou_predictions: Bx4 (single mask, adapter), Bx1 (multimask, adapter) or BxC (SAM).
+      uncertainty: Bx1x64x64 uncertainty map U in [0, 1] (None without adapter).
+      pa_mask: Bx1x64x64 intermediate mask M_pa (hard selection of R / Mc).
+      coarse_mask: Bx1x64x64 Mc logits.
+      refined_mask: Bx1x64x64 R logits.
+      mined_indices: Bx8 flat cell indices into the 64x64 grid, 4 positive then 4 negative,
+        row-major within each group (None when mining is off or without adapter).
+      mask_index: B indices of the returned mask among the 4 mask tokens.
+    """
+
+    masks: Tensor
+    iou_predictions: Tensor
+    uncertainty: Tensor | None = None
+    pa_mask: Tensor | None = None
+    coarse_mask: Tensor | None = None
+    refined_mask: Tensor | None = None
+    mined_indices: Tensor | None = None
+    mask_index: Tensor | None = None
+
+
+class GuidingConv(nn.Sequential):
+    """Dense prompt compensation: 4x256x256 guide input -> Cx64x64 guide (official layout)."""
+
+    def __init__(self, *, transformer_dim: int = 256, in_chans: int = 4) -> None:
+        super().__init__(
+            nn.Conv2d(in_chans, 64, kernel_size=2, stride=2),
+            LayerNorm2d(64),
+            nn.GELU(),
+            nn.Conv2d(64, transformer_dim, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim),
+            nn.GELU(),
+            nn.Conv2d(transformer_dim, transformer_dim, kernel_size=1),
+        )
+
+
+class PromptAdapter(nn.Module):
+    """The PA-SAM prompt adapter (key names as in the official checkpoint)."""
+
+    def __init__(self, *, transformer_dim: int = 256, num_heads: int = 8) -> None:
+        super().__init__()
+        self.static_uncertain_token = nn.Embedding(1, transformer_dim)
+        self.static_refined_token = nn.Embedding(1, transformer_dim)
+        self.uncertain_mlp = MLP(2 * transformer_dim, 64, transformer_dim, 3)
+        self.refined_mlp = MLP(2 * transformer_dim, 64, transformer_dim, 3)
+        self.cross_attn_token_to_image = Attention(transformer_dim, num_heads, downsample_rate=2)
+
+
+def gumbel_topk(
+    phi: Tensor, k: int, *, tau: float = 1.0, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Differentiable Gumbel top-k over the last dim.
+
+    Arguments:
+      phi (Tensor): BxN scores.
+      k (int): number of selected entries.
+
+    Returns:
+      Tensor: Bxk selected indices, ascending (row-major order).
+      Tensor: Bxk straight-through weights at those indices (1 forward, gradient to ``phi``).
+    """
+    u = torch.rand(phi.shape, generator=generator, device=phi.device, dtype=phi.dtype)
+    tiny = torch.finfo(phi.dtype).tiny
+    gumbel = -torch.log(-torch.log(u.clamp_min(tiny)).clamp_min(tiny))
+    logits = phi + gumbel
+    khot = torch.zeros_like(phi)
+    for _ in range(k):
+        p = torch.softmax(logits / tau, dim=-1)
+        khot = khot + p
+        logits = logits + torch.log((1.0 - p).clamp_min(tiny))
+    idx = torch.topk(khot, k, dim=-1).indices.sort(dim=-1).values
+    hard = torch.zeros_like(khot).scatter_(-1, idx, 1.0)
+    st = hard - khot.detach() + khot
+    return idx, st.gather(-1, idx)
+
+
+class PAMaskDecoder(MaskDecoder):
+    """SAM's mask decoder with an optional PA-SAM prompt adapter in the second block.
+
+    With ``adapter=False`` the module holds exactly SAM's parameters and its forward is
+    SAM's. With the adapter it adds ``guiding_conv`` and ``prompt_adapter`` (the official
+    PA-SAM key names) and inserts the adapter in parallel into transformer block 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: TwoWayTransformer,
+        num_multimask_outputs: int = 3,
+        activation: type[nn.Module] = nn.GELU,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+        adapter: bool = True,
+        num_mined: int = NUM_MINED,
+    ) -> None:
+        super().__init__(
+            transformer_dim=transformer_dim,
+            transformer=transformer,
+            num_multimask_outputs=num_multimask_outputs,
+            activation=activation,
+            iou_head_depth=iou_head_depth,
+            iou_head_hidden_dim=iou_head_hidden_dim,
+        )
+        self.num_mined = num_mined
+        if adapter:
+            self.guiding_conv = GuidingConv(transformer_dim=transformer_dim)
+            self.prompt_adapter = PromptAdapter(
+                transformer_dim=transformer_dim, num_heads=transformer.num_heads
+            )
+        else:
+            self.guiding_conv = None
+            self.prompt_adapter = None
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.prompt_adapter is not None
+
+    def encode_guide(self, guide_input: Tensor) -> Tensor:
+        """Bx4x256x256 guide input -> BxCx64x64 guide ``g``."""
+        if self.guiding_conv is None:
+            raise RuntimeError("this decoder has no PA-SAM adapter")
+        return self.guiding_conv(guide_input)
+
+    def forward(  # type: ignore[override]
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor,
+        multimask_output: bool,
+        *,
+        guide: Tensor | None = None,
+        point_label_embeddings: Tensor | None = None,
+        mining: MiningMode = "topk",
+        use_adapter: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput:
+        """Predict masks for B prompt sets on one image.
+
+        Arguments:
+          image_embeddings (Tensor): 1xCx64x64 image embedding.
+          image_pe (Tensor): 1xCx64x64 dense positional encoding.
+          sparse_prompt_embeddings (Tensor): BxNxC point/box embeddings.
+          dense_prompt_embeddings (Tensor): BxCx64x64 mask embeddings.
+          multimask_output (bool): SAM: masks 1..3; adapter: the best of masks 1..3.
+          guide (Tensor): 1xCx64x64 guide from :meth:`encode_guide` (adapter only).
+          point_label_embeddings (Tensor): 2xC, the prompt encoder's negative and positive
+            point embeddings (``point_embeddings[0]``, ``point_embeddings[1]``).
+          mining (str): ``"topk"`` (inference), ``"gumbel"`` (training) or ``"off"``.
+          use_adapter (bool): False runs plain SAM even when the adapter is loaded.
+
+        Returns:
+          DecoderOutput: see its docstring for shapes.
+        """
+        if not (use_adapter and self.has_adapter):
+            masks, iou = super().forward(
+                image_embeddings,
+                image_pe,
+                sparse_prompt_embeddings,
+                dense_prompt_embeddings,
+                multimask_output,
+            )
+            return DecoderOutput(masks=masks, iou_predictions=iou)
+        if guide is None or point_label_embeddings is None:
+            raise ValueError("the PA-SAM adapter needs `guide` and `point_label_embeddings`")
+        return self._forward_adapter(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            multimask_output,
+            guide,
+            point_label_embeddings,
+            mining,
+            generator,
+        )
+
+    def _forward_adapter(
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse: Tensor,
+        dense: Tensor,
+        multimask_output: bool,
+        guide: Tensor,
+        point_label_embeddings: Tensor,
+        mining: MiningMode,
+        generator: torch.Generator | None,
+    ) -> DecoderOutput:
+        b = sparse.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat((output_tokens.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)
+
+        if image_embeddings.shape[0] != b:
+            image_embeddings = image_embeddings.expand(b, -1, -1, -1)
+        src = image_embeddings + dense
+        _, c, h, w = src.shape
+        keys = src.flatten(2).transpose(1, 2)  # B x HW x C
+        k_pe = image_pe.flatten(2).transpose(1, 2)  # 1 x HW x C
+        g = guide.flatten(2).transpose(1, 2)  # 1|B x HW x C
+
+        transformer = self.transformer
+        layer0, layer1 = transformer.layers[0], transformer.layers[1]
+        q_pe = tokens
+        queries, keys = layer0(queries=tokens, keys=keys, query_pe=q_pe, key_pe=k_pe)
+
+        # --- block 1 with the adapter in parallel ---
+        qq = queries + q_pe
+        queries = layer1.norm1(queries + layer1.self_attn(q=qq, k=qq, v=queries))
+        qq = queries + q_pe
+        a = layer1.cross_attn_token_to_image(q=qq, k=keys + k_pe, v=keys)
+
+        pa = self.prompt_adapter
+        gated = g * keys  # guided gate (CRM): B x HW x C
+        adapted = pa.cross_attn_token_to_image(q=qq, k=gated + k_pe, v=gated)
+        t1 = adapted[:, 1]  # B x C
+        u_tok = pa.uncertain_mlp(
+            torch.cat([pa.static_uncertain_token.weight.expand(b, -1), t1], dim=-1)
+        )
+        r_tok = pa.refined_mlp(
+            torch.cat([pa.static_refined_token.weight.expand(b, -1), t1], dim=-1)
+        )
+        maps = torch.einsum("bnc,bkc->bkn", gated, torch.stack([u_tok, r_tok, t1], dim=1))
+        unc = torch.sigmoid(maps[:, 0])  # B x HW
+        refined, coarse = maps[:, 1], maps[:, 2]
+        pa_mask = torch.where(unc >= 0.5, refined, coarse)
+        adapted = torch.cat([adapted[:, :1], r_tok.unsqueeze(1), adapted[:, 2:]], dim=1)
+
+        keys_g = keys + gated
+        mined = None
+        if mining != "off":
+            phi = unc * (torch.sigmoid(refined) - torch.sigmoid(coarse))  # B x HW
+            k = self.num_mined
+            if mining == "topk":
+                pos = torch.topk(phi, k, dim=-1).indices.sort(dim=-1).values
+                neg = torch.topk(-phi, k, dim=-1).indices.sort(dim=-1).values
+                weights = None
+            elif mining == "gumbel":
+                pos, wpos = gumbel_topk(phi, k, generator=generator)
+                neg, wneg = gumbel_topk(-phi, k, generator=generator)
+                weights = torch.cat([wpos, wneg], dim=1).unsqueeze(-1)
+            else:
+                raise ValueError(f"unknown mining mode {mining!r}; use 'topk', 'gumbel' or 'off'")
+            mined = torch.cat([pos, neg], dim=1)  # B x 2k
+            gather_idx = mined.unsqueeze(-1).expand(-1, -1, c)
+            contents = keys_g.gather(1, gather_idx)
+            pe_b = k_pe.expand(b, -1, -1)
+            label_emb = torch.cat(
+                [
+                    point_label_embeddings[1].expand(k, -1),
+                    point_label_embeddings[0].expand(k, -1),
+                ],
+                dim=0,
+            )
+            encodings = pe_b.gather(1, gather_idx) + label_emb.unsqueeze(0)
+            if weights is not None:
+                contents = contents * weights
+                encodings = encodings * weights
+            adapted = torch.cat([adapted, contents], dim=1)
+            q_pe = torch.cat([q_pe, encodings], dim=1)
+            pad = queries.new_zeros(b, 2 * k, c)
+            a = torch.cat([a, pad], dim=1)
+            queries = torch.cat([queries, pad], dim=1)
+        a = a + adapted
+        keys = keys_g
+
+        queries = layer1.norm2(queries + a)
+        queries = layer1.norm3(queries + layer1.mlp(queries))
+        qq = queries + q_pe
+        kk = keys + k_pe
+        keys = layer1.norm4(keys + layer1.cross_attn_image_to_token(q=kk, k=qq, v=queries))
+
+        for layer in transformer.layers[2:]:  # SAM has two blocks; kept for generality
+            queries, keys = layer(queries=queries, keys=keys, query_pe=q_pe, key_pe=k_pe)
+
+        qq = queries + q_pe
+        attn_out = transformer.final_attn_token_to_image(q=qq, k=keys + k_pe, v=keys)
+        hs = transformer.norm_final_attn(queries + attn_out)
+
+        masks, iou_pred = self._mask_head(hs, keys, b, c, h, w)
+
+        if multimask_output:
+            best = iou_pred[:, 1:].argmax(dim=1) + 1  # B
+            idx4 = best.view(b, 1, 1, 1).expand(-1, 1, *masks.shape[2:])
+            masks = masks.gather(1, idx4)
+            iou_pred = iou_pred.gather(1, best.view(b, 1))
+            mask_index = best
+        else:
+            masks = masks[:, :1]
+            mask_index = torch.zeros(b, dtype=torch.long, device=masks.device)
+
+        def grid(t: Tensor) -> Tensor:
+            return t.view(b, 1, h, w)
+
+        return DecoderOutput(
+            masks=masks,
+            iou_predictions=iou_pred,
+            uncertainty=grid(unc),
+            pa_mask=grid(pa_mask),
+            coarse_mask=grid(coarse),
+            refined_mask=grid(refined),
+            mined_indices=mined,
+            mask_index=mask_index,
+        )
+
+    def _mask_head(
+        self, hs: Tensor, keys: Tensor, b: int, c: int, h: int, w: int
+    ) -> tuple[Tensor, Tensor]:
+        """SAM's mask head: tokens BxTxC, keys BxHWxC -> Bx4x4hx4w logits, Bx4 IoU."""
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
+        src = keys.transpose(1, 2).reshape(b, c, h, w)
+        upscaled = self.output_upscaling(src)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+            dim=1,
+        )
+        bu, cu, hu, wu = upscaled.shape
+        masks = (hyper_in @ upscaled.view(bu, cu, hu * wu)).view(bu, -1, hu, wu)
+        return masks, self.iou_prediction_head(iou_token_out)
+
+
+class PASam(Sam):
+    """SAM with a PA-SAM mask decoder.
+
+    Attributes:
+      guide_mode (str): how the guide input is built from the image (``"reference"`` for
+        the official checkpoint, ``"image"`` for adapters trained with this project).
+      variant (str): the builder name (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``).
+    """
+
+    mask_decoder: PAMaskDecoder
+
+    def __init__(
+        self,
+        *,
+        image_encoder: ImageEncoderViT,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: PAMaskDecoder,
+        pixel_mean: list[float] | None = None,
+        pixel_std: list[float] | None = None,
+        guide_mode: GuideMode = "reference",
+        variant: str = "custom",
+    ) -> None:
+        super().__init__(
+            image_encoder=image_encoder,
+            prompt_encoder=prompt_encoder,
+            mask_decoder=mask_decoder,
+            pixel_mean=pixel_mean or [123.675, 116.28, 103.53],
+            pixel_std=pixel_std or [58.395, 57.12, 57.375],
+        )
+        if guide_mode not in GUIDE_MODES:
+            raise ValueError(f"guide_mode must be one of {GUIDE_MODES}, got {guide_mode!r}")
+        self.guide_mode = guide_mode
+        self.variant = variant
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.mask_decoder.has_adapter
+
+    def point_label_embeddings(self) -> Tensor:
+        """2xC: the prompt encoder's negative (row 0) and positive (row 1) point embeddings."""
+        pe = self.prompt_encoder.point_embeddings
+        return torch.cat([pe[0].weight, pe[1].weight], dim=0)
+
+    def decode(
+        self,
+        image_embeddings: Tensor,
+        *,
+        guide: Tensor | None,
+        points: tuple[Tensor, Tensor] | None = None,
+        boxes: Tensor | None = None,
+        mask_input: Tensor | None = None,
+        multimask_output: bool = False,
+        mining: MiningMode = "topk",
+        use_adapter: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput:
+        """Prompt encoder + decoder for B prompt sets on one image.
+
+        Arguments:
+          image_embeddings (Tensor): 1xCx64x64.
+          guide (Tensor): 1xCx64x64 guide (None without adapter).
+          points (tuple): BxNx2 coordinates in the 1024-px input frame and BxN labels.
+          boxes (Tensor): Bx4 boxes in the 1024-px input frame.
+          mask_input (Tensor): Bx1x256x256 low-res mask logits.
+        """
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.mask_decoder(
+            image_embeddings,
+            self.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            multimask_output,
+            guide=guide,
+            point_label_embeddings=self.point_label_embeddings(),
+            mining=mining,
+            use_adapter=use_adapter,
+            generator=generator,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# builders
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+
+
+ENCODER_CONFIGS: dict[str, EncoderConfig] = {
+    "vit_h": EncoderConfig(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_l": EncoderConfig(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_b": EncoderConfig(768, 12, 12, (2, 5, 8, 11)),
+    # small config for CPU tests: same code paths, 2 narrow blocks
+    "vit_tiny": EncoderConfig(64, 2, 2, (1,)),
+}
+
+
+def _build(variant: str, *, adapter: bool, guide_mode: GuideMode) -> PASam:
+    if variant not in ENCODER_CONFIGS:
+        raise ValueError(f"unknown variant {variant!r}; known: {sorted(ENCODER_CONFIGS)}")
+    cfg = ENCODER_CONFIGS[variant]
+    prompt_embed_dim = 256
+    image_size = 1024
+    vit_patch_size = 16
+    image_embedding_size = image_size // vit_patch_size
+    model = PASam(
+        image_encoder=ImageEncoderViT(
+            depth=cfg.depth,
+            embed_dim=cfg.embed_dim,
+            img_size=image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=cfg.num_heads,
+            patch_size=vit_patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=cfg.global_attn_indexes,
+            window_size=14,
+            out_chans=prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=prompt_embed_dim,
+            image_embedding_size=(image_embedding_size, image_embedding_size),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=PAMaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=prompt_embed_dim, mlp_dim=2048, num_heads=8
+            ),
+            transformer_dim=prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+            adapter=adapter,
+        ),
+        guide_mode=guide_mode,
+        variant=variant,
+    )
+    return model.eval()
+
+
+def build_pasam(
+    variant: str = "vit_b",
+    *,
+    adapter: bool = True,
+    guide_mode: GuideMode = "reference",
+    checkpoint: str | None = None,
+) -> PASam:
+    """Build a PA-SAM model; with ``checkpoint`` load it through :func:`load_model`."""
+    if checkpoint is not None:
+        from .checkpoint import load_model
+
+        model = load_model(checkpoint)
+        if model.variant != variant:
+            raise ValueError(
+                f"{checkpoint}: holds a {model.variant} model, but {variant} was asked for"
+            )
+        return model
+    return _build(variant, adapter=adapter, guide_mode=guide_mode)
+
+
+pasam_model_registry = {
+    name: partial(build_pasam, name) for name in ("vit_b", "vit_l", "vit_h", "vit_tiny")
+}
+pasam_model_registry["default"] = pasam_model_registry["vit_h"]

@@ -1,0 +1,408 @@
+"""``PASamPredictor``: ``SamPredictor``'s interface plus PA-SAM's uncertainty and mined points."""
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch import Tensor
+from torch.nn import functional as F
+
+from .cache import CacheEntry, EmbeddingCache, image_key
+from .guide import guide_input
+from .imageio import DEFAULT_PERCENTILES, normalize_image
+from .modeling import DecoderOutput, PASam
+
+
+def select_device(preferred: str | torch.device | None = None) -> torch.device:
+    """``preferred`` if given (``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"``), else the best
+    available of cuda, mps, cpu. Raises ``ValueError`` for a device that is not available."""
+    if preferred not in (None, "", "auto"):
+        dev = torch.device(preferred)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {preferred!r} was asked for, but CUDA is not available")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {preferred!r} was asked for, but MPS is not available")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def model_signature(model: PASam) -> str:
+    """A short hash identifying the weights that determine embeddings and guides.
+
+    Hashes names, shapes and a strided sample (<= 4096 values) of every tensor of the image
+    encoder, the guiding conv and the pixel statistics, plus the guide mode. Cheap even for
+    ViT-H, and different for any two trained models.
+    """
+    h = hashlib.sha256()
+    h.update(f"{model.variant}|{model.guide_mode}|{model.has_adapter}".encode())
+    modules = [("image_encoder", model.image_encoder)]
+    if model.has_adapter:
+        modules.append(("guiding_conv", model.mask_decoder.guiding_conv))
+    tensors: list[tuple[str, Tensor]] = [
+        ("pixel_mean", model.pixel_mean),
+        ("pixel_std", model.pixel_std),
+    ]
+    for prefix, module in modules:
+        tensors += [(f"{prefix}.{k}", v) for k, v in module.state_dict().items()]
+    with torch.no_grad():
+        for name, t in tensors:
+            flat = t.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            sample = flat[::step].float().cpu().numpy()
+            h.update(f"{name}{tuple(t.shape)}".encode())
+            h.update(sample.tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Prediction:
+    """One prompt set's result, in the original image frame.
+
+    Unpacks like ``SamPredictor.predict``: ``masks, scores, low_res_logits = prediction``.
+
+    Attributes:
+      masks: CxHxW bool (or float logits with ``return_logits``).
+      scores: C float32 predicted IoU.
+      low_res_logits: Cx256x256 float32, usable as ``mask_input`` of the next call.
+      uncertainty: HxW float32 in [0, 1] (None without adapter).
+      mined_points: 8x2 float32 (x, y) pixels, 4 positive then 4 negative (None without adapter).
+      mined_labels: 8 int64, 1 positive / 0 negative.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+    uncertainty: np.ndarray | None = None
+    mined_points: np.ndarray | None = None
+    mined_labels: np.ndarray | None = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter((self.masks, self.scores, self.low_res_logits))
+
+
+@dataclass
+class BatchPrediction:
+    """B prompt sets' results as tensors: masks BxCxHxW, scores BxC, low_res_logits
+    BxCx256x256, uncertainty BxHxW, mined_points Bx8x2 (x, y image pixels), mined_labels Bx8.
+    The decoder's raw output (64x64 maps, for training and debugging) is in ``decoder``."""
+
+    masks: Tensor
+    scores: Tensor
+    low_res_logits: Tensor
+    uncertainty: Tensor | None
+    mined_points: Tensor | None
+    mined_labels: Tensor | None
+    decoder: DecoderOutput
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.masks, self.scores, self.low_res_logits))
+
+    def item(self, i: int) -> Prediction:
+        """The i-th prompt set as a numpy :class:`Prediction`."""
+
+        def np_(t: Tensor | None) -> np.ndarray | None:
+            return None if t is None else t[i].detach().cpu().numpy()
+
+        return Prediction(
+            masks=np_(self.masks),  # type: ignore[arg-type]
+            scores=np_(self.scores),  # type: ignore[arg-type]
+            low_res_logits=np_(self.low_res_logits),  # type: ignore[arg-type]
+            uncertainty=np_(self.uncertainty),
+            mined_points=np_(self.mined_points),
+            mined_labels=np_(self.mined_labels),
+        )
+
+
+class PASamPredictor:
+    """Computes the image embedding and guide once, then predicts masks for prompts.
+
+    Arguments:
+      model (PASam): the network (with or without adapter).
+      device (str or None): ``cuda``/``mps``/``cpu``; default: the best available.
+      cache (EmbeddingCache or None): shared embedding cache; default: a private 512 MiB one.
+      autocast_bf16 (bool): run encoder and decoder under bf16 autocast on CUDA.
+      percentiles (tuple): contrast percentiles for non-uint8 images.
+    """
+
+    def __init__(
+        self,
+        model: PASam,
+        *,
+        device: str | torch.device | None = None,
+        cache: EmbeddingCache | None = None,
+        autocast_bf16: bool = False,
+        percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    ) -> None:
+        self._device = select_device(device)
+        self.model = model.to(self._device).eval()
+        self.transform = ResizeLongestSide(model.image_encoder.img_size)
+        self.cache = cache if cache is not None else EmbeddingCache(max_bytes=512 << 20)
+        self.autocast_bf16 = bool(autocast_bf16) and self._device.type == "cuda"
+        self.percentiles = percentiles
+        self.model_signature = model_signature(self.model)
+        self.encoder_runs = 0
+        self.reset_image()
+
+    # ------------------------------------------------------------------ image
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def _autocast(self):
+        if self.autocast_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def reset_image(self) -> None:
+        """Forget the current image (the cache keeps its entry)."""
+        self.is_image_set = False
+        self.features: Tensor | None = None
+        self.guide: Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self.image_key: str | None = None
+
+    def set_image(
+        self, image: np.ndarray, image_format: str = "RGB", *, channel: int | None = None
+    ) -> None:
+        """Embed an image (or take its embedding from the cache).
+
+        Arguments:
+          image (np.ndarray): HxW, HxWx3, HxWx4 or HxWxC; uint8, uint16, int or float
+            (normalized by :func:`pasam_plugins.imageio.normalize_image`).
+          image_format (str): ``"RGB"`` or ``"BGR"`` for 3-channel images.
+          channel (int or None): channel to segment in a multichannel image.
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        rgb = normalize_image(image, channel=channel, percentiles=self.percentiles)
+        if image_format != self.model.image_format:
+            rgb = np.ascontiguousarray(rgb[..., ::-1])
+        key = f"{image_key(rgb)}-{self.model_signature}"
+        entry = self.cache.get(key)
+        if entry is not None:
+            self._use_entry(key, entry)
+            return
+        input_image = self.transform.apply_image(rgb)
+        input_t = torch.as_tensor(input_image, device=self.device).permute(2, 0, 1)[None]
+        self.set_torch_image(input_t.contiguous(), rgb.shape[:2])
+        self.image_key = key
+        self.cache.put(key, self._entry())
+
+    def _entry(self) -> CacheEntry:
+        assert self.features is not None and self.original_size and self.input_size
+        return CacheEntry(self.features, self.guide, self.original_size, self.input_size)
+
+    def _use_entry(self, key: str, entry: CacheEntry) -> None:
+        entry = entry.to(self.device)
+        self.features = entry.embedding
+        self.guide = entry.guide
+        self.original_size = tuple(entry.original_size)  # type: ignore[assignment]
+        self.input_size = tuple(entry.input_size)  # type: ignore[assignment]
+        self.image_key = key
+        self.is_image_set = True
+
+    @torch.no_grad()
+    def set_torch_image(
+        self, transformed_image: Tensor, original_image_size: tuple[int, ...]
+    ) -> None:
+        """Embed an image already resized with ``ResizeLongestSide`` (1x3xhxw, values 0..255).
+
+        Always runs the encoder (no cache lookup), like ``SamPredictor.set_torch_image``.
+        """
+        img_size = self.model.image_encoder.img_size
+        if not (
+            transformed_image.ndim == 4
+            and transformed_image.shape[:2] == (1, 3)
+            and max(*transformed_image.shape[2:]) == img_size
+        ):
+            raise ValueError(
+                f"set_torch_image input must be 1x3xHxW with long side {img_size}, "
+                f"got {tuple(transformed_image.shape)}"
+            )
+        self.reset_image()
+        self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
+        self.input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
+        x = self.model.preprocess(transformed_image.to(self.device).float())
+        with self._autocast():
+            self.features = self.model.image_encoder(x).float()
+        self.encoder_runs += 1
+        if self.model.has_adapter:
+            resized_u8 = None
+            if self.model.guide_mode == "image":
+                resized_u8 = (
+                    transformed_image[0].permute(1, 2, 0).round().clamp(0, 255).byte().cpu().numpy()
+                )
+            gin = guide_input(self.model.guide_mode, x, resized_u8)
+            self.guide = self.model.mask_decoder.encode_guide(gin)
+        self.is_image_set = True
+
+    def set_embedding(
+        self,
+        embedding: Tensor,
+        original_size: tuple[int, int],
+        *,
+        image: np.ndarray | None = None,
+        guide: Tensor | None = None,
+    ) -> None:
+        """Use a precomputed 1xCx64x64 embedding. With the adapter, give either the guide
+        (1xCx64x64) or the HxWx3 uint8 image it is computed from."""
+        self.reset_image()
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.input_size = self.transform.get_preprocess_shape(
+            *self.original_size, self.transform.target_length
+        )
+        self.features = embedding.to(self.device).float()
+        if self.model.has_adapter:
+            if guide is None:
+                if image is None:
+                    raise ValueError("the adapter needs the guide or the image it comes from")
+                resized = self.transform.apply_image(np.ascontiguousarray(image))
+                t = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None].float()
+                with torch.no_grad():
+                    gin = guide_input(self.model.guide_mode, self.model.preprocess(t), resized)
+                    guide = self.model.mask_decoder.encode_guide(gin)
+            self.guide = guide.to(self.device)
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> Tensor:
+        """1xCx64x64 embedding of the current image."""
+        if not self.is_image_set or self.features is None:
+            raise RuntimeError(
+                "An image must be set with .set_image(...) to generate an embedding."
+            )
+        return self.features
+
+    # ------------------------------------------------------------------ prompts
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> Prediction:
+        """Predict one object from prompts in original-image pixels (as ``SamPredictor``).
+
+        Arguments:
+          point_coords (np.ndarray): Nx2 (x, y); point_labels (np.ndarray): N, 1 fg / 0 bg.
+          box (np.ndarray): 4 (x0, y0, x1, y1). mask_input (np.ndarray): 1x256x256 logits.
+          multimask_output (bool): SAM: 3 masks; with the adapter: the best of masks 1..3.
+
+        Returns:
+          Prediction: unpacks to ``masks, scores, low_res_logits``.
+        """
+        self._require_image()
+        assert self.original_size is not None
+        coords_t = labels_t = box_t = mask_t = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be supplied if point_coords is supplied.")
+            pc = np.asarray(point_coords, dtype=np.float64).reshape(-1, 2)
+            pl = np.asarray(point_labels).reshape(-1)
+            if len(pc) != len(pl):
+                raise ValueError(f"{len(pc)} point coordinates but {len(pl)} labels")
+            pc = self.transform.apply_coords(pc, self.original_size)
+            coords_t = torch.as_tensor(pc, dtype=torch.float, device=self.device)[None]
+            labels_t = torch.as_tensor(pl, dtype=torch.int, device=self.device)[None]
+        if box is not None:
+            b = self.transform.apply_boxes(
+                np.asarray(box, dtype=np.float64).reshape(1, 4), self.original_size
+            )
+            box_t = torch.as_tensor(b, dtype=torch.float, device=self.device)
+        if mask_input is not None:
+            mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=self.device)[None]
+        out = self.predict_torch(
+            coords_t, labels_t, box_t, mask_t, multimask_output, return_logits=return_logits
+        )
+        return out.item(0)
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: Tensor | None,
+        point_labels: Tensor | None,
+        boxes: Tensor | None = None,
+        mask_input: Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        *,
+        use_adapter: bool = True,
+    ) -> BatchPrediction:
+        """Predict B objects in one call; prompts already in the 1024-px input frame.
+
+        Arguments:
+          point_coords (Tensor): BxNx2; point_labels (Tensor): BxN.
+          boxes (Tensor): Bx4. mask_input (Tensor): Bx1x256x256.
+          use_adapter (bool): False gives plain SAM's output from the same weights.
+
+        Returns:
+          BatchPrediction: masks BxCxHxW, scores BxC, low_res_logits BxCx256x256,
+            uncertainty BxHxW, mined_points Bx8x2, mined_labels Bx8.
+        """
+        self._require_image()
+        assert self.original_size is not None and self.input_size is not None
+        points = (point_coords, point_labels) if point_coords is not None else None
+        with self._autocast():
+            out = self.model.decode(
+                self.features,
+                guide=self.guide,
+                points=points,
+                boxes=boxes,
+                mask_input=mask_input,
+                multimask_output=multimask_output,
+                use_adapter=use_adapter,
+            )
+        low_res = out.masks.float()
+        iou = out.iou_predictions.float()
+        if out.uncertainty is not None and not multimask_output:
+            iou = iou[:, :1]  # the official single-mask output carries all 4 IoU predictions
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        unc = pts = lbl = None
+        if out.uncertainty is not None:
+            unc = self._upsample(out.uncertainty.float())[:, 0].clamp_(0.0, 1.0)
+            if out.mined_indices is not None:
+                pts, lbl = self._mined_to_pixels(out.mined_indices)
+        return BatchPrediction(masks, iou, low_res, unc, pts, lbl, out)
+
+    def _upsample(self, maps: Tensor) -> Tensor:
+        """Bx1x64x64 -> Bx1xHxW, with the geometry of SAM's mask postprocessing."""
+        img = self.model.image_encoder.img_size
+        x = F.interpolate(maps, (img, img), mode="bilinear", align_corners=False)
+        x = x[..., : self.input_size[0], : self.input_size[1]]
+        if tuple(self.input_size) != tuple(self.original_size):
+            x = F.interpolate(x, self.original_size, mode="bilinear", align_corners=False)
+        return x
+
+    def _mined_to_pixels(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Bx8 flat 64x64 cell indices -> Bx8x2 (x, y) pixels of the original image, clipped
+        to the image, and Bx8 labels (4 positive, then 4 negative)."""
+        grid = self.features.shape[-1]
+        stride = self.model.image_encoder.img_size / grid
+        i = torch.div(idx, grid, rounding_mode="floor").float()
+        j = (idx % grid).float()
+        h, w = self.original_size
+        sy = h / self.input_size[0]
+        sx = w / self.input_size[1]
+        x = ((j + 0.5) * stride * sx).clamp(0, w - 1)
+        y = ((i + 0.5) * stride * sy).clamp(0, h - 1)
+        k = idx.shape[1] // 2
+        labels = torch.cat(
+            [torch.ones(k, dtype=torch.long), torch.zeros(idx.shape[1] - k, dtype=torch.long)]
+        ).to(idx.device)
+        return torch.stack([x, y], dim=-1), labels.expand(idx.shape[0], -1)
