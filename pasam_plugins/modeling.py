@@ -98,7 +98,7 @@ def gumbel_topk(
     """
     u = torch.rand(phi.shape, generator=generator, device=phi.device, dtype=phi.dtype)
     tiny = torch.finfo(phi.dtype).tiny
-    gumbel = -torch.log(-torch.log(u.clamp_min(tiny)).clamp_min(tiny))
+    gumbel = -torch.log((-torch.log(u.clamp_min(tiny))).clamp_min(tiny))
     logits = phi + gumbel
     khot = torch.zeros_like(phi)
     for _ in range(k):

@@ -1,0 +1,171 @@
+"""The network: SAM parity without adapter, batching, mining and Gumbel top-k."""
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import MaskDecoder, Sam
+
+from pasam_plugins.modeling import build_pasam, gumbel_topk, pasam_model_registry
+from pasam_plugins.predictor import PASamPredictor
+from pasam_plugins.testing import make_test_model
+
+
+def _image(h=300, w=420, seed=1):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    img[80:200, 100:300] = (220, 40, 40)
+    return img
+
+
+def _plain_sam_copy(model) -> Sam:
+    """A segment_anything `Sam` (with SAM's own MaskDecoder class) holding the same weights."""
+    dec = model.mask_decoder
+    sam_decoder = MaskDecoder(transformer_dim=dec.transformer_dim, transformer=dec.transformer)
+    sam = Sam(image_encoder=model.image_encoder, prompt_encoder=model.prompt_encoder, mask_decoder=sam_decoder)
+    sam_decoder.load_state_dict(
+        {k: v for k, v in dec.state_dict().items() if not k.startswith(("guiding_conv", "prompt_adapter"))}
+    )
+    return sam.eval()
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("adapter_loaded", [False, True])
+def test_without_adapter_equals_sam_predictor(multimask, adapter_loaded):
+    model = make_test_model(seed=3, adapter=adapter_loaded)
+    sam = _plain_sam_copy(model)
+    image = _image()
+    ref = SamPredictor(sam)
+    ref.set_image(image)
+    ours = PASamPredictor(model, device="cpu")
+    ours.set_image(image)
+    prompts = dict(
+        point_coords=np.array([[150.0, 120.0], [10.0, 290.0]]),
+        point_labels=np.array([1, 0]),
+        box=np.array([90, 70, 310, 210]),
+    )
+    m_ref, s_ref, l_ref = ref.predict(**prompts, multimask_output=multimask)
+    if adapter_loaded:
+        coords = torch.as_tensor(ours.transform.apply_coords(prompts["point_coords"], ours.original_size), dtype=torch.float)[None]
+        labels = torch.as_tensor(prompts["point_labels"])[None]
+        box = torch.as_tensor(ours.transform.apply_boxes(prompts["box"][None], ours.original_size), dtype=torch.float)
+        out = ours.predict_torch(coords, labels, box, None, multimask, use_adapter=False)
+        m, s, low = (t[0].numpy() for t in out)
+    else:
+        m, s, low = ours.predict(**prompts, multimask_output=multimask)
+    assert m.shape == m_ref.shape == (3 if multimask else 1, *image.shape[:2])
+    np.testing.assert_array_equal(m, m_ref)
+    np.testing.assert_allclose(s, s_ref, atol=1e-6)
+    np.testing.assert_allclose(low, l_ref, atol=1e-5)
+
+
+def test_adapter_changes_the_output_and_returns_pa_fields():
+    model = make_test_model(seed=3)
+    pred = PASamPredictor(model, device="cpu")
+    pred.set_image(_image())
+    box = np.array([90, 70, 310, 210])
+    with_adapter = pred.predict(box=box, multimask_output=False)
+    assert with_adapter.masks.shape == (1, 300, 420)
+    assert with_adapter.scores.shape == (1,)
+    assert with_adapter.uncertainty.shape == (300, 420)
+    assert with_adapter.uncertainty.dtype == np.float32
+    assert 0.0 <= with_adapter.uncertainty.min() <= with_adapter.uncertainty.max() <= 1.0
+    assert with_adapter.mined_points.shape == (8, 2)
+    assert with_adapter.mined_labels.tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    b = torch.as_tensor(pred.transform.apply_boxes(box[None], pred.original_size), dtype=torch.float)
+    sam_only = pred.predict_torch(None, None, b, None, False, use_adapter=False)
+    assert not np.allclose(with_adapter.low_res_logits, sam_only.low_res_logits[0].numpy())
+
+
+def test_batched_prompt_sets_equal_separate_calls():
+    torch.manual_seed(0)
+    model = make_test_model(seed=5)
+    pred = PASamPredictor(model, device="cpu")
+    pred.set_image(_image(h=257, w=511))
+    b = 6
+    g = torch.Generator().manual_seed(0)
+    coords = torch.rand(b, 3, 2, generator=g) * 1000
+    labels = torch.randint(0, 2, (b, 3), generator=g)
+    xy0 = torch.rand(b, 2, generator=g) * 500
+    boxes = torch.cat([xy0, xy0 + 20 + torch.rand(b, 2, generator=g) * 400], dim=1)
+    mask_in = torch.randn(b, 1, 256, 256, generator=g)
+    for multimask in (False, True):
+        batched = pred.predict_torch(coords, labels, boxes, mask_in, multimask, return_logits=True)
+        for i in range(b):
+            one = pred.predict_torch(
+                coords[i : i + 1], labels[i : i + 1], boxes[i : i + 1], mask_in[i : i + 1], multimask, return_logits=True
+            )
+            torch.testing.assert_close(batched.masks[i : i + 1], one.masks, atol=2e-4, rtol=1e-4)
+            torch.testing.assert_close(batched.scores[i : i + 1], one.scores, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(batched.uncertainty[i : i + 1], one.uncertainty, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(batched.mined_points[i : i + 1], one.mined_points)
+            assert torch.equal(batched.decoder.mined_indices[i], one.decoder.mined_indices[0])
+
+
+def test_mined_indices_are_top_k_in_row_major_order():
+    model = make_test_model(seed=2)
+    pred = PASamPredictor(model, device="cpu")
+    pred.set_image(_image())
+    out = pred.predict_torch(None, None, torch.tensor([[100.0, 100.0, 700.0, 600.0]]), None, False).decoder
+    unc, r, c = out.uncertainty.flatten(1), out.refined_mask.flatten(1), out.coarse_mask.flatten(1)
+    phi = unc * (torch.sigmoid(r) - torch.sigmoid(c))
+    pos, neg = out.mined_indices[0, :4], out.mined_indices[0, 4:]
+    assert torch.equal(pos, torch.sort(torch.topk(phi[0], 4).indices).values)
+    assert torch.equal(neg, torch.sort(torch.topk(-phi[0], 4).indices).values)
+    # M_pa is the hard selection of R (where U >= 0.5) and Mc
+    torch.testing.assert_close(out.pa_mask, torch.where(out.uncertainty >= 0.5, out.refined_mask, out.coarse_mask))
+
+
+def test_mining_switch_is_an_argument():
+    model = make_test_model(seed=2)
+    emb = torch.randn(1, 256, 64, 64)
+    guide = model.mask_decoder.encode_guide(torch.randn(1, 4, 256, 256))
+    box = torch.tensor([[100.0, 100.0, 700.0, 600.0]])
+    off = model.decode(emb, guide=guide, boxes=box, mining="off")
+    on = model.decode(emb, guide=guide, boxes=box, mining="topk")
+    assert off.mined_indices is None and on.mined_indices.shape == (1, 8)
+    assert not torch.allclose(off.masks, on.masks)
+    with pytest.raises(ValueError, match="mining"):
+        model.decode(emb, guide=guide, boxes=box, mining="sometimes")
+
+
+def test_gumbel_topk_gives_gradients_to_its_input():
+    phi = torch.randn(3, 50, requires_grad=True)
+    idx, w = gumbel_topk(phi, 4, generator=torch.Generator().manual_seed(0))
+    assert idx.shape == (3, 4) and torch.all(idx[:, 1:] > idx[:, :-1])
+    torch.testing.assert_close(w, torch.ones_like(w))  # straight-through: hard forward
+    (w * torch.arange(4.0)).sum().backward()
+    assert phi.grad is not None and phi.grad.abs().sum() > 0
+
+
+def test_gumbel_mining_lets_the_mask_loss_train_the_uncertainty_head():
+    """Only mining connects U to the output mask; top-k is not differentiable, Gumbel is."""
+    model = make_test_model(seed=4)
+    model.train()
+    emb = torch.randn(1, 256, 64, 64)
+    gin = torch.randn(1, 4, 256, 256)
+    box = torch.tensor([[100.0, 100.0, 700.0, 600.0]])
+    grads = {}
+    for mode in ("topk", "gumbel"):
+        model.zero_grad(set_to_none=True)
+        out = model.decode(emb, guide=model.mask_decoder.encode_guide(gin), boxes=box, mining=mode,
+                           generator=torch.Generator().manual_seed(0))
+        out.masks.sigmoid().mean().backward()
+        g = model.mask_decoder.prompt_adapter.uncertain_mlp.layers[0].weight.grad
+        grads[mode] = 0.0 if g is None else float(g.abs().sum())
+    assert grads["topk"] == 0.0
+    assert grads["gumbel"] > 0.0
+
+
+def test_registry_has_the_sam_variants_and_a_tiny_config():
+    assert {"vit_b", "vit_l", "vit_h", "vit_tiny"} <= set(pasam_model_registry)
+    with torch.device("meta"):
+        shapes = {name: pasam_model_registry[name]().image_encoder.patch_embed.proj.weight.shape[0]
+                  for name in ("vit_b", "vit_l", "vit_h")}
+    assert shapes == {"vit_b": 768, "vit_l": 1024, "vit_h": 1280}
+    tiny = build_pasam("vit_tiny")
+    assert sum(p.numel() for p in tiny.image_encoder.parameters()) < 2_000_000
+    with pytest.raises(ValueError, match="unknown variant"):
+        build_pasam("vit_q")
+    with pytest.raises(ValueError, match="guide_mode"):
+        build_pasam("vit_tiny", guide_mode="canny")
