@@ -1,0 +1,99 @@
+"""``pasam serve``: start the Label Studio ML backend.
+
+Also runnable as ``python -m label_studio_backend --checkpoint model.safetensors``.
+Options default to the environment (``PASAM_CHECKPOINT``, ``DEVICE``, ``LABEL_STUDIO_URL``,
+``LABEL_STUDIO_API_KEY``, ``LOCAL_FILES_DOCUMENT_ROOT``, ``PASAM_CACHE_DIR``, ``LOG_LEVEL``,
+``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``, ``HOST``/``PORT``).
+"""
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def serve(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="PA-SAM/SAM weights (default: $PASAM_CHECKPOINT)."),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (default: $HOST or 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: $PORT or 9090).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cuda, cuda:1, mps or cpu (default: $DEVICE or the best).")
+    ] = None,
+    label_studio_url: Annotated[
+        str | None,
+        typer.Option(help="Label Studio URL images are downloaded from ($LABEL_STUDIO_URL)."),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Persistent embedding cache directory ($PASAM_CACHE_DIR).")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="DEBUG, INFO, WARNING ... ($LOG_LEVEL, default INFO).")
+    ] = None,
+) -> None:
+    """Serve PA-SAM to Label Studio (ML backend protocol: /health, /setup, /predict,
+    /webhook, /metrics). The weights are loaded once, at start-up."""
+    from .config import Settings
+
+    try:
+        settings = Settings.from_env(
+            checkpoint=checkpoint,
+            device=device,
+            label_studio_url=label_studio_url,
+            cache_dir=cache_dir,
+            log_level=log_level.upper() if log_level else None,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    host = host or os.environ.get("HOST") or "127.0.0.1"
+    if port is None:
+        try:
+            port = int(os.environ.get("PORT") or 9090)
+        except ValueError:
+            raise typer.BadParameter(f"PORT={os.environ['PORT']!r} is not a number") from None
+    run_server(settings, host=host, port=port)
+
+
+def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090) -> None:
+    """Load the model from ``settings`` and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    from .app import create_app
+    from .model import PASamBackend
+
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    log = logging.getLogger("label_studio_backend")
+    if settings.checkpoint is None:
+        raise typer.BadParameter("no checkpoint: pass --checkpoint or set PASAM_CHECKPOINT")
+    try:
+        backend = PASamBackend.from_settings(settings)
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
+        typer.echo(f"error: cannot load the model: {e}", err=True)
+        raise typer.Exit(2) from None
+    auth = None
+    if settings.basic_auth_user and settings.basic_auth_pass:
+        auth = (settings.basic_auth_user, settings.basic_auth_pass)
+    app = create_app(backend, basic_auth=auth, max_request_bytes=settings.max_request_bytes)
+    log.info(
+        "PA-SAM ML backend %s on %s (device %s) at http://%s:%d",
+        backend.model_version,
+        settings.checkpoint,
+        backend.predictor.device,
+        host,
+        port,
+    )
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+
+
+def main() -> None:
+    """Entry point of ``python -m label_studio_backend``."""
+    typer.run(serve)

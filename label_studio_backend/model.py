@@ -1,0 +1,427 @@
+"""The PA-SAM side of the ML backend: prompts in, brush regions out.
+
+``PASamBackend`` owns one :class:`pasam_plugins.predictor.PASamPredictor` (weights loaded
+once), the shared :class:`pasam_plugins.cache.EmbeddingCache` and the image loader. The
+predictor is used under a lock (one request at a time on the model; downloads, decoding and
+RLE encoding run outside it).
+"""
+
+import hashlib
+import logging
+import statistics
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from pasam_plugins.predictor import PASamPredictor
+
+from .config import Settings
+from .errors import BackendError, BadRequest, InvalidPrompt
+from .images import ImageLoader
+from .labelconfig import ParsedConfig, parse_label_config
+from .prompts import Prompt, interactive_prompt, task_prompts
+from .rle import mask_to_rle
+
+logger = logging.getLogger(__name__)
+
+#: webhook events label-studio-ml forwards to training
+TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
+
+#: ``trainer(event, payload) -> dict``: called on START_TRAINING; its dict is the answer.
+Trainer = Callable[[str, dict], dict]
+
+
+def no_trainer(event: str, payload: dict) -> dict:
+    """Default START_TRAINING hook: fine-tuning is not wired in yet."""
+    return {"status": "no trainer configured"}
+
+
+def band_width(height: int, width: int) -> int:
+    """Half-width of the boundary band: the uncertainty band PA-SAM is trained on,
+    ``round(0.005 x image diagonal)`` pixels, at least 1."""
+    return max(1, round(0.005 * float(np.hypot(height, width))))
+
+
+def boundary_band(mask: np.ndarray, d: int) -> np.ndarray:
+    """Pixels within ``d`` (chessboard distance) of the mask's boundary, on both sides:
+    dilation minus erosion with a (2d+1)x(2d+1) square (= d passes of a 3x3 kernel)."""
+    m = mask.astype(np.uint8)
+    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * d + 1, 2 * d + 1))
+    return cv2.dilate(m, k) > cv2.erode(m, k, borderType=cv2.BORDER_REPLICATE)
+
+
+@dataclass
+class RegionResult:
+    """One predicted object, already encoded for Label Studio."""
+
+    label: str
+    rle: list[int]
+    score: float
+    mean_uncertainty: float | None
+    band_uncertainty_sum: float
+    band_pixels: int
+    area: int
+    region_ids: list[str]
+
+    @property
+    def boundary_uncertainty(self) -> float | None:
+        return self.band_uncertainty_sum / self.band_pixels if self.band_pixels else None
+
+
+def model_version_of(predictor: PASamPredictor) -> str:
+    """A version string that changes exactly when the weights change: the predictor's
+    encoder signature plus a hash of the decoder weights (stable across restarts, so Label
+    Studio keeps predictions instead of re-predicting)."""
+    h = hashlib.sha256(str(predictor.model_signature).encode())
+    with torch.no_grad():
+        for name, t in sorted(predictor.model.mask_decoder.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    variant = getattr(predictor.model, "variant", "sam")
+    return f"pasam-{variant}-{h.hexdigest()[:12]}"
+
+
+class PASamBackend:
+    """PA-SAM predictions in Label Studio's format.
+
+    Arguments:
+      predictor (PASamPredictor): the loaded model.
+      loader (ImageLoader): fetches task images.
+      model_version (str or None): reported to Label Studio; default from the weights.
+      max_batch (int): prompt sets per ``predict_torch`` call.
+      trainer (Trainer or None): START_TRAINING hook (default :func:`no_trainer`).
+    """
+
+    def __init__(
+        self,
+        *,
+        predictor: PASamPredictor,
+        loader: ImageLoader,
+        model_version: str | None = None,
+        max_batch: int = 16,
+        trainer: Trainer | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.loader = loader
+        self.model_version = model_version or model_version_of(predictor)
+        self.max_batch = max(1, int(max_batch))
+        self.trainer: Trainer = trainer or no_trainer
+        self.lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.project_tokens: dict[str, str] = {}
+        self.counters: dict[str, int] = {
+            "setup": 0,
+            "predict_requests": 0,
+            "interactive_requests": 0,
+            "batch_requests": 0,
+            "tasks": 0,
+            "regions": 0,
+            "errors": 0,
+            "webhooks": 0,
+        }
+        self._latency: deque[float] = deque(maxlen=200)
+        self.started = time.time()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, trainer: Trainer | None = None) -> "PASamBackend":
+        """Load the checkpoint once and build the backend."""
+        from pasam_plugins.cache import EmbeddingCache
+        from pasam_plugins.checkpoint import load_model
+
+        if settings.checkpoint is None:
+            raise ValueError("no checkpoint: pass --checkpoint or set PASAM_CHECKPOINT")
+        if not settings.checkpoint.exists():
+            raise ValueError(f"checkpoint not found: {settings.checkpoint}")
+        model = load_model(settings.checkpoint, device="cpu")
+        cache = EmbeddingCache(max_bytes=settings.cache_max_mb << 20, disk_dir=settings.cache_dir)
+        predictor = PASamPredictor(model, device=settings.device, cache=cache)
+        loader = ImageLoader(
+            label_studio_url=settings.label_studio_url,
+            api_key=settings.label_studio_api_key,
+            local_files_root=settings.local_files_root,
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            timeout=settings.download_timeout,
+            cache_bytes=settings.image_cache_max_mb << 20,
+        )
+        return cls(
+            predictor=predictor,
+            loader=loader,
+            model_version=settings.model_version,
+            max_batch=settings.max_batch,
+            trainer=trainer,
+        )
+
+    # ------------------------------------------------------------------ endpoints
+    def setup(self, body: object) -> dict:
+        """``POST /setup``: validate the labeling config, remember the project's token."""
+        body = _object(body, "the /setup body")
+        schema = body.get("schema")
+        if schema is None:
+            raise BadRequest("missing 'schema' (the project's labeling config)")
+        parse_label_config(_string(schema, "schema"))
+        token = body.get("access_token")
+        if isinstance(token, str) and token:
+            self.project_tokens[_project_id(body.get("project"))] = token
+        self._count("setup")
+        return {"model_version": self.model_version}
+
+    def predict(self, body: object) -> dict:
+        """``POST /predict``: interactive (``params.context.result`` present) or batch."""
+        t0 = time.perf_counter()
+        body = _object(body, "the /predict body")
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list):
+            raise BadRequest("missing 'tasks' (a list of Label Studio tasks)")
+        config = parse_label_config(_string(body.get("label_config"), "label_config"))
+        params = body.get("params") or {}
+        if not isinstance(params, dict):
+            raise BadRequest("'params' must be a JSON object")
+        context = params.get("context") or {}
+        if not isinstance(context, dict):
+            raise BadRequest("'params.context' must be a JSON object")
+        regions = context.get("result")
+        if regions is not None and not isinstance(regions, list):
+            raise BadRequest("'params.context.result' must be a list of regions")
+        token = self.project_tokens.get(_project_id(body.get("project")))
+        interactive = bool(regions)
+        for i, task in enumerate(tasks):
+            if not isinstance(task, dict):
+                raise BadRequest(f"tasks[{i}] must be a JSON object")
+        results = [
+            self._predict_task(task, config, regions if interactive else None, token)
+            for task in tasks
+        ]
+        self._count("predict_requests")
+        self._count("interactive_requests" if interactive else "batch_requests")
+        self._count("tasks", len(tasks))
+        self._count("regions", sum(len(r["result"]) for r in results))
+        with self._stats_lock:
+            self._latency.append(time.perf_counter() - t0)
+        return {"results": results, "model_version": self.model_version}
+
+    def webhook(self, body: object) -> tuple[dict, int]:
+        """``POST /webhook``: acknowledge Label Studio events; START_TRAINING calls the
+        trainer hook. Returns (answer, HTTP status)."""
+        body = _object(body, "the /webhook body")
+        event = body.get("action")
+        if not isinstance(event, str) or not event:
+            raise BadRequest("missing 'action' (the Label Studio event name)")
+        self._count("webhooks")
+        if event not in TRAIN_EVENTS:
+            return {"status": "Unknown event", "action": event}, 200
+        if event == "START_TRAINING":
+            result = self.trainer(event, body)
+            if not isinstance(result, dict):
+                result = {"status": "ok", "result": result}
+            return result, 201
+        return {"status": "ok", "action": event}, 201
+
+    def metrics(self) -> dict:
+        """Counters for ``GET /metrics``."""
+        cache = self.predictor.cache
+        with self._stats_lock:
+            lat = list(self._latency)
+            counters = dict(self.counters)
+        return {
+            "model_version": self.model_version,
+            "device": str(self.predictor.device),
+            "uptime_s": round(time.time() - self.started, 1),
+            "encoder_runs": int(self.predictor.encoder_runs),
+            "embedding_cache": {
+                "hits": int(cache.hits),
+                "misses": int(cache.misses),
+                "entries": len(cache),
+                "bytes": int(cache.nbytes),
+                "disk_dir": str(cache.disk_dir) if cache.disk_dir else None,
+            },
+            "images": {"downloads": self.loader.downloads, "local_reads": self.loader.local_reads},
+            "predict_latency_ms_median": round(statistics.median(lat) * 1000, 2) if lat else None,
+            **counters,
+        }
+
+    def count_error(self) -> None:
+        self._count("errors")
+
+    # ------------------------------------------------------------------ internals
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.counters[key] = self.counters.get(key, 0) + n
+
+    def _predict_task(
+        self, task: dict, config: ParsedConfig, regions: list | None, token: str | None
+    ) -> dict:
+        task_id = task.get("id")
+        data = task.get("data")
+        if not isinstance(data, dict) or config.image_key not in data:
+            raise BadRequest(
+                f"task {task_id}: missing data[{config.image_key!r}] (the <Image name="
+                f"{config.image_name!r} value=\"${config.image_key}\"> of the labeling config)"
+            )
+        image = self.loader.load(
+            data[config.image_key],
+            task_id=task_id if isinstance(task_id, int) else None,
+            fallback_token=token,
+        )
+        height, width = image.shape[:2]
+        try:
+            if regions is not None:
+                prompts = [interactive_prompt(regions, config, width, height)]
+            else:
+                prompts = task_prompts(task, config, width, height)
+        except BackendError as e:
+            e.message = f"task {task_id}: {e.message}"
+            raise
+        if not prompts:
+            return {"result": [], "model_version": self.model_version}
+        found = self._segment(image, prompts)
+        result = [self._region(r, config, width, height) for r in found]
+        prediction: dict = {"result": result, "model_version": self.model_version}
+        prediction["score"] = task_score(found)
+        return prediction
+
+    def _segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[RegionResult]:
+        """Run all prompts of one image: one embedding, then batched decoder calls (prompts
+        with the same structure together, ``max_batch`` at a time)."""
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(p.structure, []).append(i)
+        raw: list[tuple | None] = [None] * len(prompts)
+        with self.lock:
+            self.predictor.set_image(image)
+            size = self.predictor.original_size
+            for (n_points, has_box), idx in groups.items():
+                for start in range(0, len(idx), self.max_batch):
+                    chunk = idx[start : start + self.max_batch]
+                    outs = self._decode([prompts[i] for i in chunk], n_points, has_box, size)
+                    for i, out in zip(chunk, outs, strict=True):
+                        raw[i] = out
+        d = band_width(*image.shape[:2])
+        results = []
+        for p, (mask, score, unc) in zip(prompts, raw, strict=True):  # type: ignore[misc]
+            results.append(_region_result(p, mask, score, unc, d))
+        return results
+
+    def _decode(self, prompts: list[Prompt], n_points: int, has_box: bool, size) -> list[tuple]:
+        pred = self.predictor
+        dev = pred.device
+        coords = labels = boxes = None
+        if n_points:
+            pts = torch.as_tensor(np.stack([p.points for p in prompts]), dtype=torch.float, device=dev)
+            coords = pred.transform.apply_coords_torch(pts, size)
+            labels = torch.as_tensor(np.stack([p.point_labels for p in prompts]), dtype=torch.int, device=dev)
+        if has_box:
+            b = torch.as_tensor(np.stack([p.box for p in prompts]), dtype=torch.float, device=dev)
+            boxes = pred.transform.apply_boxes_torch(b, size)
+        # one click alone is ambiguous: let the model pick the best of its 3 masks
+        multimask = n_points == 1 and not has_box
+        out = pred.predict_torch(coords, labels, boxes, None, multimask_output=multimask)
+        best = out.scores.argmax(dim=1)
+        rows = torch.arange(len(prompts), device=best.device)
+        masks = out.masks[rows, best].cpu().numpy().astype(bool)
+        scores = out.scores[rows, best].float().cpu().numpy()
+        unc = out.uncertainty.float().cpu().numpy() if out.uncertainty is not None else None
+        return [
+            (masks[i], float(scores[i]), None if unc is None else unc[i]) for i in range(len(prompts))
+        ]
+
+    def _region(self, r: RegionResult, config: ParsedConfig, width: int, height: int) -> dict:
+        meta: dict = {"area": r.area, "prompt_region_ids": r.region_ids}
+        text = [f"IoU {r.score:.3f}"]
+        if r.mean_uncertainty is not None:
+            meta["mean_uncertainty"] = round(r.mean_uncertainty, 6)
+            text.append(f"uncertainty {r.mean_uncertainty:.3f}")
+        if r.boundary_uncertainty is not None:
+            meta["boundary_uncertainty"] = round(r.boundary_uncertainty, 6)
+        meta["text"] = ", ".join(text)
+        return {
+            "id": uuid.uuid4().hex[:10],
+            "from_name": config.brush_name,
+            "to_name": config.image_name,
+            "type": "brushlabels",
+            "original_width": int(width),
+            "original_height": int(height),
+            "image_rotation": 0,
+            "value": {"format": "rle", "rle": r.rle, "brushlabels": [r.label]},
+            "score": round(r.score, 6),
+            "readonly": False,
+            "meta": meta,
+        }
+
+
+def _region_result(p: Prompt, mask: np.ndarray, score: float, unc: np.ndarray | None, d: int) -> RegionResult:
+    area = int(mask.sum())
+    mean_u = None
+    band_sum, band_n = 0.0, 0
+    if unc is not None:
+        mean_u = float(unc[mask].mean()) if area else float(unc.mean())
+        if area:
+            band = boundary_band(mask, d)
+            band_n = int(band.sum())
+            band_sum = float(unc[band].sum(dtype=np.float64))
+    return RegionResult(
+        label=p.label,
+        rle=mask_to_rle(mask),
+        score=score,
+        mean_uncertainty=mean_u,
+        band_uncertainty_sum=band_sum,
+        band_pixels=band_n,
+        area=area,
+        region_ids=list(p.region_ids),
+    )
+
+
+def task_score(found: list[RegionResult]) -> float:
+    """Task-level score: 1 - mean uncertainty over the predicted objects' boundary bands
+    (pixel-weighted over all objects), so sorting by prediction score puts the least certain
+    tasks first. An object with an empty mask counts as fully uncertain. Without the adapter
+    (no uncertainty) it is the mean predicted IoU."""
+    if not found:
+        return 0.0
+    if all(r.mean_uncertainty is None for r in found):
+        return round(float(np.mean([r.score for r in found])), 6)
+    total = sum(r.band_uncertainty_sum for r in found)
+    pixels = sum(r.band_pixels for r in found)
+    empty = sum(1 for r in found if r.area == 0)
+    if pixels == 0:
+        return 0.0
+    mean_u = total / pixels
+    # empty masks: weight them as much as an average object, with uncertainty 1
+    if empty:
+        n = len(found) - empty
+        mean_u = (mean_u * n + empty) / len(found)
+    return round(float(1.0 - mean_u), 6)
+
+
+def _object(body: object, what: str) -> dict:
+    if not isinstance(body, dict):
+        raise BadRequest(f"{what} must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _string(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"missing '{name}' (the project's labeling config as XML)")
+    return value
+
+
+def _project_id(project: object) -> str:
+    return str(project).split(".", 1)[0] if project is not None else ""
+
+
+__all__ = [
+    "PASamBackend",
+    "Trainer",
+    "no_trainer",
+    "mask_to_rle",
+    "boundary_band",
+    "task_score",
+    "InvalidPrompt",
+]
