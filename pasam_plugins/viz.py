@@ -15,6 +15,8 @@ import numpy as np
 MASK_COLOR = (0, 200, 255)  # RGB cyan
 POSITIVE_COLOR = (40, 220, 40)  # RGB green
 NEGATIVE_COLOR = (235, 40, 40)  # RGB red
+BOX_COLOR = (255, 215, 0)  # RGB yellow
+PROMPT_COLORS = {1: (255, 255, 255), 0: (255, 0, 255)}  # user points: white fg, magenta bg
 OUTLINE_COLOR = (0, 0, 0)
 MIN_LEGEND_SIDE = 160
 
@@ -119,6 +121,12 @@ def _draw_legend(canvas: np.ndarray, items: list[tuple[str, str, tuple[int, int,
             canvas[y_top : y_top + line_h // 2, cx - line_h // 2 : cx - line_h // 2 + line_h] = (
                 strip[None]
             )
+        elif kind == "rect":
+            r = line_h // 3
+            cv2.rectangle(canvas, (cx - r, cy - r), (cx + r, cy + r), color, max(1, thick))
+        elif kind == "dot":
+            cv2.circle(canvas, (cx, cy), line_h // 4 + 1, OUTLINE_COLOR, -1, cv2.LINE_AA)
+            cv2.circle(canvas, (cx, cy), line_h // 4, color, -1, cv2.LINE_AA)
         else:
             r = line_h // 3
             cv2.rectangle(canvas, (cx - r, cy - r), (cx + r, cy + r), color, -1)
@@ -146,6 +154,9 @@ def overlay(
     heat_alpha: float = 0.75,
     legend: bool = True,
     marker_size: int | None = None,
+    box: np.ndarray | None = None,
+    prompt_points: np.ndarray | None = None,
+    prompt_labels: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw a prediction on its image.
 
@@ -160,6 +171,10 @@ def overlay(
       mask_alpha, heat_alpha (float): fill / maximum heat-map opacity.
       legend (bool): draw a legend (only on images at least 160 px on the short side).
       marker_size (int or None): cross size in pixels; default ~1/30 of the short side.
+      box (np.ndarray or None): the user's box prompt (x0, y0, x1, y1), drawn in yellow.
+      prompt_points (np.ndarray or None): the user's Mx2 (x, y) point prompts, drawn as
+        outlined dots: white = foreground (label 1), magenta = background (label 0).
+      prompt_labels (np.ndarray or None): M labels of ``prompt_points`` (default all 1).
 
     Returns:
       np.ndarray: HxWx3 uint8 RGB, a new array.
@@ -183,6 +198,24 @@ def overlay(
         contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(out, contours, -1, MASK_COLOR, max(1, min(h, w) // 300), cv2.LINE_8)
     size = marker_size or max(5, min(h, w) // 30)
+    if box is not None:
+        b = np.asarray(box, dtype=np.float64).reshape(-1)
+        if b.shape != (4,) or not np.isfinite(b).all():
+            raise ValueError(f"box must be 4 finite numbers (x0, y0, x1, y1), got {box!r}")
+        x0, y0, x1, y1 = (int(round(v)) for v in b)
+        thick = max(1, min(h, w) // 250)
+        cv2.rectangle(out, (x0, y0), (x1, y1), OUTLINE_COLOR, thick + 2, cv2.LINE_8)
+        cv2.rectangle(out, (x0, y0), (x1, y1), BOX_COLOR, thick, cv2.LINE_8)
+    user_pts = np.zeros((0, 2)) if prompt_points is None else np.asarray(prompt_points, float)
+    user_pts = user_pts.reshape(-1, 2)
+    user_lab = (
+        np.ones(len(user_pts), np.int64)
+        if prompt_labels is None
+        else np.asarray(prompt_labels).reshape(-1).astype(np.int64)
+    )
+    if len(user_lab) != len(user_pts):
+        raise ValueError(f"{len(user_pts)} prompt points but {len(user_lab)} labels")
+    radius = max(3, size // 3)
     for (x, y), label in zip(pts, lab, strict=True):
         if not (np.isfinite(x) and np.isfinite(y)):
             continue
@@ -191,8 +224,20 @@ def overlay(
             _draw_marker(out, xy, POSITIVE_COLOR, cv2.MARKER_CROSS, size)
         else:
             _draw_marker(out, xy, NEGATIVE_COLOR, cv2.MARKER_TILTED_CROSS, size)
+    for (x, y), label in zip(user_pts, user_lab, strict=True):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        xy = (int(round(float(x))), int(round(float(y))))
+        cv2.circle(out, xy, radius + 1, OUTLINE_COLOR, -1, cv2.LINE_AA)
+        cv2.circle(out, xy, radius, PROMPT_COLORS[1 if label == 1 else 0], -1, cv2.LINE_AA)
     if legend and min(h, w) >= MIN_LEGEND_SIDE:
         items: list[tuple[str, str, tuple[int, int, int]]] = []
+        if box is not None:
+            items.append(("rect", "box prompt", BOX_COLOR))
+        if (user_lab == 1).any():
+            items.append(("dot", "point prompt (fg)", PROMPT_COLORS[1]))
+        if (user_lab != 1).any():
+            items.append(("dot", "point prompt (bg)", PROMPT_COLORS[0]))
         if m is not None:
             items.append(("mask", "mask", MASK_COLOR))
         if u is not None:

@@ -98,3 +98,20 @@ def test_save_overlay_png_on_em_section(tmp_path, isbi_dir):
     assert back.shape == (512, 512, 3) and back.dtype == np.uint8
     expected = overlay(img, label, u, pts, np.array([1, 1, 0, 0]))
     assert (back == expected).all()
+
+
+def test_user_prompts_are_drawn(gray_image):
+    out = overlay(
+        gray_image,
+        None,
+        box=[50, 40, 250, 160],
+        prompt_points=[[150, 100], [200, 120]],
+        prompt_labels=[1, 0],
+        legend=False,
+    )
+    assert tuple(out[40, 150]) == (255, 215, 0)  # yellow box edge
+    assert tuple(out[100, 150]) == (255, 255, 255)  # foreground point: white dot
+    assert tuple(out[120, 200]) == (255, 0, 255)  # background point: magenta dot
+    assert (out[100, 100] == 128).all()  # inside the box, away from the dots: unchanged
+    with pytest.raises(ValueError, match="box must be 4"):
+        overlay(gray_image, None, box=[1, 2, 3])
