@@ -93,7 +93,12 @@ def _draw_marker(canvas: np.ndarray, xy: tuple[int, int], color, kind: int, size
     cv2.drawMarker(canvas, xy, color, kind, size, thick, cv2.LINE_AA)
 
 
-def _draw_legend(canvas: np.ndarray, items: list[tuple[str, str, tuple[int, int, int]]]) -> None:
+def _draw_legend(
+    canvas: np.ndarray,
+    items: list[tuple[str, str, tuple[int, int, int]]],
+    avoid: np.ndarray | None = None,
+) -> None:
+    """Draw the legend in the corner that hides the fewest of the ``avoid`` (x, y) points."""
     import cv2
 
     h, w = canvas.shape[:2]
@@ -106,7 +111,21 @@ def _draw_legend(canvas: np.ndarray, items: list[tuple[str, str, tuple[int, int,
     )
     box_w = pad * 3 + line_h + text_w
     box_h = pad * 2 + line_h * len(items)
-    x0, y0 = pad, pad
+    corners = [(pad, pad), (w - box_w - pad, pad), (pad, h - box_h - pad)]
+    corners.append((w - box_w - pad, h - box_h - pad))
+    pts = np.zeros((0, 2)) if avoid is None else np.asarray(avoid, float).reshape(-1, 2)
+
+    def hidden(corner: tuple[int, int]) -> int:
+        cx0, cy0 = corner
+        inside = (
+            (pts[:, 0] >= cx0 - pad)
+            & (pts[:, 0] <= cx0 + box_w + pad)
+            & (pts[:, 1] >= cy0 - pad)
+            & (pts[:, 1] <= cy0 + box_h + pad)
+        )
+        return int(inside.sum())
+
+    x0, y0 = min(corners, key=hidden)  # first corner (top-left) wins ties
     region = canvas[y0 : y0 + box_h, x0 : x0 + box_w]
     region[:] = (region.astype(np.float32) * 0.35).astype(np.uint8)
     marker_kinds = {"pos": cv2.MARKER_CROSS, "neg": cv2.MARKER_TILTED_CROSS}
@@ -246,7 +265,13 @@ def overlay(
             items.append(("pos", "mined positive", POSITIVE_COLOR))
             items.append(("neg", "mined negative", NEGATIVE_COLOR))
         if items:
-            _draw_legend(out, items)
+            # user prompts matter most, then mined points, then the box outline
+            avoid = [user_pts, user_pts, user_pts, pts[:, :2], pts[:, :2]]
+            if box is not None:  # box corners and edge midpoints
+                bx0, by0, bx1, by1 = np.asarray(box, float).reshape(-1)
+                xs, ys = (bx0, (bx0 + bx1) / 2, bx1), (by0, (by0 + by1) / 2, by1)
+                avoid.append(np.array([[x, y] for x in xs for y in ys]))
+            _draw_legend(out, items, np.concatenate(avoid, axis=0))
     return out
 
 

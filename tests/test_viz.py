@@ -115,3 +115,14 @@ def test_user_prompts_are_drawn(gray_image):
     assert (out[100, 100] == 128).all()  # inside the box, away from the dots: unchanged
     with pytest.raises(ValueError, match="box must be 4"):
         overlay(gray_image, None, box=[1, 2, 3])
+
+
+def test_legend_avoids_hiding_prompts():
+    img = np.full((300, 300, 3), 128, np.uint8)
+    mask = np.zeros((300, 300), bool)
+    mask[200:260, 200:260] = True
+    # a foreground click in the top-left corner, where the legend goes by default
+    out = overlay(img, mask, prompt_points=[[20, 20]], prompt_labels=[1])
+    assert tuple(out[20, 20]) == (255, 255, 255)
+    plain = overlay(img, mask, prompt_points=[[20, 20]], prompt_labels=[1], legend=False)
+    assert (out != plain).any()  # the legend was drawn elsewhere
