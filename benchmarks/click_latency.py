@@ -1,0 +1,129 @@
+"""Per-click and set_image latency of PASamPredictor vs segment_anything's SamPredictor.
+
+Both predictors hold the same ViT-B-sized random weights (no pretrained weights needed) and
+see the same 1024x1024 image and prompts in one run; medians of repeated calls are printed
+with their ratios. Targets: click <= 1.25x SAM, set_image <= 1.05x SAM, 16 prompt sets in one
+call <= 0.8x the time of 16 single calls.
+
+    python benchmarks/click_latency.py [--variant vit_b] [--repeats 30] [--device cpu]
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import MaskDecoder, Sam
+
+from pasam_plugins.cache import EmbeddingCache
+from pasam_plugins.predictor import PASamPredictor
+from pasam_plugins.testing import make_test_model
+
+
+def paired_medians(fn_a, fn_b, repeats: int, sync) -> tuple[float, float]:
+    """Median times of two functions called alternately, so that load changes on the
+    machine hit both sides alike."""
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, acc in ((fn_a, ta), (fn_b, tb)):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            acc.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", default="vit_b")
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--encoder-repeats", type=int, default=3)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+
+    model = make_test_model(seed=0, variant=args.variant)
+    dec = model.mask_decoder
+    sam_dec = MaskDecoder(transformer_dim=dec.transformer_dim, transformer=dec.transformer)
+    sam_dec.load_state_dict(
+        {
+            k: v
+            for k, v in dec.state_dict().items()
+            if not k.startswith(("guiding_conv", "prompt_adapter"))
+        }
+    )
+    sam = Sam(
+        image_encoder=model.image_encoder, prompt_encoder=model.prompt_encoder, mask_decoder=sam_dec
+    ).eval()
+
+    pa = PASamPredictor(model, device=args.device, cache=EmbeddingCache(max_bytes=0))
+    sam = sam.to(pa.device)
+    ref = SamPredictor(sam)
+    sync = torch.cuda.synchronize if pa.device.type == "cuda" else (lambda: None)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
+    print(
+        f"device={pa.device} variant={args.variant} image={args.size}x{args.size} "
+        f"threads={torch.get_num_threads()}"
+    )
+
+    with torch.inference_mode():
+        ref.set_image(image)
+        pa.set_image(image)  # warm-up (max_bytes=0: the cache never holds an entry)
+        t_set_pa, t_set_sam = paired_medians(
+            lambda: pa.set_image(image), lambda: ref.set_image(image), args.encoder_repeats, sync
+        )
+
+        pts = np.array([[400.0, 500.0]])
+        lbl = np.array([1])
+        for _ in range(3):
+            ref.predict(pts, lbl, multimask_output=False)
+            pa.predict(pts, lbl, multimask_output=False)
+        t_click_pa, t_click_sam = paired_medians(
+            lambda: pa.predict(pts, lbl, multimask_output=False),
+            lambda: ref.predict(pts, lbl, multimask_output=False),
+            args.repeats,
+            sync,
+        )
+        box = np.array([100, 200, 600, 700])
+        t_box_pa, t_box_sam = paired_medians(
+            lambda: pa.predict(box=box, multimask_output=False),
+            lambda: ref.predict(box=box, multimask_output=False),
+            args.repeats,
+            sync,
+        )
+
+        b = 16
+        g = torch.Generator().manual_seed(0)
+        xy0 = torch.rand(b, 2, generator=g) * 600
+        boxes = torch.cat([xy0, xy0 + 50 + torch.rand(b, 2, generator=g) * 350], 1).to(pa.device)
+
+        def batched():
+            pa.predict_torch(None, None, boxes, None, False)
+
+        def single_calls():
+            for i in range(b):
+                pa.predict_torch(None, None, boxes[i : i + 1], None, False)
+
+        batched()
+        t_batch, t_single = paired_medians(batched, single_calls, max(3, args.repeats // 5), sync)
+
+    def row(name, ours, theirs, target):
+        ratio = ours / theirs
+        print(
+            f"{name:<34} {ours * 1e3:9.1f} ms {theirs * 1e3:9.1f} ms {ratio:7.3f}x  "
+            f"(target <= {target}x: {'met' if ratio <= target else 'NOT met'})"
+        )
+
+    print(f"{'':<34} {'PA-SAM':>12} {'reference':>12} {'ratio':>8}")
+    row("set_image (PA vs SAM)", t_set_pa, t_set_sam, 1.05)
+    row("click, 1 point (PA vs SAM)", t_click_pa, t_click_sam, 1.25)
+    row("box (PA vs SAM)", t_box_pa, t_box_sam, 1.25)
+    row("16 prompt sets: 1 call vs 16 calls", t_batch, t_single, 0.8)
+
+
+if __name__ == "__main__":
+    main()
