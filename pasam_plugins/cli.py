@@ -600,10 +600,14 @@ def _lazy_command(
         except ImportError as e:
             if ctx.args and ctx.args[0] in ("--help", "-h"):
                 typer.echo(f"Usage: pasam {name} [OPTIONS]\n\n  {summary}\n")
-            _err(
-                f"'pasam {name}' is not available: cannot import {module}.{attr} ({e}); "
-                f"install it with: pip install 'pasam-plugins[{extra}]'"
-            )
+            missing = getattr(e, "name", None) or ""
+            if missing and (module == missing or module.startswith(missing + ".")):
+                _err(f"'pasam {name}' is not available in this installation ({module} is missing)")
+            else:
+                _err(
+                    f"'pasam {name}' needs a package that is not installed ({e}); "
+                    f"install it with: pip install 'pasam-plugins[{extra}]'"
+                )
             raise typer.Exit(1) from None
         except AttributeError:
             _err(f"'pasam {name}' is not available: {module} has no {attr}")

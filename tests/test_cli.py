@@ -57,14 +57,30 @@ def test_help_of_train_and_eval(command):
     import importlib.util
 
     result = run(command, "--help")
-    if importlib.util.find_spec("pasam_plugins.train") is not None:
+    if importlib.util.find_spec("pasam_plugins.train.cli") is not None:
         assert result.exit_code == 0, result.output
         assert f"Usage: pasam {command}" in result.text
-    else:  # not installed (yet): a clear message instead of a traceback
+    else:  # not part of this installation: a clear message instead of a traceback
         assert result.exit_code == 1
-        assert f"'pasam {command}' is not available" in result.text
-        assert "pip install 'pasam-plugins[train]'" in result.text
+        assert f"'pasam {command}' is not available in this installation" in result.text
     assert "Traceback" not in result.output
+
+
+def test_lazy_command_names_a_missing_dependency(monkeypatch):
+    import importlib
+
+    real_import = importlib.import_module
+
+    def fake_import(name, *args):
+        if name == "pasam_plugins.train.cli":  # the module is there, a dependency is not
+            raise ModuleNotFoundError("No module named 'skimage'", name="skimage")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    result = run("train")
+    assert result.exit_code == 1
+    assert "needs a package that is not installed" in result.text
+    assert "pip install 'pasam-plugins[train]'" in result.text
 
 
 def test_lazy_command_forwards_arguments_to_its_module(monkeypatch):
@@ -378,3 +394,12 @@ def test_download_list_and_manual_entry():
     manual = run("download", "pa_sam_l")
     assert manual.exit_code == 1
     assert "cannot be downloaded automatically" in manual.text and "pan.baidu.com" in manual.text
+
+
+def test_lazy_command_without_its_module_explains(monkeypatch):
+    monkeypatch.setitem(sys.modules, "label_studio_backend.cli", None)  # as if not shipped
+    result = run("serve", "--help")
+    assert result.exit_code == 1
+    assert "Usage: pasam serve" in result.text  # the summary is still shown
+    assert "'pasam serve' is not available in this installation" in result.text
+    assert "Traceback" not in result.output
