@@ -399,6 +399,8 @@ def predict(
     """Segment one object in IMAGE from a box and/or points.
 
     Writes to --out-dir: STEM_mask.png|tif, STEM_uncertainty.tif (float32, 0..1) and STEM_uncertainty.png (magma), STEM_overlay.png (mask, uncertainty heat map, prompts and the adapter's mined points) and STEM_prediction.json (scores, prompts, mined points).
+
+    Example: pasam predict em.png -c model.safetensors --box 180,200,330,340 --point 250,270 --point 60,60,0
     """
     mask_format = mask_format.lower().lstrip(".")
     if mask_format == "tiff":
