@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._compat import avoid_triton_llvm_clash
 from .planes import PlaneGeometry, box_on_slice, points_on_slice
 from .propagation import (
     PropagationRule,
@@ -75,6 +76,7 @@ def shared_embedding_cache():
     (entries are keyed by image content and model signature)."""
     global _shared_cache
     if _shared_cache is None:
+        avoid_triton_llvm_clash()
         from pasam_plugins.cache import EmbeddingCache
 
         _shared_cache = EmbeddingCache(max_bytes=1 << 30)
@@ -139,6 +141,7 @@ def _run_safely(fn, *args, **kwargs):
 
 
 def _load_job(source: str, device: str):
+    avoid_triton_llvm_clash()
     from pasam_plugins.predictor import PASamPredictor
 
     if source.startswith("registry:"):
@@ -384,6 +387,7 @@ class AnnotatorWidget(QWidget):
     def _available_devices() -> list[str]:
         devices = ["auto", "cpu"]
         try:
+            avoid_triton_llvm_clash()
             import torch
 
             if torch.cuda.is_available():

@@ -1,0 +1,324 @@
+"""The PA-SAM annotator in a real napari viewer (pytest-qt ``make_napari_viewer``; under Xvfb
+via pytest-xvfb). The model is a `make-test-checkpoint` random-weight vit_tiny, so the tests
+assert what holds for any weights: layer shapes, ids, features, the stop rule, errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
+
+from napari_pasam._widget import FEATURE_COLUMNS, AnnotatorWidget  # noqa: E402
+from napari_pasam.propagation import (  # noqa: E402
+    STOP_EMPTY,
+    STOP_IOU,
+    STOP_LIMIT,
+    STOP_UNCERTAINTY,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+WAIT_MS = 180_000
+
+
+@pytest.fixture(scope="module")
+def em_stack(isbi_dir: Path) -> np.ndarray:
+    """The 30 EM sections as a 30x512x512 uint8 stack."""
+    files = sorted((isbi_dir / "image").glob("*.png"), key=lambda p: int(p.stem))
+    return np.stack([np.asarray(PILImage.open(f)) for f in files])
+
+
+def dock(viewer) -> AnnotatorWidget:
+    _, widget = viewer.window.add_plugin_dock_widget("pasam-plugins", "PA-SAM Annotator")
+    assert isinstance(widget, AnnotatorWidget)
+    return widget
+
+
+def wait_idle(qtbot, widget: AnnotatorWidget) -> None:
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+
+def loaded_widget(viewer, qtbot, checkpoint: Path) -> AnnotatorWidget:
+    widget = dock(viewer)
+    widget.source_combo.setCurrentIndex(0)
+    widget.checkpoint_edit.setText(str(checkpoint))
+    widget.load_button.click()
+    wait_idle(qtbot, widget)
+    assert widget.predictor is not None, widget.status_label.text()
+    return widget
+
+
+def click(qtbot, widget: AnnotatorWidget, yx, positive: bool = True) -> None:
+    """What a click in the Points layer's add mode does: add a point at the cursor."""
+    widget.set_point_polarity(positive)
+    leading = list(widget.current_leading())
+    widget.points_layer.add([*leading, *yx])
+    wait_idle(qtbot, widget)
+
+
+def errors_since(n: int) -> list[str]:
+    return [
+        str(r.message)
+        for r in notification_manager.records[n:]
+        if r.severity == NotificationSeverity.ERROR
+    ]
+
+
+def test_widget_and_samples_come_from_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = dock(viewer)
+    assert widget.model_label.text() == "No model loaded"
+    viewer.open_sample("pasam-plugins", "fluorescence_2d")
+    viewer.open_sample("pasam-plugins", "ihc")
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["synthetic nuclei 2D", "IHC slide"]
+    assert viewer.layers["synthetic nuclei 2D"].data.dtype == np.uint16
+    assert viewer.layers["IHC slide"].rgb
+    # the widget offers the new image layers
+    items = [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]
+    assert items == names
+
+
+def test_click_predicts_overlays_and_accept_increments_ids(
+    make_napari_viewer, qtbot, tiny_checkpoint, em_section
+):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(em_section, name="em")
+    widget = loaded_widget(viewer, qtbot, tiny_checkpoint)
+    assert "SAM + PA-SAM adapter" in widget.model_label.text()
+    assert "guide mode: reference" in widget.model_label.text()
+    widget.start(image)
+    assert widget.labels_layer.data.shape == em_section.shape
+
+    click(qtbot, widget, (200, 300))
+    assert widget.current is not None
+    h, w = em_section.shape
+    assert widget.current.mask.shape == (h, w)
+    assert widget.current_layer.data.shape == (h, w)
+    np.testing.assert_array_equal(widget.current_layer.data > 0, widget.current.mask)
+    unc = widget.uncertainty_layer.data
+    assert unc.shape == (h, w) and unc.dtype == np.float32
+    assert 0.0 <= unc.min() and unc.max() <= 1.0 and unc.max() > 0
+    assert widget.uncertainty_layer.colormap.name == "magma"
+    assert str(widget.uncertainty_layer.blending) == "additive"
+    sugg = widget.suggestions_layer
+    assert sugg.data.shape == (8, 2)
+    assert ((sugg.data >= 0) & (sugg.data < [h, w])).all()
+    assert sugg.features["positive"].tolist() == [True] * 4 + [False] * 4
+    colors = {tuple(c) for c in sugg.face_color}
+    assert len(colors) == 2, "positive and negative suggestions have distinct colours"
+
+    # a negative click re-predicts; the prompt is shown in the negative colour
+    click(qtbot, widget, (50, 60), positive=False)
+    assert widget.points_layer.features["positive"].tolist() == [True, False]
+    pos_color, neg_color = widget.points_layer.face_color
+    assert not np.allclose(pos_color, neg_color)
+    assert widget.prompts()[1].tolist() == [1, 0]
+
+    # overlays can be hidden and their opacity follows the slider
+    widget.opacity_slider.setValue(25)
+    assert widget.uncertainty_layer.opacity == pytest.approx(0.25)
+    widget.show_uncertainty_check.setChecked(False)
+    widget.show_suggestions_check.setChecked(False)
+    assert not widget.uncertainty_layer.visible and not widget.suggestions_layer.visible
+
+    mask1 = widget.current.mask.copy()
+    unc1 = widget.uncertainty_layer.data.copy()
+    assert mask1.any(), "random weights still give a non-empty mask for this click"
+    assert widget.accept_button.text().startswith("Accept")
+    widget.accept_button.click()
+    assert len(widget.points_layer.data) == 0, "accept clears the prompts"
+    assert widget.current is None and not widget.current_layer.data.any()
+    labels = widget.labels_layer
+    np.testing.assert_array_equal(labels.data == 1, mask1)
+    feats = labels.features
+    assert list(feats.columns) == list(FEATURE_COLUMNS)
+    assert feats["index"].tolist() == [1]
+    assert feats.loc[0, "slice_start"] == 0 and feats.loc[0, "slice_stop"] == 0
+    assert 0.0 <= feats.loc[0, "mean_uncertainty"] <= 1.0
+    assert feats.loc[0, "mean_uncertainty"] == pytest.approx(unc1[mask1].mean(), rel=1e-4)
+
+    # second object: a box; accept by key binding path
+    widget.boxes_layer.add_rectangles(np.array([[300, 300], [420, 460]]))
+    wait_idle(qtbot, widget)
+    assert widget.prompts()[2].tolist() == [300, 300, 460, 420]
+    mask2 = widget.current.mask.copy()
+    widget._accept_key(viewer)
+    assert labels.features["index"].tolist() == [1, 2]
+    assert len(widget.boxes_layer.data) == 0
+    np.testing.assert_array_equal(labels.data == 2, mask2)
+    # accepting with no prompt is refused with a message, not an exception
+    n = len(notification_manager.records)
+    assert widget.accept() is None
+    assert any("nothing to accept" in str(r.message) for r in notification_manager.records[n:])
+
+
+def test_uint16_and_multichannel_inputs(make_napari_viewer, qtbot, tiny_checkpoint, em_section):
+    viewer = make_napari_viewer()
+    widget = loaded_widget(viewer, qtbot, tiny_checkpoint)
+    crop = em_section[:400, :300]
+
+    # 16-bit, non-square: percentile-normalized by the core, layers at the image's shape
+    img16 = crop.astype(np.uint16) * 200 + 1000
+    layer16 = viewer.add_image(img16, name="em16")
+    widget.start(layer16)
+    click(qtbot, widget, (150, 120))
+    assert widget.current.mask.shape == img16.shape
+    assert widget.uncertainty_layer.data.shape == img16.shape
+    assert widget.labels_layer.data.shape == img16.shape
+    assert widget.accept() == 1
+
+    # multichannel (C, Y, X), channel axis first: channel 1 segments like the same data alone
+    noise = np.random.default_rng(0).integers(0, 60000, crop.shape, dtype=np.uint16)
+    mc = np.stack([noise, img16])
+    layer_mc = viewer.add_image(mc, name="em multichannel")
+    widget.channel_spin.setValue(1)
+    widget.start(layer_mc, channel_axis=0)
+    assert widget.labels_layer.data.shape == img16.shape
+    click(qtbot, widget, (150, 120))
+    mc_mask = widget.current.mask.copy()
+    single_mask = viewer.layers["em16 PA-SAM labels"].data == 1
+    np.testing.assert_array_equal(mc_mask, single_mask)
+    # switching to the noise channel re-embeds and predicts on different content
+    widget.channel_spin.setValue(0)
+    wait_idle(qtbot, widget)
+    assert widget.current is not None
+    assert widget._predictor_key[3] == 0
+
+    # float RGB-like data (3 channels, rgb=True) works too
+    rgb = np.stack([crop, crop // 2, 255 - crop], axis=-1).astype(np.float32) / 255
+    layer_rgb = viewer.add_image(rgb, name="em rgb", rgb=True)
+    widget.start(layer_rgb)
+    click(qtbot, widget, (150, 120))
+    assert widget.current.mask.shape == crop.shape
+    assert widget.labels_layer.data.shape == crop.shape
+
+
+def test_stack_propagation_follows_the_stop_rule(
+    make_napari_viewer, qtbot, tiny_checkpoint, em_stack
+):
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(em_stack, name="em stack")
+    widget = loaded_widget(viewer, qtbot, tiny_checkpoint)
+    widget.start(stack)
+    assert widget.labels_layer.data.shape == em_stack.shape
+    z0 = 15
+    viewer.dims.set_current_step(0, z0)
+    assert widget.current_leading() == (z0,)
+
+    # object 1: permissive rule, at most 2 slices each way
+    click(qtbot, widget, (256, 256))
+    assert widget.current.leading == (z0,)
+    assert widget.uncertainty_layer.data.shape == em_stack.shape[1:]
+    assert widget.accept() == 1
+    widget.min_iou_spin.setValue(widget.min_iou_spin.minimum())  # "off"
+    widget.max_uncertainty_spin.setValue(1.0)
+    widget.max_slices_spin.setValue(2)
+    rule = widget.propagation_rule()
+    assert rule.min_iou is None and rule.max_uncertainty == 1.0 and rule.max_slices == 2
+    widget.propagate_button.click()
+    wait_idle(qtbot, widget)
+    steps = widget.last_propagation
+    summary = widget.last_propagation_summary
+    kept = sorted(s.slice_index for s in steps if s.kept)
+    labelled = sorted(
+        int(z) for z in np.nonzero((widget.labels_layer.data == 1).any(axis=(1, 2)))[0]
+    )
+    assert labelled == sorted([z0, *kept])
+    assert set(summary.stops.values()) <= {STOP_LIMIT, STOP_EMPTY}
+    if all(s.kept for s in steps):  # no empty mask: both directions ran 2 slices
+        assert kept == [z0 - 2, z0 - 1, z0 + 1, z0 + 2]
+    assert len(kept) >= 2, "labels on several slices"
+    for s in steps:
+        if s.kept:
+            np.testing.assert_array_equal(
+                widget.labels_layer.data[s.slice_index] == 1, s.result.mask
+            )
+    row = widget.labels_layer.features.set_index("index").loc[1]
+    assert (row["slice_start"], row["slice_stop"]) == (min(labelled), max(labelled))
+
+    # object 2: the same start, with an IoU threshold between the values seen above, must
+    # keep exactly the slices before the first one under the threshold (per direction)
+    ious = [s.result.iou for s in steps if s.kept]
+    threshold = float(np.median(ious)) + 1e-6
+    click(qtbot, widget, (256, 256))
+    assert widget.accept() == 2
+    widget.min_iou_spin.setValue(round(threshold, 3) + 0.0005)
+    threshold = widget.propagation_rule().min_iou
+    widget.propagate()
+    wait_idle(qtbot, widget)
+    expected = []
+    for d in (1, -1):
+        for s in [s for s in steps if s.direction == d]:
+            if not s.kept or s.result.iou < threshold:
+                break
+            expected.append(s.slice_index)
+    kept2 = sorted(s.slice_index for s in widget.last_propagation if s.kept)
+    assert kept2 == sorted(expected)
+    stops2 = widget.last_propagation_summary.stops
+    assert STOP_IOU in stops2.values() or len(expected) == len(kept)
+    labelled2 = np.nonzero((widget.labels_layer.data == 2).any(axis=(1, 2)))[0].tolist()
+    assert sorted(labelled2) == sorted([z0, *expected])
+
+    # object 3: max uncertainty 0 stops at the very first neighbour in both directions
+    click(qtbot, widget, (256, 256))
+    assert widget.accept() == 3
+    widget.min_iou_spin.setValue(widget.min_iou_spin.minimum())
+    widget.max_uncertainty_spin.setValue(0.0)
+    widget.propagate()
+    wait_idle(qtbot, widget)
+    assert [s.slice_index for s in widget.last_propagation] == [z0 + 1, z0 - 1]
+    assert not any(s.kept for s in widget.last_propagation)
+    assert set(widget.last_propagation_summary.stops.values()) <= {STOP_UNCERTAINTY, STOP_EMPTY}
+    assert np.nonzero((widget.labels_layer.data == 3).any(axis=(1, 2)))[0].tolist() == [z0]
+    row = widget.labels_layer.features.set_index("index").loc[3]
+    assert (row["slice_start"], row["slice_stop"]) == (z0, z0)
+
+    # moving to another slice clears the current object; prompts live on their slice
+    click(qtbot, widget, (100, 100))
+    assert widget.current is not None
+    viewer.dims.set_current_step(0, z0 + 1)
+    wait_idle(qtbot, widget)
+    assert widget.current is None and not widget.current_layer.data.any()
+    assert len(widget.prompts()[0]) == 0
+    viewer.dims.set_current_step(0, z0)
+    wait_idle(qtbot, widget)
+    assert widget.current is not None and widget.current.leading == (z0,)
+
+
+def test_bad_checkpoint_shows_error_and_viewer_stays_usable(
+    make_napari_viewer, qtbot, tmp_path, tiny_checkpoint, em_section
+):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(em_section[:256, :256], name="em")
+    widget = dock(viewer)
+    bad = tmp_path / "not_a_model.pth"
+    bad.write_bytes(b"this is not a checkpoint")
+    n = len(notification_manager.records)
+    widget.checkpoint_edit.setText(str(bad))
+    widget.load_button.click()
+    wait_idle(qtbot, widget)
+    errors = errors_since(n)
+    assert len(errors) == 1 and "could not load the model" in errors[0]
+    assert str(bad) in errors[0] or "not_a_model" in errors[0]
+    assert "Traceback" not in errors[0]
+    assert widget.predictor is None and widget.model_label.text() == "No model loaded"
+
+    # empty path: a message, no worker
+    widget.checkpoint_edit.setText("")
+    widget.load_model()
+    assert not widget.busy and "choose a checkpoint" in errors_since(n)[-1]
+
+    # the viewer and the widget keep working: load a good model and segment
+    widget.checkpoint_edit.setText(str(tiny_checkpoint))
+    widget.load_model()
+    wait_idle(qtbot, widget)
+    widget.start(image)
+    click(qtbot, widget, (100, 100))
+    assert widget.current is not None and widget.current.mask.shape == (256, 256)
+    assert len(errors_since(n)) == 2
