@@ -227,6 +227,13 @@ def info(
     with _readable_errors():
         from model.registry import load_registry
 
+        env_ckpt = os.environ.get("PASAM_CHECKPOINT")
+        typer.echo(
+            f"PASAM_CHECKPOINT: {env_ckpt}"
+            if env_ckpt
+            else "PASAM_CHECKPOINT: not set (predict without --checkpoint uses untrained "
+            "random weights)"
+        )
         cache = _cache_dir(cache_dir)
         typer.echo(f"cache: {cache}")
         for name, entry in load_registry().items():
