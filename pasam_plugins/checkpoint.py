@@ -86,7 +86,8 @@ def _torch_load(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        msg = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         raise CheckpointError(
             f"{path}: not a loadable PyTorch checkpoint (expected a state dict of tensors, "
             f"loaded with weights_only=True): {msg}"
@@ -246,7 +247,8 @@ def load_model(
             f"prompt_adapter.*) or a pasam-plugins .safetensors file; found keys like "
             f"{_fmt_keys(list(sd)[:_MAX_LISTED])}"
         )
-    model.source = source  # type: ignore[attr-defined]
+    model.source = source
+    model.metadata = {}
     return model.to(device).eval()
 
 
@@ -281,9 +283,15 @@ def _load_ours(path: Path, *, sam_checkpoint: str | Path | None, guide_mode: str
     elif contents != "full":
         raise CheckpointError(f"{path}: unknown contents {contents!r} in metadata")
     _load_strict(model, sd, source=str(path), what=f"a pasam-plugins {variant} model")
-    model.source = str(path)  # type: ignore[attr-defined]
-    model.metadata = meta  # type: ignore[attr-defined]
+    model.source = str(path)
+    model.metadata = meta
     return model
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(
@@ -328,6 +336,7 @@ def save_checkpoint(
         save_file(tensors, tmp, metadata=header)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

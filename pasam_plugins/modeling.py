@@ -391,6 +391,9 @@ class PASam(Sam):
             raise ValueError(f"guide_mode must be one of {GUIDE_MODES}, got {guide_mode!r}")
         self.guide_mode = guide_mode
         self.variant = variant
+        #: where the weights came from and this project's checkpoint metadata ({} otherwise)
+        self.source: str | None = None
+        self.metadata: dict = {}
 
     @property
     def has_adapter(self) -> bool:

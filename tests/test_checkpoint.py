@@ -36,6 +36,10 @@ def test_our_format_round_trip_with_metadata(tmp_path):
     assert loaded.guide_mode == "image" and loaded.has_adapter
     _assert_same_weights(model, loaded)
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]  # no temp files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual mode, not mkstemp's 0600
+    assert loaded.metadata["provenance"] == {"steps": 7} and loaded.source == str(path)
 
 
 def test_adapter_only_file_needs_and_uses_the_base_sam(tmp_path):
@@ -120,7 +124,7 @@ def test_decoder_checkpoint_with_missing_adapter_keys(tmp_path):
 @pytest.mark.parametrize(
     "content, expected",
     [
-        (b"this is not a checkpoint", "not a loadable PyTorch checkpoint"),
+        (b"this is not a checkpoint", "not a loadable PyTorch checkpoint.*Error"),
         (None, "not a SAM or PA-SAM checkpoint"),
     ],
 )
