@@ -99,7 +99,9 @@ def create_app(
     @app.post("/predict")
     async def predict(request: Request):
         body = await read_json(request)
-        return await run_in_threadpool(backend.predict, body)
+        result = await run_in_threadpool(backend.predict, body)
+        # JSONResponse directly: FastAPI's jsonable_encoder would walk every RLE byte
+        return JSONResponse(result)
 
     @app.post("/webhook")
     async def webhook(request: Request):

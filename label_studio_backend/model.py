@@ -114,6 +114,8 @@ class PASamBackend:
         self.max_batch = max(1, int(max_batch))
         self.trainer: Trainer = trainer or no_trainer
         self.lock = threading.Lock()
+        self._image: np.ndarray | None = None
+        self._image_key: str | None = None
         self._stats_lock = threading.Lock()
         self.project_tokens: dict[str, str] = {}
         self.counters: dict[str, int] = {
@@ -295,7 +297,12 @@ class PASamBackend:
             groups.setdefault(p.structure, []).append(i)
         raw: list[tuple | None] = [None] * len(prompts)
         with self.lock:
-            self.predictor.set_image(image)
+            # the loader hands out the same (read-only) array for the same image: skip even
+            # the content hash when the predictor already holds it (we keep the reference,
+            # so the identity cannot be reused by another array)
+            if image is not self._image or self.predictor.image_key != self._image_key:
+                self.predictor.set_image(image)
+                self._image, self._image_key = image, self.predictor.image_key
             size = self.predictor.original_size
             for (n_points, has_box), idx in groups.items():
                 for start in range(0, len(idx), self.max_batch):

@@ -281,7 +281,7 @@ def test_batch_second_pass_and_clicks_skip_the_encoder(tiny_checkpoint, images):
     client.post("/predict", json=predict_body([tasks[1]], context=[keypoint(50, 50)]))
     m2 = client.get("/metrics").json()
     assert m2["encoder_runs"] == 2
-    assert m2["embedding_cache"]["hits"] >= m1["embedding_cache"]["hits"] + 3
+    assert m2["embedding_cache"]["hits"] >= m1["embedding_cache"]["hits"] + 2
     assert m2["batch_requests"] == 2 and m2["interactive_requests"] == 1
 
 
