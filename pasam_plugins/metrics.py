@@ -37,7 +37,9 @@ def erosion_iterations(height: int, width: int, ratio: float) -> int:
     return max(1, int(round(ratio * float(np.sqrt(height**2 + width**2)))))
 
 
-def mask_to_boundary(mask: np.ndarray, dilation_ratio: float = BOUNDARY_DILATION_RATIO) -> np.ndarray:
+def mask_to_boundary(
+    mask: np.ndarray, dilation_ratio: float = BOUNDARY_DILATION_RATIO
+) -> np.ndarray:
     """The inner boundary band of a bool HxW mask (bool HxW).
 
     The mask minus its erosion (3x3 kernel, ``erosion_iterations`` times) after zero-padding

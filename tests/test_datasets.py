@@ -176,7 +176,11 @@ def _brush_region(mask: np.ndarray, label: str, rid: str) -> dict:
         "original_width": w,
         "original_height": h,
         "image_rotation": 0,
-        "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]},
+        "value": {
+            "format": "rle",
+            "rle": mask2rle(mask.astype(np.uint8) * 255),
+            "brushlabels": [label],
+        },
     }
 
 
@@ -206,14 +210,25 @@ def test_labelstudio_export(tmp_path):
             "id": 1,
             "data": {"image": "/data/upload/1/abc-cells.png"},
             "annotations": [
-                {"id": 5, "was_cancelled": False, "result": [
-                    _brush_region(m1, "Cell", "r1"), _brush_region(m2, "Cell", "r2"),
-                    {"type": "rectanglelabels", "value": {"x": 1, "y": 1, "width": 5, "height": 5}},
-                ]},
+                {
+                    "id": 5,
+                    "was_cancelled": False,
+                    "result": [
+                        _brush_region(m1, "Cell", "r1"),
+                        _brush_region(m2, "Cell", "r2"),
+                        {
+                            "type": "rectanglelabels",
+                            "value": {"x": 1, "y": 1, "width": 5, "height": 5},
+                        },
+                    ],
+                },
             ],
         },
-        {"id": 2, "data": {"image": "/data/upload/1/missing.png"},
-         "annotations": [{"id": 6, "result": [_brush_region(m1, "Cell", "r3")]}]},
+        {
+            "id": 2,
+            "data": {"image": "/data/upload/1/missing.png"},
+            "annotations": [{"id": 6, "result": [_brush_region(m1, "Cell", "r3")]}],
+        },
         {"id": 3, "data": {"image": "/data/upload/1/abc-cells.png"}, "annotations": []},
     ]
     export = tmp_path / "project-1.json"

@@ -321,7 +321,10 @@ def read_folder(
     for img in files:
         mask = _find_mask(img, mask_index, same_dir=same_dir, suffixes=suffixes)
         if mask is None:
-            ds.skip(str(img), f"no mask found in {mask_dir} (tried stems {img.stem}{{{','.join(suffixes)}}})")
+            ds.skip(
+                str(img),
+                f"no mask found in {mask_dir} (tried stems {img.stem}{{{','.join(suffixes)}}})",
+            )
             continue
         ds.samples += _file_pair_samples(
             img, mask, instances=instances, dataset=ds, name=f"{ds.name}/{img.stem}"
@@ -391,7 +394,10 @@ HQSEG_VAL: tuple[tuple[str, str, str, str, str], ...] = (
 
 
 def read_hqseg(
-    root: str | Path, split: Literal["train", "val"] = "train", *, subsets: Iterable[str] | None = None
+    root: str | Path,
+    split: Literal["train", "val"] = "train",
+    *,
+    subsets: Iterable[str] | None = None,
 ) -> list[Dataset]:
     """HQSeg-44K as SAM-HQ lays it out under ``root`` (its ``data`` folder).
 
@@ -487,9 +493,7 @@ def _decode_rle(rle: Sequence[int]) -> np.ndarray:
     return out
 
 
-def _resolve_ls_path(
-    url: str, *, export_dir: Path, image_root: Path | None
-) -> Path | None:
+def _resolve_ls_path(url: str, *, export_dir: Path, image_root: Path | None) -> Path | None:
     """A local file for a Label Studio task image URL, or None."""
     if url.startswith("data:"):
         return None
@@ -549,7 +553,10 @@ def labelstudio_task_labels(
         anns = list(task.get("predictions") or [])
     if not anns:
         return None, [], None
-    ann = max(anns, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
+    ann = max(
+        anns,
+        key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0),
+    )
     out: np.ndarray | None = None
     names: list[str] = []
     size: tuple[int, int] | None = None
@@ -630,7 +637,9 @@ def _task_image_url(task: dict[str, Any], image_key: str | None) -> str:
     if image_key:
         url = data.get(image_key)
     else:
-        url = next((v for k, v in data.items() if isinstance(v, str) and k in ("image", "img")), None)
+        url = next(
+            (v for k, v in data.items() if isinstance(v, str) and k in ("image", "img")), None
+        )
         if url is None:
             url = next((v for v in data.values() if isinstance(v, str)), None)
     if not isinstance(url, str) or not url:
@@ -692,7 +701,9 @@ def read_labelstudio(
 
 
 # ------------------------------------------------------------------------ dispatch
-def read_source(spec: str, *, split: Literal["train", "val"] = "train", image_root: str | None = None) -> list[Dataset]:
+def read_source(
+    spec: str, *, split: Literal["train", "val"] = "train", image_root: str | None = None
+) -> list[Dataset]:
     """Datasets from a command-line spec ``[kind:]path``.
 
     Kinds: ``folder`` (default for folders), ``hqseg``, ``labelstudio`` (default for

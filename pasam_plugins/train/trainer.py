@@ -1,0 +1,747 @@
+"""Training the PA-SAM adapter with the paper's protocol (reference section 5).
+
+SAM stays frozen: image encoder, prompt encoder, the decoder's transformer and IoU head.
+Trained: ``guiding_conv``, ``prompt_adapter`` and SAM's ``output_upscaling``,
+``output_hypernetworks_mlps`` and ``mask_tokens`` (the parts an adapter file stores).
+
+One optimizer step sees ``batch_size x grad_accum`` images (one object each by default),
+each prompted with a randomly drawn prompt kind: the ground-truth box, 10 points inside the
+object, a noisy mask (the ground truth with noise on its incoherent band, as SAM-HQ's
+``masks_noise``; passed as 0/255 values like SAM-HQ's training code) or a combination.
+Augmentation: horizontal flip and large-scale jitter (scale 0.1-2.0 of the 1024-px frame,
+random crop, zero padding), as SAM-HQ's ``RandomHFlip`` + ``LargeScaleJitter``. Gumbel top-k
+point mining (``mining="gumbel"``) is switched on from ``mining_start_epoch`` (5: the sixth
+epoch); before that the decoder runs with ``mining="off"``. Adam, lr 1e-3, x0.1 every
+``lr_drop_epoch`` epochs. AMP (bf16, or fp16 with a gradient scaler) on CUDA.
+
+Determinism: the data order of epoch ``e`` and all random draws of step ``s`` come from
+generators seeded with ``(seed, e)`` and ``(seed, s, ...)``, so a resumed run draws exactly
+what the uninterrupted run would have drawn; the optimizer, scheduler, scaler and trainable
+weights are restored from ``train_state.pt`` (written atomically with every checkpoint).
+"""
+
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch import Tensor
+from torch.nn import functional as F
+
+from ..checkpoint import ADAPTER_PREFIXES, save_checkpoint
+from ..guide import guide_input
+from ..imageio import normalize_image
+from ..metrics import mask_box
+from ..modeling import PASam, build_pasam
+from .datasets import Dataset, Sample, SampleError
+from .losses import pasam_loss
+
+logger = logging.getLogger(__name__)
+
+#: prompt kinds drawn per image: box, points, noisy mask and their combinations
+PROMPT_KINDS: tuple[str, ...] = (
+    "box",
+    "points",
+    "mask",
+    "box+points",
+    "box+mask",
+    "points+mask",
+    "box+points+mask",
+)
+STATE_NAME = "train_state.pt"
+LOG_NAME = "log.jsonl"
+PLOT_NAME = "curves.png"
+FINAL_NAME = "adapter.safetensors"
+
+
+# ---------------------------------------------------------------------------- model setup
+def trainable_names(model: PASam) -> list[str]:
+    """Names of the parameters PA-SAM trains (the adapter-file parts of the decoder)."""
+    return [
+        n
+        for n, _ in model.named_parameters()
+        if any(n.startswith(f"mask_decoder.{p}") for p in ADAPTER_PREFIXES)
+    ]
+
+
+def freeze_for_training(model: PASam) -> list[torch.nn.Parameter]:
+    """Freeze everything but the trainable set; returns the trainable parameters."""
+    if not model.has_adapter:
+        raise ValueError("the model has no PA-SAM adapter to train (use with_adapter first)")
+    names = set(trainable_names(model))
+    params = []
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in names)
+        if n in names:
+            params.append(p)
+    return params
+
+
+def with_adapter(model: PASam, *, guide_mode: str = "image", seed: int = 0) -> PASam:
+    """``model`` itself when it has an adapter, else a copy of its SAM weights with a newly
+    initialized adapter (seeded) in ``guide_mode``."""
+    if model.has_adapter:
+        return model
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        new = build_pasam(model.variant, adapter=True, guide_mode=guide_mode)  # type: ignore[arg-type]
+    finally:
+        torch.random.set_rng_state(state)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected, unexpected
+    assert all(
+        k.startswith(("mask_decoder.guiding_conv.", "mask_decoder.prompt_adapter."))
+        for k in missing
+    )
+    return new.to(next(model.parameters()).device)
+
+
+# ---------------------------------------------------------------------------- data prep
+@dataclass
+class ObjectPrompts:
+    """One object of a prepared image: its label id, GT box and a pool of interior points,
+    both in the 1024-px input frame."""
+
+    label: int
+    box: np.ndarray  # 4 float32
+    points: np.ndarray  # Px2 float32 (x, y)
+
+
+@dataclass
+class PreparedImage:
+    """An image ready for the decoder: what the frozen encoder computed, plus targets.
+
+    Attributes:
+      embedding: 1xCx64x64 image embedding (frozen encoder output).
+      guide_input: 1x4x256x256 guide input (the trained ``guiding_conv`` runs per step).
+      target: LxL int32 labels in the padded 1024-px frame at the loss resolution L.
+      low: 256x256 int32 labels in the same frame at the mask-input resolution.
+      objects: the usable objects.
+    """
+
+    name: str
+    embedding: Tensor
+    guide_input: Tensor
+    target: Tensor
+    low: Tensor
+    objects: list[ObjectPrompts]
+
+
+def _labels_to_frame(
+    labels: np.ndarray, input_size: tuple[int, int], size: int, img: int
+) -> np.ndarray:
+    """HxW labels -> size x size labels of the padded img x img frame (nearest)."""
+    h = max(1, int(round(input_size[0] * size / img)))
+    w = max(1, int(round(input_size[1] * size / img)))
+    small = cv2.resize(labels.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
+    out = np.zeros((size, size), np.int32)
+    out[:h, :w] = small
+    return out
+
+
+@torch.no_grad()
+def prepare_image(
+    model: PASam,
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    name: str = "",
+    loss_size: int = 256,
+    min_pixels: int = 4,
+    pool_size: int = 1024,
+    rng: np.random.Generator | None = None,
+    autocast: Callable[[], Any] = nullcontext,
+) -> PreparedImage:
+    """Run the frozen encoder on one image and build its targets and prompt pools.
+
+    Arguments:
+      image: HxWx3 uint8 RGB (other kinds are normalized).
+      labels: HxW int label map (0 = background).
+      loss_size: resolution of the loss targets in the padded 1024 frame (1024 = the
+        paper's full resolution; 256 is 16x cheaper).
+      min_pixels: objects with fewer pixels in the loss frame are left out.
+    """
+    rgb = normalize_image(image)
+    if labels.shape != rgb.shape[:2]:
+        raise SampleError(f"{name}: image {rgb.shape[:2]} and labels {labels.shape} differ")
+    rng = rng or np.random.default_rng(0)
+    device = next(model.parameters()).device
+    img = model.image_encoder.img_size
+    transform = ResizeLongestSide(img)
+    resized = transform.apply_image(rgb)
+    x = torch.as_tensor(resized, device=device).permute(2, 0, 1)[None].float()
+    x = model.preprocess(x)
+    with autocast():
+        embedding = model.image_encoder(x).float()
+    gin = guide_input(model.guide_mode, x, resized).float()
+    input_size = resized.shape[:2]
+    target = _labels_to_frame(labels, input_size, loss_size, img)
+    low = _labels_to_frame(labels, input_size, 256, img)
+    counts = np.bincount(target.ravel())
+    objects = []
+    original = labels.shape
+    for obj in np.unique(labels):
+        if obj == 0 or obj >= counts.size or counts[obj] < min_pixels:
+            continue
+        m = labels == obj
+        box = transform.apply_boxes(mask_box(m)[None].astype(np.float64), original)[0]
+        ys, xs = np.nonzero(m)
+        if ys.size > pool_size:
+            pick = rng.choice(ys.size, pool_size, replace=False)
+            ys, xs = ys[pick], xs[pick]
+        pts = transform.apply_coords(np.stack([xs, ys], 1).astype(np.float64), original)
+        objects.append(ObjectPrompts(int(obj), box.astype(np.float32), pts.astype(np.float32)))
+    return PreparedImage(
+        name=name,
+        embedding=embedding,
+        guide_input=gin,
+        target=torch.from_numpy(target).to(device),
+        low=torch.from_numpy(low).to(device),
+        objects=objects,
+    )
+
+
+def augment(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    flip: bool = True,
+    jitter: tuple[float, float] | None = (0.1, 2.0),
+    size: int = 1024,
+    tries: int = 5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Horizontal flip (p = 0.5) and large-scale jitter onto a ``size`` x ``size`` canvas.
+
+    Jitter (SAM-HQ's ``LargeScaleJitter``): resize so the longest side is ``size x s`` with
+    ``s ~ U(jitter)``, crop a random ``size`` x ``size`` window when larger, pad with zeros
+    at the bottom/right. A draw that loses every object is redrawn (``tries`` times), then
+    the image is only resized.
+    """
+    if flip and rng.random() < 0.5:
+        image, labels = image[:, ::-1], labels[:, ::-1]
+    if jitter is None:
+        return np.ascontiguousarray(image), np.ascontiguousarray(labels)
+    h, w = labels.shape
+    for attempt in range(tries + 1):
+        s = rng.uniform(*jitter) if attempt < tries else 1.0
+        scale = size * s / max(h, w)
+        nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+        img = cv2.resize(np.ascontiguousarray(image), (nw, nh), interpolation=cv2.INTER_LINEAR)
+        lab = cv2.resize(labels.astype(np.int32), (nw, nh), interpolation=cv2.INTER_NEAREST)
+        y0 = int(rng.integers(0, nh - size + 1)) if nh > size else 0
+        x0 = int(rng.integers(0, nw - size + 1)) if nw > size else 0
+        img, lab = img[y0 : y0 + size, x0 : x0 + size], lab[y0 : y0 + size, x0 : x0 + size]
+        if (lab != 0).any():
+            break
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas_l = np.zeros((size, size), np.int32)
+    canvas[: img.shape[0], : img.shape[1]] = img
+    canvas_l[: lab.shape[0], : lab.shape[1]] = lab
+    return canvas, canvas_l
+
+
+# ---------------------------------------------------------------------------- one step
+def noisy_mask(gt: Tensor, rng: np.random.Generator) -> Tensor:
+    """SAM-HQ's ``masks_noise``: Gaussian noise on the incoherent band of Bx1x256x256 {0,1}
+    masks (where the mask differs from its 8x down/up-sampled version), thresholded; 0/255."""
+    h, w = gt.shape[-2:]
+    small = F.interpolate(gt, (h // 8, w // 8), mode="bilinear", align_corners=False)
+    recovered = F.interpolate(small, (h, w), mode="bilinear", align_corners=False)
+    incoherent = ((gt - recovered).abs() >= 0.01).float()
+    noise = torch.from_numpy(rng.standard_normal(gt.shape).astype(np.float32)).to(gt.device)
+    return ((gt + noise * incoherent) > 0.5).float() * 255.0
+
+
+def build_prompts(
+    prep: PreparedImage,
+    objects: Sequence[int],
+    kind: str,
+    rng: np.random.Generator,
+    *,
+    num_points: int = 10,
+) -> dict[str, Any]:
+    """``decode`` keyword arguments (points / boxes / mask_input) for objects of one image."""
+    parts = set(kind.split("+"))
+    unknown = parts - {"box", "points", "mask"}
+    if unknown:
+        raise ValueError(f"unknown prompt kind {kind!r}")
+    dev = prep.embedding.device
+    objs = [prep.objects[i] for i in objects]
+    kw: dict[str, Any] = {"points": None, "boxes": None, "mask_input": None}
+    if "box" in parts:
+        kw["boxes"] = torch.as_tensor(np.stack([o.box for o in objs]), device=dev)
+    if "points" in parts:
+        pts = []
+        for o in objs:
+            idx = rng.choice(len(o.points), num_points, replace=len(o.points) < num_points)
+            pts.append(o.points[idx])
+        coords = torch.as_tensor(np.stack(pts), device=dev)
+        kw["points"] = (coords, torch.ones(coords.shape[:2], dtype=torch.int, device=dev))
+    if "mask" in parts:
+        gt = torch.stack([(prep.low == o.label) for o in objs])[:, None].float()
+        kw["mask_input"] = noisy_mask(gt, rng)
+    return kw
+
+
+def image_loss(
+    model: PASam,
+    prep: PreparedImage,
+    objects: Sequence[int],
+    rng: np.random.Generator,
+    *,
+    prompt_kinds: Sequence[str] = PROMPT_KINDS,
+    num_points: int = 10,
+    mining: str = "off",
+    generator: torch.Generator | None = None,
+    autocast: Callable[[], Any] = nullcontext,
+):
+    """PA-SAM loss of some objects of one prepared image (gradients to the trainable set)."""
+    kind = prompt_kinds[int(rng.integers(len(prompt_kinds)))]
+    kw = build_prompts(prep, objects, kind, rng, num_points=num_points)
+    with autocast():
+        guide = model.mask_decoder.encode_guide(prep.guide_input)
+        out = model.decode(
+            prep.embedding,
+            guide=guide,
+            multimask_output=False,
+            mining=mining,  # type: ignore[arg-type]
+            generator=generator,
+            **kw,
+        )
+    gt = torch.stack([(prep.target == prep.objects[i].label) for i in objects])[:, None].float()
+    return pasam_loss(out, gt)
+
+
+def pick_objects(prep: PreparedImage, n: int, rng: np.random.Generator) -> list[int]:
+    """``n`` object indices (all when fewer), a seeded random choice."""
+    k = len(prep.objects)
+    if k <= n:
+        return list(range(k))
+    return sorted(int(i) for i in rng.choice(k, n, replace=False))
+
+
+# ---------------------------------------------------------------------------- the trainer
+@dataclass
+class TrainConfig:
+    """Settings of a training run (the defaults are the paper's protocol)."""
+
+    out_dir: str = "pasam-train"
+    epochs: int = 21
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 1e-3
+    lr_drop_epoch: int = 10
+    lr_gamma: float = 0.1
+    mining_start_epoch: int = 5
+    prompt_kinds: tuple[str, ...] = PROMPT_KINDS
+    num_points: int = 10
+    objects_per_image: int = 1
+    flip: bool = True
+    jitter: tuple[float, float] | None = (0.1, 2.0)
+    loss_size: int = 1024
+    seed: int = 0
+    amp: bool = True
+    save_every: int = 500
+    val_every: int = 0  # steps; 0 = after every epoch
+    val_max_objects: int | None = 20
+    max_steps: int | None = None
+    adapter_only: bool = True
+    device: str | None = None
+    #: keep encoder outputs per image and flip (only without jitter); None = when <= 2000 images
+    cache_embeddings: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["prompt_kinds"] = list(self.prompt_kinds)
+        d["jitter"] = list(self.jitter) if self.jitter else None
+        return d
+
+
+@dataclass
+class TrainResult:
+    model: PASam
+    step: int
+    checkpoint: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _autocast_factory(
+    device: torch.device, amp: bool
+) -> tuple[Callable[[], Any], torch.dtype | None]:
+    if not (amp and device.type == "cuda"):
+        return nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return (lambda: torch.autocast("cuda", dtype=dtype)), dtype
+
+
+class Trainer:
+    """Runs :class:`TrainConfig` on training samples; see the module docstring.
+
+    Arguments:
+      model: a PA-SAM (with adapter; see :func:`with_adapter`). Trained in place.
+      train: training samples. val: validation datasets (optional).
+      provenance: extra metadata recorded in every checkpoint (data sources, base model).
+    """
+
+    def __init__(
+        self,
+        model: PASam,
+        train: Sequence[Sample],
+        *,
+        config: TrainConfig,
+        val: Sequence[Dataset] = (),
+        provenance: dict[str, Any] | None = None,
+        progress: bool = True,
+    ) -> None:
+        if not train:
+            raise ValueError("no training samples")
+        from ..predictor import select_device
+
+        self.cfg = config
+        self.device = select_device(config.device)
+        self.model = model.to(self.device).eval()
+        self.params = freeze_for_training(self.model)
+        self.names = trainable_names(self.model)
+        self.train_samples = list(train)
+        self.val = list(val)
+        self.provenance = dict(provenance or {})
+        self.progress = progress
+        self.out = Path(config.out_dir)
+        self.autocast, amp_dtype = _autocast_factory(self.device, config.amp)
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=max(1, config.lr_drop_epoch), gamma=config.lr_gamma
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.micro_per_step = max(1, config.grad_accum)
+        per_step = config.batch_size * self.micro_per_step
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_samples) / per_step))
+        self.total_steps = self.steps_per_epoch * config.epochs
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.skipped: dict[str, str] = {}
+        cache = config.cache_embeddings
+        if cache is None:
+            cache = config.jitter is None and len(self.train_samples) <= 2000
+        if cache and config.jitter is not None:
+            raise ValueError("embeddings can only be cached without large-scale jitter")
+        self.cache: dict[tuple[int, bool], PreparedImage | None] | None = {} if cache else None
+
+    # -------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        params = dict(self.model.named_parameters())
+        return {
+            "format": "pasam-train-state",
+            "step": self.step,
+            "config": self.cfg.to_json(),
+            "trainable": {n: params[n].detach().cpu().clone() for n in self.names},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_torch": torch.random.get_rng_state(),
+            "rng_python": list(random.getstate()[1]),
+            "history": json.dumps(self.history),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != "pasam-train-state":
+            raise ValueError("not a pasam training state file")
+        params = dict(self.model.named_parameters())
+        missing = [n for n in self.names if n not in state["trainable"]]
+        if missing:
+            raise ValueError(f"training state lacks trainable weights: {missing[:4]}")
+        with torch.no_grad():
+            for n in self.names:
+                params[n].copy_(state["trainable"][n].to(params[n].device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.random.set_rng_state(state["rng_torch"])
+        py = random.getstate()
+        random.setstate((py[0], tuple(int(v) for v in state["rng_python"]), py[2]))
+        self.step = int(state["step"])
+        self.history = json.loads(state.get("history") or "[]")
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Continue from ``train_state.pt`` (default: the one in ``out_dir``)."""
+        path = Path(path) if path is not None else self.out / STATE_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no training state to resume from")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = state.get("config", {})
+        for key in ("batch_size", "grad_accum", "seed", "epochs", "prompt_kinds", "loss_size"):
+            mine = self.cfg.to_json()[key]
+            if key in saved and saved[key] != mine:
+                raise ValueError(
+                    f"{path}: was trained with {key}={saved[key]!r}, now {mine!r}; "
+                    f"resume needs the same setting"
+                )
+        self.load_state_dict(state)
+
+    # -------------------------------------------------------------- data
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.cfg.seed, epoch, 7]).permutation(len(self.train_samples))
+
+    def _micro_batch(self, step: int, micro: int) -> list[int]:
+        epoch, in_epoch = divmod(step, self.steps_per_epoch)
+        order = self._epoch_order(epoch)
+        b = self.cfg.batch_size
+        start = (in_epoch * self.micro_per_step + micro) * b
+        idx = order[start : start + b]
+        if len(idx) < b:  # last partial batch: fill from the start of the order
+            idx = np.concatenate([idx, order[: b - len(idx)]])
+        return [int(i) for i in idx]
+
+    def _prepare(self, index: int, rng: np.random.Generator) -> PreparedImage | None:
+        """The augmented, encoded sample ``index``. Without jitter the only augmentation is
+        the flip, and both variants are cached (the encoder runs once per image and flip)."""
+        sample = self.train_samples[index]
+        if sample.name in self.skipped:
+            return None
+        flipped = bool(self.cfg.flip and rng.random() < 0.5)
+        key = (index, flipped)
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        try:
+            image, labels = sample.load()
+        except (SampleError, ValueError, OSError) as exc:
+            self.skipped[sample.name] = str(exc)
+            logger.warning("skipping %s: %s", sample.name, exc)
+            return None
+        if flipped:
+            image, labels = image[:, ::-1], labels[:, ::-1]
+        if self.cache is not None:
+            pool_rng = np.random.default_rng([self.cfg.seed, index, int(flipped), 11])
+        else:
+            pool_rng = rng
+            image, labels = augment(image, labels, rng, flip=False, jitter=self.cfg.jitter)
+        prep = prepare_image(
+            self.model,
+            np.ascontiguousarray(image),
+            np.ascontiguousarray(labels),
+            name=sample.name,
+            loss_size=self.cfg.loss_size,
+            rng=pool_rng,
+            autocast=self.autocast,
+        )
+        if not prep.objects:
+            prep = None
+        if self.cache is not None:
+            self.cache[key] = prep
+        return prep
+
+    # -------------------------------------------------------------- loop
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step (``grad_accum`` micro-batches)."""
+        cfg = self.cfg
+        step = self.step
+        epoch = step // self.steps_per_epoch
+        mining = "gumbel" if epoch >= cfg.mining_start_epoch else "off"
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        count = 0
+        for micro in range(self.micro_per_step):
+            losses = []
+            for slot, index in enumerate(self._micro_batch(step, micro)):
+                rng = np.random.default_rng([cfg.seed, step, micro, slot])
+                prep = self._prepare(index, rng)
+                if prep is None:
+                    continue
+                gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+                objs = pick_objects(prep, cfg.objects_per_image, rng)
+                terms = image_loss(
+                    self.model,
+                    prep,
+                    objs,
+                    rng,
+                    prompt_kinds=cfg.prompt_kinds,
+                    num_points=cfg.num_points,
+                    mining=mining,
+                    generator=gen,
+                    autocast=self.autocast,
+                )
+                losses.append(terms.total)
+                for k, v in terms.as_dict().items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+            if losses:
+                loss = torch.stack(losses).mean() / self.micro_per_step
+                self.scaler.scale(loss).backward()
+        if count:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.step += 1
+        if self.step % self.steps_per_epoch == 0:
+            self.scheduler.step()
+        out = {k: v / max(count, 1) for k, v in sums.items()}
+        out.update(
+            step=self.step,
+            epoch=epoch,
+            lr=self.optimizer.param_groups[0]["lr"],
+            mining=mining,
+            images=count,
+        )
+        return out
+
+    def validate(self) -> dict[str, float]:
+        from ..evaluate import evaluate_model
+
+        rep = evaluate_model(
+            self.model,
+            self.val,
+            compare_sam=False,
+            max_objects=self.cfg.val_max_objects,
+            seed=self.cfg.seed,
+            device=self.device,
+        )
+        miou, mbiou = rep.mean(rep.models[0]) if rep.results else (float("nan"),) * 2
+        out = {"val_miou": miou, "val_mbiou": mbiou}
+        for d in rep.datasets:
+            m, b = rep.mean(rep.models[0], d)
+            out[f"val_miou/{d}"], out[f"val_mbiou/{d}"] = m, b
+        self.model.eval()
+        return out
+
+    def _log(self, record: dict[str, Any]) -> None:
+        record = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()
+        }
+        self.history.append(record)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / LOG_NAME, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save(self, *, final: bool = False) -> Path:
+        """Checkpoint (adapter format, with provenance) plus the resumable training state."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        last_loss = next((h["total"] for h in reversed(self.history) if "total" in h), None)
+        last_val = next((h for h in reversed(self.history) if "val_miou" in h), None)
+        meta = {
+            "provenance": {
+                **self.provenance,
+                "kind": "pasam train",
+                "step": self.step,
+                "epoch": self.step / self.steps_per_epoch,
+                "train_images": len(self.train_samples),
+                "config": self.cfg.to_json(),
+                "final_loss": last_loss,
+                "validation": last_val,
+            }
+        }
+        if self.provenance.get("untrained_base"):
+            meta["untrained"] = True
+        name = FINAL_NAME if final else f"adapter-step{self.step:06d}.safetensors"
+        path = save_checkpoint(
+            self.model, self.out / name, metadata=meta, adapter_only=self.cfg.adapter_only
+        )
+        _atomic_torch_save(self.state_dict(), self.out / STATE_NAME)
+        plot_history(self.history, self.out / PLOT_NAME)
+        return path
+
+    def run(
+        self,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[dict[str, Any]], None] | None = None,
+    ) -> TrainResult:
+        """Train until ``total_steps`` (or ``should_stop()``); returns the final checkpoint."""
+        cfg = self.cfg
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step")
+        t0 = time.perf_counter()
+        checkpoint = None
+        while self.step < self.total_steps:
+            if should_stop is not None and should_stop():
+                break
+            rec = self.train_step()
+            rec["seconds"] = round(time.perf_counter() - t0, 3)
+            end_of_epoch = self.step % self.steps_per_epoch == 0
+            val_due = (cfg.val_every and self.step % cfg.val_every == 0) or (
+                not cfg.val_every and end_of_epoch
+            )
+            if self.val and val_due:
+                rec.update(self.validate())
+            self._log(rec)
+            if on_step is not None:
+                on_step(rec)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec.get('total', float('nan')):.3f}", lr=f"{rec['lr']:.1e}")
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                checkpoint = self.save()
+        if bar is not None:
+            bar.close()
+        checkpoint = self.save(final=True)
+        return TrainResult(self.model, self.step, checkpoint, self.history)
+
+
+def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
+    """Loss terms and validation curves against the step, as a PNG (matplotlib, Agg)."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    ax1, ax2 = fig.subplots(1, 2)
+    steps = [h["step"] for h in history if "total" in h]
+    for key in ("total", "mask_bce", "mask_dice", "coarse", "refined", "uncertainty"):
+        ys = [h[key] for h in history if "total" in h]
+        ax1.plot(steps, ys, label=key, linewidth=1.5 if key == "total" else 0.8)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("training loss")
+    ax1.set_yscale("log")
+    ax1.legend(fontsize=7)
+    val = [h for h in history if h.get("val_miou") is not None]
+    if val:
+        ax2.plot([h["step"] for h in val], [h["val_miou"] for h in val], "o-", label="mIoU")
+        ax2.plot(
+            [h["step"] for h in val], [h["val_mbiou"] for h in val], "s-", label="boundary mIoU"
+        )
+        ax2.legend(fontsize=7)
+    else:
+        ax2.text(0.5, 0.5, "no validation data", ha="center", va="center")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("validation")
+    fig.tight_layout()
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,228 @@
+"""Training evidence with tiny random-weight models: the loss goes down, only the trainable
+set changes, resuming equals training without interruption, fine-tuning controls."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pasam_plugins.checkpoint import load_model, read_metadata
+from pasam_plugins.train.datasets import Sample, SampleError
+from pasam_plugins.train.finetune import finetune, prepare_samples
+from pasam_plugins.train.trainer import (
+    STATE_NAME,
+    TrainConfig,
+    Trainer,
+    augment,
+    image_loss,
+    trainable_names,
+)
+
+TRAINABLE_PREFIXES = (
+    "mask_decoder.guiding_conv.",
+    "mask_decoder.prompt_adapter.",
+    "mask_decoder.output_upscaling.",
+    "mask_decoder.output_hypernetworks_mlps.",
+    "mask_decoder.mask_tokens.",
+)
+
+
+def synth(seed: int, h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Dark noisy image with three bright discs, one label each."""
+    rng = np.random.default_rng(seed)
+    img = (rng.random((h, w, 3)) * 60).astype(np.uint8)
+    lab = np.zeros((h, w), np.int32)
+    yy, xx = np.mgrid[:h, :w]
+    for k in range(3):
+        cy, cx, r = rng.integers(20, h - 20), rng.integers(20, w - 20), rng.integers(8, 18)
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        img[m] = 200
+        lab[m] = k + 1
+    return img, lab
+
+
+def _samples(n: int) -> list[Sample]:
+    return [Sample.from_arrays(f"s{i}", *synth(i), instances="labels") for i in range(n)]
+
+
+def _fixed_loss(model, prepared) -> float:
+    """Loss on fixed box prompts without mining (deterministic)."""
+    total = 0.0
+    with torch.no_grad():
+        for p in prepared:
+            rng = np.random.default_rng(0)
+            objs = list(range(len(p.objects)))
+            total += float(image_loss(model, p, objs, rng, prompt_kinds=("box",)).total)
+    return total / len(prepared)
+
+
+def test_trainable_set_is_the_reference_one(tiny_model):
+    names = trainable_names(tiny_model)
+    assert names and all(n.startswith(TRAINABLE_PREFIXES) for n in names)
+    for prefix in TRAINABLE_PREFIXES:
+        assert any(n.startswith(prefix) for n in names), prefix
+    assert not any(n.startswith(("image_encoder", "prompt_encoder")) for n in names)
+    assert not any("transformer" in n or "iou_prediction_head" in n for n in names)
+
+
+@pytest.mark.slow
+def test_finetune_lowers_the_loss_and_changes_only_the_trainable_set(tiny_model):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    samples = _samples(2)
+    prepared = prepare_samples(tiny_model, samples)
+    loss0 = _fixed_loss(tiny_model, prepared)
+    seen = []
+    tuned = finetune(
+        tiny_model,
+        samples,
+        steps=4,
+        images_per_step=1,
+        objects_per_image=2,
+        progress_callback=lambda s, n, info: seen.append((s, n, info["loss"])),
+    )
+    assert [s for s, _, _ in seen] == [1, 2, 3, 4] and all(n == 4 for _, n, _ in seen)
+    loss1 = _fixed_loss(tuned, prepared)
+    assert loss1 < 0.8 * loss0, (loss0, loss1)
+    # the caller's model is untouched
+    for k, v in tiny_model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # the new model differs from it exactly in the trainable set
+    trainable = set(trainable_names(tuned))
+    after = tuned.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and changed <= trainable
+    assert {k.rsplit(".", 1)[0].split(".")[1] for k in changed} >= {
+        "guiding_conv",
+        "prompt_adapter",
+        "output_upscaling",
+        "output_hypernetworks_mlps",
+    }
+    report = tuned.finetune_report
+    assert report.steps == 4 and report.images == 2 and report.objects == 6
+
+
+def test_finetune_stops_when_asked_and_skips_bad_samples(tiny_model, tmp_path, tiny_checkpoint):
+    def broken():
+        raise SampleError("cannot decode")
+
+    samples = [Sample("bad", broken), *_samples(1)]
+    calls = []
+    tuned = finetune(
+        load_model(tiny_checkpoint),
+        samples,
+        steps=50,
+        images_per_step=1,
+        objects_per_image=1,
+        should_stop=lambda: len(calls) >= 1,
+        progress_callback=lambda s, n, info: calls.append(s),
+        save=tmp_path / "ft.safetensors",
+    )
+    report = tuned.finetune_report
+    assert report.stopped_early and report.steps == 1 and calls == [1]
+    assert report.skipped == [("bad", "cannot decode")]
+    meta = read_metadata(tmp_path / "ft.safetensors")
+    assert meta["contents"] == "adapter" and meta["provenance"]["steps"] == 1
+    assert meta["untrained"] is True  # fine-tuned on a random-weight SAM: still flagged
+    reloaded = load_model(tmp_path / "ft.safetensors", sam_checkpoint=tiny_checkpoint)
+    for k, v in tuned.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="no usable training sample"):
+        finetune(tiny_model, [Sample("bad", broken)], steps=1)
+
+
+def _trainer(model, out, **kw):
+    cfg = TrainConfig(
+        out_dir=str(out),
+        epochs=2,
+        batch_size=1,
+        lr_drop_epoch=1,
+        mining_start_epoch=1,
+        jitter=None,
+        flip=True,
+        loss_size=256,
+        save_every=2,
+        objects_per_image=1,
+        seed=3,
+        **kw,
+    )
+    return Trainer(
+        model, _samples(2), config=cfg, progress=False, provenance={"data": ["synthetic"]}
+    )
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_training(tmp_path, tiny_checkpoint):
+    full = _trainer(load_model(tiny_checkpoint), tmp_path / "full")
+    result = full.run()
+    assert result.step == 4 and full.total_steps == 4
+    # interrupted after 2 steps (the step-2 checkpoint), then resumed in a new process state
+    part = _trainer(load_model(tiny_checkpoint), tmp_path / "part")
+    part.run(should_stop=lambda: part.step >= 2)
+    resumed = _trainer(load_model(tiny_checkpoint), tmp_path / "part")
+    resumed.resume()
+    assert resumed.step == 2
+    resumed.run()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the learning rate decayed per epoch and mining switched on in epoch 1
+    log = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert [r["mining"] for r in log] == ["off", "off", "gumbel", "gumbel"]
+    assert log[0]["lr"] == pytest.approx(1e-3) and log[-1]["lr"] == pytest.approx(1e-5)
+    # frozen weights bit-identical to the base; every trainable one changed except the
+    # hypernetwork MLPs of masks 1..3, which single-mask training never uses
+    base = load_model(tiny_checkpoint).state_dict()
+    trainable = set(trainable_names(full.model))
+    unused = {
+        k
+        for k in trainable
+        if k.startswith("mask_decoder.output_hypernetworks_mlps.")
+        and not k.startswith("mask_decoder.output_hypernetworks_mlps.0.")
+    }
+    changed = {k for k, v in a.items() if not torch.equal(v, base[k])}
+    assert changed == trainable - unused
+
+
+def test_checkpoints_logs_and_plot(tmp_path, tiny_checkpoint):
+    trainer = _trainer(load_model(tiny_checkpoint), tmp_path, max_steps=2)
+    trainer.cfg.save_every = 1
+    result = trainer.run()
+    out = tmp_path
+    assert result.checkpoint == out / "adapter.safetensors"
+    assert (out / "adapter-step000001.safetensors").is_file()
+    assert (out / STATE_NAME).is_file() and (out / "curves.png").stat().st_size > 1000
+    assert not list(out.glob(".*tmp"))  # atomic writes leave no temp files
+    meta = read_metadata(out / "adapter.safetensors")
+    prov = meta["provenance"]
+    assert prov["kind"] == "pasam train" and prov["step"] == 2 and prov["data"] == ["synthetic"]
+    assert prov["config"]["batch_size"] == 1 and prov["final_loss"] > 0
+    model = load_model(out / "adapter.safetensors", sam_checkpoint=tiny_checkpoint)
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v.cpu()), k
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    # a resume with other settings is refused with a clear message
+    other = Trainer(
+        load_model(tiny_checkpoint),
+        _samples(2),
+        config=TrainConfig(out_dir=str(out), batch_size=2, jitter=None),
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="batch_size"):
+        other.resume()
+
+
+def test_augment_flip_and_jitter_keep_image_and_labels_aligned():
+    img, lab = synth(5)
+    img = img.copy()
+    img[lab == 0] = 0
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a, b = augment(img, lab, rng, flip=True, jitter=(0.5, 1.5), size=256)
+        assert a.shape == (256, 256, 3) and b.shape == (256, 256)
+        assert (b != 0).any()
+        # object pixels are bright, background pixels dark (up to interpolation at edges)
+        inside = a[b != 0].mean()
+        outside = a[b == 0].mean()
+        assert inside > 150 and outside < 40
