@@ -304,9 +304,13 @@ class PASamBackend:
                 self.predictor.set_image(image)
                 self._image, self._image_key = image, self.predictor.image_key
             size = self.predictor.original_size
+            # full-resolution outputs (mask logits for up to 3 masks + uncertainty, float32)
+            # of one chunk stay within ~512 MiB, whatever the image size
+            per_prompt = 16 * size[0] * size[1]
+            step = max(1, min(self.max_batch, (512 << 20) // per_prompt))
             for (n_points, has_box), idx in groups.items():
-                for start in range(0, len(idx), self.max_batch):
-                    chunk = idx[start : start + self.max_batch]
+                for start in range(0, len(idx), step):
+                    chunk = idx[start : start + step]
                     outs = self._decode([prompts[i] for i in chunk], n_points, has_box, size)
                     for i, out in zip(chunk, outs, strict=True):
                         raw[i] = out

@@ -458,3 +458,50 @@ def test_eight_concurrent_interactive_requests(client, images):
     assert [r.status_code for r in responses] == [200] * 8
     got = [r.json()["results"][0]["result"][0]["value"]["rle"] for r in responses]
     assert got == expected
+
+
+# --------------------------------------------------------------------------- plain SAM, CLI
+def test_plain_sam_checkpoint_scores_tasks_by_predicted_iou(tmp_path, images):
+    from pasam_plugins.testing import make_test_checkpoint
+
+    root, urls = images
+    ckpt = make_test_checkpoint(tmp_path / "sam.safetensors", seed=0, adapter=False)
+    backend = PASamBackend.from_settings(Settings(checkpoint=ckpt, local_files_root=root))
+    res = backend.predict(predict_body([task(urls["em.png"])], context=[keypoint(50, 50)]))["results"][0]
+    (region,) = res["result"]
+    assert "mean_uncertainty" not in region["meta"]
+    assert res["score"] == pytest.approx(region["score"], abs=1e-5)
+
+
+def test_serve_without_a_usable_checkpoint_is_a_clear_cli_error(tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from label_studio_backend.cli import serve
+
+    monkeypatch.delenv("PASAM_CHECKPOINT", raising=False)
+    cli = typer.Typer()
+    cli.command()(serve)
+    runner = CliRunner()
+    r = runner.invoke(cli, [])
+    assert r.exit_code != 0 and "checkpoint" in r.output.lower()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    r = runner.invoke(cli, ["--checkpoint", str(bad)])
+    assert r.exit_code == 2 and "cannot load the model" in r.output
+    r = runner.invoke(cli, ["--checkpoint", str(tmp_path / "missing.pth")])
+    assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_health_and_setup_answer_fast_while_the_model_is_busy(backend):
+    """Label Studio gives /health 1 s: a long batch holding the model must not block it."""
+    import time
+
+    c = TestClient(create_app(backend))
+    with backend.lock:  # as during a long /predict
+        for _ in range(3):
+            t0 = time.perf_counter()
+            assert c.get("/health").status_code == 200
+            assert c.post("/setup", json={"project": "1.1", "schema": SAM_CONFIG}).status_code == 200
+            assert c.get("/metrics").status_code == 200
+            assert time.perf_counter() - t0 < 0.5
