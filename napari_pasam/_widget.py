@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
+from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -61,6 +62,7 @@ REGISTRY_VARIANTS = ("vit_tiny", "vit_b", "vit_l", "vit_h")
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
 SUGGEST_POSITIVE_COLOR = "cyan"
+CURRENT_OBJECT_COLOR = "dodgerblue"
 SUGGEST_NEGATIVE_COLOR = "magenta"
 
 #: columns of the labels layer's ``features`` table (one row per object)
@@ -223,6 +225,35 @@ def _propagation_job(
     return summary
 
 
+def _set_layer_array(layer, array: np.ndarray) -> None:
+    """Show ``array`` in an Image/Labels layer; same shape and dtype: copy in place and
+    refresh (no dims/extent recomputation, which dominates the cost of ``layer.data = ...``)."""
+    data = layer.data
+    if isinstance(data, np.ndarray) and data.shape == array.shape and data.dtype == array.dtype:
+        np.copyto(data, array)
+        layer.refresh(extent=False)
+    else:
+        layer.data = array
+
+
+def _set_points(layer: Points, yx: np.ndarray, positive: np.ndarray) -> None:
+    """Show suggestion points with their ``positive`` feature, in place when the count holds."""
+    if len(yx) == 0:
+        if len(layer.data):
+            layer.data = yx  # napari drops the feature rows with the points
+        return
+    same_features = len(layer.features) == len(positive) and np.array_equal(
+        layer.features["positive"].to_numpy(bool), positive
+    )
+    if len(layer.data) == len(yx) and same_features:
+        np.copyto(layer.data, yx)
+        layer.refresh(extent=False)
+        return
+    layer.data = yx
+    layer.features = pd.DataFrame({"positive": positive})
+    layer.face_color = "positive"  # re-map colours from the new features
+
+
 class AnnotatorWidget(QWidget):
     """PA-SAM annotation dock widget (see the module docstring).
 
@@ -342,7 +373,7 @@ class AnnotatorWidget(QWidget):
         self.show_suggestions_check.toggled.connect(self._apply_overlay_settings)
         self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
         self.opacity_slider.setRange(0, 100)
-        self.opacity_slider.setValue(60)
+        self.opacity_slider.setValue(50)
         self.opacity_slider.valueChanged.connect(self._apply_overlay_settings)
         form.addRow(self.show_uncertainty_check)
         form.addRow("Opacity", self.opacity_slider)
@@ -581,7 +612,10 @@ class AnnotatorWidget(QWidget):
             self.current_layer = Labels(
                 np.zeros((h, w), np.uint8),
                 name=f"{base} PA-SAM current object",
-                opacity=0.5,
+                colormap=DirectLabelColormap(
+                    color_dict={None: "transparent", 0: "transparent", 1: CURRENT_OBJECT_COLOR}
+                ),
+                opacity=0.55,
                 scale=scale[-2:],
                 translate=translate[-2:],
                 metadata={_ROLE: "current"},
@@ -776,22 +810,18 @@ class AnnotatorWidget(QWidget):
     def _show_prediction(self, pred, mask: np.ndarray) -> None:
         self._shown_leading = self.current.leading if self.current else self._shown_leading
         self._ensure_layer(self.current_layer)
-        self.current_layer.data = mask.astype(np.uint8)
+        _set_layer_array(self.current_layer, mask.astype(np.uint8))
+        self._ensure_layer(self.uncertainty_layer)
         if pred.uncertainty is not None:
-            self._ensure_layer(self.uncertainty_layer)
-            self.uncertainty_layer.data = np.asarray(pred.uncertainty, dtype=np.float32)
+            _set_layer_array(self.uncertainty_layer, np.asarray(pred.uncertainty, np.float32))
         else:
-            self.uncertainty_layer.data = np.zeros(mask.shape, np.float32)
+            _set_layer_array(self.uncertainty_layer, np.zeros(mask.shape, np.float32))
+        self._ensure_layer(self.suggestions_layer)
         if pred.mined_points is not None:
-            self._ensure_layer(self.suggestions_layer)
             pts = np.asarray(pred.mined_points, dtype=np.float64)[:, ::-1]  # (x, y) -> (y, x)
-            positive = np.asarray(pred.mined_labels) == 1
-            self.suggestions_layer.data = pts
-            self.suggestions_layer.features = pd.DataFrame({"positive": positive})
-            # refresh colours after the features change
-            self.suggestions_layer.face_color = "positive"
+            _set_points(self.suggestions_layer, pts, np.asarray(pred.mined_labels) == 1)
         else:
-            self.suggestions_layer.data = np.zeros((0, 2))
+            _set_points(self.suggestions_layer, np.zeros((0, 2)), np.zeros(0, bool))
 
     def _ensure_layer(self, layer) -> None:
         """Re-add one of our layers if the user deleted it."""
@@ -809,11 +839,11 @@ class AnnotatorWidget(QWidget):
             return
         h, w = self.geometry.plane_shape
         if self.current_layer.data.any():
-            self.current_layer.data = np.zeros((h, w), np.uint8)
+            _set_layer_array(self.current_layer, np.zeros((h, w), np.uint8))
         if self.uncertainty_layer.data.any():
-            self.uncertainty_layer.data = np.zeros((h, w), np.float32)
+            _set_layer_array(self.uncertainty_layer, np.zeros((h, w), np.float32))
         if len(self.suggestions_layer.data):
-            self.suggestions_layer.data = np.zeros((0, 2))
+            _set_points(self.suggestions_layer, np.zeros((0, 2)), np.zeros(0, bool))
 
     def clear_prompts(self) -> None:
         """Remove all prompt points and boxes and the current prediction."""
