@@ -43,7 +43,8 @@ class Settings:
         [LABEL_STUDIO_API_KEY]; without it the token Label Studio sends in ``/setup`` is used.
       local_files_root: read ``/data/local-files/?d=...`` images from this directory instead
         of downloading them [LOCAL_FILES_DOCUMENT_ROOT].
-      cache_dir: persistent embedding cache directory [PASAM_CACHE_DIR].
+      cache_dir: pasam's cache directory [PASAM_CACHE_DIR]; when set, image embeddings
+        persist in its ``embeddings/`` subdirectory (otherwise memory only).
       cache_max_mb: in-memory embedding cache budget [PASAM_CACHE_MAX_MB].
       image_cache_max_mb: in-memory budget for decoded task images [PASAM_IMAGE_CACHE_MAX_MB].
       max_image_bytes: largest image file accepted [PASAM_MAX_IMAGE_BYTES].

@@ -142,7 +142,9 @@ class PASamBackend:
         if not settings.checkpoint.exists():
             raise ValueError(f"checkpoint not found: {settings.checkpoint}")
         model = load_model(settings.checkpoint, device="cpu")
-        cache = EmbeddingCache(max_bytes=settings.cache_max_mb << 20, disk_dir=settings.cache_dir)
+        # PASAM_CACHE_DIR is shared with checkpoint downloads: embeddings get a subdirectory
+        disk = settings.cache_dir / "embeddings" if settings.cache_dir else None
+        cache = EmbeddingCache(max_bytes=settings.cache_max_mb << 20, disk_dir=disk)
         predictor = PASamPredictor(model, device=settings.device, cache=cache)
         loader = ImageLoader(
             label_studio_url=settings.label_studio_url,

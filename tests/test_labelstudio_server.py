@@ -295,6 +295,7 @@ def test_disk_cache_survives_a_restart(tiny_checkpoint, images, tmp_path):
     second = PASamBackend.from_settings(settings)
     b = second.predict(body)
     assert second.predictor.encoder_runs == 0
+    assert list((tmp_path / "emb" / "embeddings").iterdir())  # next to checkpoint downloads
     assert a["results"][0]["result"][0]["value"]["rle"] == b["results"][0]["result"][0]["value"]["rle"]
 
 
