@@ -506,3 +506,18 @@ def test_health_and_setup_answer_fast_while_the_model_is_busy(backend):
             assert c.post("/setup", json={"project": "1.1", "schema": SAM_CONFIG}).status_code == 200
             assert c.get("/metrics").status_code == 200
             assert time.perf_counter() - t0 < 0.5
+
+
+def test_task_score_weights_boundary_pixels_and_penalizes_empty_masks():
+    from label_studio_backend.model import RegionResult, task_score
+
+    def region(band_sum, band_n, area, mean_u=0.5, score=0.9):
+        return RegionResult("Cell", [], score, mean_u, band_sum, band_n, area, [])
+
+    # 100 band pixels at mean 0.2 and 300 at mean 0.6 -> pixel-weighted mean 0.5
+    assert task_score([region(20.0, 100, 50), region(180.0, 300, 80)]) == pytest.approx(0.5)
+    # an empty mask counts as one fully uncertain object
+    assert task_score([region(20.0, 100, 50), region(0.0, 0, 0)]) == pytest.approx(1 - (0.2 + 1) / 2)
+    assert task_score([region(0.0, 0, 0)]) == 0.0
+    # without uncertainty (plain SAM): mean predicted IoU
+    assert task_score([region(0, 0, 5, None, 0.4), region(0, 0, 5, None, 0.8)]) == pytest.approx(0.6)
