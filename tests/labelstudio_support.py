@@ -129,7 +129,8 @@ def make_jwt(token_type: str, *, lifetime: float = 3600, secret: str = "fake-lab
 class FakeLabelStudio:
     """A tiny Label Studio stand-in on 127.0.0.1: ``POST /api/token/refresh/`` (personal access
     token -> access token), uploads at ``/storage-data/uploaded/?filepath=upload/1/NAME`` and
-    ``/data/upload/1/NAME``, local-files at ``/data/local-files/?d=NAME``, plus ``/redirect-out``
+    ``/data/upload/1/NAME``, local-files at ``/data/local-files/?d=NAME``, cloud storage at
+    ``/tasks/ID/presign/?fileuri=base64(s3://bucket/NAME)``, plus ``/redirect-out``
     (302 to another host), ``/slow`` (never finishes) and ``/huge`` (endless bytes)."""
 
     def __init__(self, files: dict[str, bytes], *, legacy_token: str = "legacy-token-123",
@@ -202,6 +203,11 @@ class FakeLabelStudio:
                     name = p.path.removeprefix("/data/upload/1/")
                 elif p.path.rstrip("/") == "/data/local-files":
                     name = (q.get("d") or [""])[0]
+                elif p.path.startswith("/tasks/") and p.path.rstrip("/").endswith("/presign"):
+                    import base64
+
+                    uri = base64.urlsafe_b64decode((q.get("fileuri") or [""])[0]).decode()
+                    name = uri.removeprefix("s3://bucket/")
                 if name in fake.files:
                     return self._send(200, fake.files[name], "image/png")
                 self._send(404, b'{"detail": "Not found"}')

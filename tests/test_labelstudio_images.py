@@ -181,3 +181,14 @@ def test_download_errors_are_clear(em):
                 "/data/upload/1/a.png"
             )
         assert e.value.status_code == 502
+
+
+def test_cloud_storage_uri_is_fetched_through_label_studio_presign(em):
+    with FakeLabelStudio({"d/e.png": png_bytes(em[:50, :70])}) as ls:
+        loader = ImageLoader(label_studio_url=ls.url, api_key=ls.legacy_token)
+        with pytest.raises(ImageError) as e:
+            loader.load("s3://bucket/d/e.png")
+        assert e.value.status_code == 400 and "task id" in e.value.message
+        img = loader.load("s3://bucket/d/e.png", task_id=7)
+        assert img.shape == (50, 70, 3)
+        assert any(path.startswith("/tasks/7/presign") for _, path, _ in ls.requests)
