@@ -142,7 +142,7 @@ def _run_safely(fn, *args, **kwargs):
         return _Failure(_message(exc))
 
 
-def _load_job(source: str, device: str):
+def _load_job(source: str, device: str, sam_checkpoint: str | None, guide_mode: str | None):
     avoid_triton_llvm_clash()
     from pasam_plugins.predictor import PASamPredictor
 
@@ -152,12 +152,14 @@ def _load_job(source: str, device: str):
         variant = source.split(":", 1)[1]
         if variant not in pasam_model_registry:
             raise ValueError(f"unknown model {variant!r}; known: {sorted(pasam_model_registry)}")
-        model = pasam_model_registry[variant]()
+        model = pasam_model_registry[variant](guide_mode=guide_mode or "reference")
         untrained, label = True, f"registry entry {variant} (random weights, no checkpoint)"
     else:
         from pasam_plugins.checkpoint import load_model, read_metadata
 
-        model = load_model(source, device="cpu")
+        model = load_model(
+            source, device="cpu", sam_checkpoint=sam_checkpoint or None, guide_mode=guide_mode
+        )
         try:
             meta = read_metadata(source)
         except Exception:  # noqa: BLE001 - official files carry no metadata of ours
@@ -312,6 +314,19 @@ class AnnotatorWidget(QWidget):
         row.addWidget(self.checkpoint_edit)
         row.addWidget(browse)
         form.addRow("Checkpoint", row)
+        row = QHBoxLayout()
+        self.sam_checkpoint_edit = QLineEdit()
+        self.sam_checkpoint_edit.setPlaceholderText("only for official PA-SAM epoch_N.pth files")
+        browse_sam = QPushButton("Browse…")
+        browse_sam.clicked.connect(self._browse_sam)
+        row.addWidget(self.sam_checkpoint_edit)
+        row.addWidget(browse_sam)
+        form.addRow("Base SAM", row)
+        self.guide_combo = QComboBox()
+        self.guide_combo.addItem("as saved in the checkpoint", None)
+        self.guide_combo.addItem("reference (official PA-SAM weights)", "reference")
+        self.guide_combo.addItem("image (adapters trained with guide mode image)", "image")
+        form.addRow("Guide mode", self.guide_combo)
         self.device_combo = QComboBox()
         self.device_combo.addItems(self._available_devices())
         form.addRow("Device", self.device_combo)
@@ -440,6 +455,13 @@ class AnnotatorWidget(QWidget):
             self.checkpoint_edit.setText(path)
             self.source_combo.setCurrentIndex(0)
 
+    def _browse_sam(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose the base SAM checkpoint", "", "SAM checkpoints (*.pth);;All files (*)"
+        )
+        if path:
+            self.sam_checkpoint_edit.setText(path)
+
     def _set_status(self, text: str) -> None:
         self.status_label.setText(text)
 
@@ -477,7 +499,13 @@ class AnnotatorWidget(QWidget):
             return
         device = device or self.device_combo.currentText()
         worker = create_worker(
-            _run_safely, _load_job, str(source), device, _progress={"desc": "PA-SAM: loading model"}
+            _run_safely,
+            _load_job,
+            str(source),
+            device,
+            self.sam_checkpoint_edit.text().strip() or None,
+            self.guide_combo.currentData(),
+            _progress={"desc": "PA-SAM: loading model"},
         )
         worker.returned.connect(self._on_model_loaded)
         self._start_worker(worker, "Loading model")
@@ -868,9 +896,6 @@ class AnnotatorWidget(QWidget):
 
     def accept(self) -> int | None:
         """Write the current object into the labels layer with a new id; returns the id."""
-        if self.busy:
-            show_info("PA-SAM: busy, try again when the current task has finished")
-            return None
         cur = self.current
         if cur is None or not cur.mask.any():
             show_warning("PA-SAM: nothing to accept; click a point or draw a box first")
