@@ -326,6 +326,23 @@ def test_stack_propagation_follows_the_stop_rule(
     row = widget.labels_layer.features.set_index("index").loc[3]
     assert (row["slice_start"], row["slice_stop"]) == (z0, z0)
 
+    # object 4: whole-stack propagation, cancelled after the first slice
+    click(qtbot, widget, (256, 256))
+    assert widget.accept() == 4
+    widget.max_uncertainty_spin.setValue(1.0)
+    widget.max_slices_spin.setValue(0)  # "whole stack"
+    assert widget.propagation_rule().max_slices is None
+    widget.propagate()
+    assert widget.busy
+    qtbot.waitUntil(lambda: len(widget.last_propagation) >= 1, timeout=WAIT_MS)
+    widget.cancel_button.click()
+    wait_idle(qtbot, widget)
+    assert widget.last_propagation_summary.cancelled
+    assert len(widget.last_propagation) <= 3, "stops within a slice or two of the cancel"
+    written = np.nonzero((widget.labels_layer.data == 4).any(axis=(1, 2)))[0].tolist()
+    kept4 = [s.slice_index for s in widget.last_propagation if s.kept]
+    assert sorted(written) == sorted([z0, *kept4])
+
     # moving to another slice clears the current object; prompts live on their slice
     click(qtbot, widget, (100, 100))
     assert widget.current is not None
@@ -369,3 +386,23 @@ def test_bad_checkpoint_shows_error_and_viewer_stays_usable(
     click(qtbot, widget, (100, 100))
     assert widget.current is not None and widget.current.mask.shape == (256, 256)
     assert len(errors_since(n)) == 2
+
+
+def test_key_bindings_reach_the_annotator(make_napari_viewer, qtbot):
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(np.zeros((64, 64), np.uint8), name="blank")
+    widget = dock(viewer)
+    widget.start(image)
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    assert widget.positive_radio.isChecked()
+    qtbot.keyClick(canvas, Qt.Key.Key_N)
+    assert widget.negative_radio.isChecked()
+    assert not widget.points_layer.feature_defaults["positive"].iloc[0]
+    qtbot.keyClick(canvas, Qt.Key.Key_N)
+    assert widget.points_layer.feature_defaults["positive"].iloc[0]
+    n = len(notification_manager.records)
+    qtbot.keyClick(canvas, Qt.Key.Key_K)  # accept with nothing predicted: a message
+    assert any("nothing to accept" in str(r.message) for r in notification_manager.records[n:])
