@@ -26,7 +26,7 @@ from .config import Settings
 from .errors import BackendError, BadRequest, InvalidPrompt
 from .images import ImageLoader
 from .labelconfig import ParsedConfig, parse_label_config
-from .prompts import Prompt, interactive_prompt, task_prompts
+from .prompts import Prompt, interactive_prompt, regions_of, task_prompts
 from .rle import mask_to_rle
 
 logger = logging.getLogger(__name__)
@@ -207,8 +207,16 @@ class PASamBackend:
         self._count("interactive_requests" if interactive else "batch_requests")
         self._count("tasks", len(tasks))
         self._count("regions", sum(len(r["result"]) for r in results))
+        elapsed = time.perf_counter() - t0
         with self._stats_lock:
-            self._latency.append(time.perf_counter() - t0)
+            self._latency.append(elapsed)
+        logger.info(
+            "predict: %s, %d task(s), %d region(s), %.0f ms",
+            "interactive" if interactive else "batch",
+            len(tasks),
+            sum(len(r["result"]) for r in results),
+            elapsed * 1000,
+        )
         return {"results": results, "model_version": self.model_version}
 
     def webhook(self, body: object) -> tuple[dict, int]:
@@ -269,6 +277,11 @@ class PASamBackend:
                 f"task {task_id}: missing data[{config.image_key!r}] (the <Image name="
                 f"{config.image_name!r} value=\"${config.image_key}\"> of the labeling config)"
             )
+        if regions is None and not any(
+            isinstance(r, dict) and r.get("from_name") in config.prompts for r in regions_of(task)
+        ):
+            # batch task without boxes or keypoints: empty prediction, no download
+            return {"result": [], "model_version": self.model_version}
         image = self.loader.load(
             data[config.image_key],
             task_id=task_id if isinstance(task_id, int) else None,

@@ -521,3 +521,15 @@ def test_task_score_weights_boundary_pixels_and_penalizes_empty_masks():
     assert task_score([region(0.0, 0, 0)]) == 0.0
     # without uncertainty (plain SAM): mean predicted IoU
     assert task_score([region(0, 0, 5, None, 0.4), region(0, 0, 5, None, 0.8)]) == pytest.approx(0.6)
+
+
+def test_batch_tasks_without_prompts_are_not_downloaded(backend):
+    """A task without boxes or keypoints gets an empty prediction even if its image could
+    not be fetched: nothing is downloaded for it."""
+    t = task("/data/local-files/?d=imgs/does-not-exist.png", 9,
+             annotations=[{"id": 1, "result": [{"id": "c", "from_name": "tag", "type": "brushlabels",
+                                                "value": {"format": "rle", "rle": [0]}}]}])
+    before = backend.loader.local_reads
+    res = backend.predict(predict_body([t]))
+    assert res["results"] == [{"result": [], "model_version": backend.model_version}]
+    assert backend.loader.local_reads == before

@@ -204,7 +204,7 @@ def backend(ls, tmp_path_factory):
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(f"{url}/health", proc, log, timeout=180)
-        yield url, log
+        yield url, log, ckpt
     finally:
         stop(proc)
 
@@ -261,7 +261,9 @@ def test_backend_connects_with_its_model_version(ls, project, backend):
                                  "rectanglelabels": ["Cell"]}}),
     ],
 )
-def test_interactive_annotating_returns_a_brush_mask_of_the_image_size(ls, project, image_root, kind, region):
+def test_interactive_annotating_returns_a_brush_mask_of_the_image_size(
+    ls, project, backend, image_root, kind, region
+):
     _, ml, tasks = project
     task = tasks[0] if kind == "keypoint" else tasks[1]  # the wide and the tall crop
     width, height = image_size(image_root, task)
@@ -279,6 +281,28 @@ def test_interactive_annotating_returns_a_brush_mask_of_the_image_size(ls, proje
     assert mask.shape == (height, width)
     assert 0.0 <= data["score"] <= 1.0
     assert 0.0 <= brush_region["meta"]["mean_uncertainty"] <= 1.0
+
+    # the mask lines up with the image: the same model here, on the file Label Studio
+    # serves, with the prompt in pixels, gives the same mask
+    from pasam_plugins.checkpoint import load_model
+    from pasam_plugins.predictor import PASamPredictor
+
+    predictor = PASamPredictor(load_model(backend[2]), device="cpu")
+    name = task["data"]["image"].split("?d=")[1]
+    predictor.set_image(np.asarray(Image.open(image_root / name)))
+    v = region["value"]
+    if kind == "keypoint":
+        ref = predictor.predict(
+            point_coords=np.array([[v["x"] / 100 * width - 0.5, v["y"] / 100 * height - 0.5]]),
+            point_labels=np.array([1]), multimask_output=True)
+    else:
+        ref = predictor.predict(box=np.array([
+            v["x"] / 100 * width, v["y"] / 100 * height,
+            (v["x"] + v["width"]) / 100 * width, (v["y"] + v["height"]) / 100 * height]),
+            multimask_output=False)
+    inter = np.logical_and(mask, ref.masks[0]).sum()
+    union = np.logical_or(mask, ref.masks[0]).sum()
+    assert union == 0 or inter / union > 0.99
 
 
 def test_retrieve_predictions_turns_boxes_into_masks_and_reuses_embeddings(ls, project, backend, image_root):
