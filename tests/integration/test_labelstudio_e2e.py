@@ -26,7 +26,9 @@ import pytest
 import requests
 from PIL import Image
 
-pytestmark = pytest.mark.integration
+# installing Label Studio (first run) and its first start take minutes: no per-test timeout
+# from the command line may cut the module fixtures short
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 LS_VERSION = "1.23.2"
