@@ -1,0 +1,326 @@
+"""``pasam train`` and ``pasam eval`` (registered lazily by :mod:`pasam_plugins.cli`).
+
+Data sources are given as ``[kind:]path``: ``folder:`` (images + masks, the default for
+folders), ``components:`` (a folder whose masks' connected components are the objects, e.g.
+``components:../shared/data/isbi2012-em``), ``napari:`` (Labels TIFFs next to images),
+``hqseg:`` (the HQSeg-44K data folder of SAM-HQ; train split for training, validation
+split for evaluation) and ``labelstudio:`` (a JSON export; the default for ``.json``).
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..cli import _err, _readable_errors
+
+DATA_HELP = (
+    "Data as KIND:PATH or PATH; KIND is folder (default for folders), components, napari, "
+    "hqseg or labelstudio (default for .json files). Several may be given."
+)
+
+
+def _load_datasets(specs: list[str], *, split: str, image_root: Path | None):
+    from .datasets import read_source
+
+    out = []
+    for spec in specs:
+        for ds in read_source(
+            spec, split=split, image_root=str(image_root) if image_root else None
+        ):  # type: ignore[arg-type]
+            if ds.skipped:
+                typer.echo(f"{ds.name}: skipped {len(ds.skipped)} file(s):", err=True)
+                for what, why in ds.skipped[:20]:
+                    typer.echo(f"  {what}: {why}", err=True)
+                if len(ds.skipped) > 20:
+                    typer.echo(f"  ... and {len(ds.skipped) - 20} more", err=True)
+            out.append(ds)
+    return out
+
+
+def _load_model(checkpoint: Path, sam_checkpoint: Path | None, device: str | None):
+    from ..checkpoint import load_model
+    from ..predictor import select_device
+
+    try:
+        dev = select_device(device)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--device") from None
+    return load_model(checkpoint, device=dev, sam_checkpoint=sam_checkpoint), dev
+
+
+def train_command(
+    data: Annotated[
+        list[str], typer.Argument(help=DATA_HELP, show_default=False, metavar="DATA...")
+    ],
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="Starting weights: a SAM checkpoint (a new adapter is initialized) or a "
+            "PA-SAM one (its adapter is trained further).",
+            envvar="PASAM_CHECKPOINT",
+            dir_okay=False,
+        ),
+    ],
+    sam_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Base SAM weights for decoder-only files.",
+            envvar="PASAM_SAM_CHECKPOINT",
+            dir_okay=False,
+        ),
+    ] = None,
+    val: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Validation data (same syntax; default for hqseg: its validation split)."
+        ),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option(help="Output folder.", file_okay=False)] = Path(
+        "pasam-train"
+    ),
+    epochs: Annotated[int, typer.Option(min=1)] = 21,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per micro-batch.")] = 4,
+    grad_accum: Annotated[int, typer.Option(min=1, help="Micro-batches per optimizer step.")] = 1,
+    lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 1e-3,
+    lr_drop_epoch: Annotated[
+        int, typer.Option(min=1, help="Multiply the lr by --lr-gamma every this many epochs.")
+    ] = 10,
+    lr_gamma: Annotated[float, typer.Option(min=0.0)] = 0.1,
+    mining_start_epoch: Annotated[
+        int, typer.Option(min=0, help="First epoch (0-based) with Gumbel top-k point mining.")
+    ] = 5,
+    prompts: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated prompt kinds drawn per image: box, points, mask, "
+            "or combinations like box+points."
+        ),
+    ] = "box,points,mask,box+points,box+mask,points+mask,box+points+mask",
+    num_points: Annotated[int, typer.Option(min=1, help="Points per point prompt.")] = 10,
+    objects_per_image: Annotated[int, typer.Option(min=1)] = 1,
+    flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
+    jitter: Annotated[
+        bool,
+        typer.Option(
+            help="Large-scale jitter (0.1-2.0). --no-jitter caches encoder outputs "
+            "per image (much faster for small data sets)."
+        ),
+    ] = True,
+    loss_size: Annotated[
+        int, typer.Option(min=64, max=1024, help="Loss resolution in the 1024-px frame.")
+    ] = 1024,
+    seed: Annotated[int, typer.Option()] = 0,
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
+    save_every: Annotated[
+        int, typer.Option(min=0, help="Checkpoint every N steps (0: end only).")
+    ] = 500,
+    val_every: Annotated[
+        int, typer.Option(min=0, help="Validate every N steps (0: every epoch).")
+    ] = 0,
+    val_max_objects: Annotated[int, typer.Option(min=1, help="Objects per validation image.")] = 20,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many steps.")
+    ] = None,
+    full_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            help="Save whole models instead of adapter-only files (which need "
+            "--sam-checkpoint to load)."
+        ),
+    ] = False,
+    guide_mode: Annotated[
+        str, typer.Option(help="Guide mode of a NEW adapter: image or reference.")
+    ] = "image",
+    image_root: Annotated[
+        Path | None, typer.Option(help="Label Studio media folder (for labelstudio: data).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from OUT_DIR/train_state.pt (same settings).")
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="cuda, cpu, mps (default: best).")] = None,
+) -> None:
+    """Train the PA-SAM adapter (SAM stays frozen) with the paper's protocol.
+
+    Writes to OUT_DIR: adapter-stepNNNNNN.safetensors every --save-every steps,
+    adapter.safetensors at the end, train_state.pt (for --resume), log.jsonl and curves.png.
+    """
+    kinds = tuple(k.strip() for k in prompts.split(",") if k.strip())
+    bad = [k for k in kinds if not set(k.split("+")) <= {"box", "points", "mask"}]
+    if not kinds or bad:
+        raise typer.BadParameter(
+            f"unknown prompt kind(s) {bad or prompts!r}", param_hint="--prompts"
+        )
+    if guide_mode not in ("image", "reference"):
+        raise typer.BadParameter("use image or reference", param_hint="--guide-mode")
+    if not checkpoint.is_file():
+        _err(f"{checkpoint}: no such checkpoint file")
+        raise typer.Exit(2)
+    with _readable_errors():
+        from .trainer import STATE_NAME, TrainConfig, Trainer, with_adapter
+
+        train_sets = _load_datasets(data, split="train", image_root=image_root)
+        if val:
+            val_sets = _load_datasets(val, split="val", image_root=image_root)
+        else:
+            hq = [s for s in data if s.startswith("hqseg:")]
+            val_sets = _load_datasets(hq, split="val", image_root=image_root) if hq else []
+        samples = [s for ds in train_sets for s in ds.samples]
+        if not samples:
+            _err("no usable training samples (see the skipped files above)")
+            raise typer.Exit(1)
+        model, dev = _load_model(checkpoint, sam_checkpoint, device)
+        meta = getattr(model, "metadata", {}) or {}
+        model = with_adapter(model, guide_mode=guide_mode, seed=seed)
+        cfg = TrainConfig(
+            out_dir=str(out_dir),
+            epochs=epochs,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            lr=lr,
+            lr_drop_epoch=lr_drop_epoch,
+            lr_gamma=lr_gamma,
+            mining_start_epoch=mining_start_epoch,
+            prompt_kinds=kinds,
+            num_points=num_points,
+            objects_per_image=objects_per_image,
+            flip=flip,
+            jitter=(0.1, 2.0) if jitter else None,
+            loss_size=loss_size,
+            seed=seed,
+            amp=amp,
+            save_every=save_every,
+            val_every=val_every,
+            val_max_objects=val_max_objects,
+            max_steps=max_steps,
+            adapter_only=not full_checkpoint,
+            device=str(dev),
+        )
+        provenance = {
+            "base_checkpoint": str(checkpoint),
+            "sam_checkpoint": str(sam_checkpoint) if sam_checkpoint else None,
+            "data": list(data),
+            "validation": list(val or []),
+            "untrained_base": bool(meta.get("untrained", False)),
+        }
+        trainer = Trainer(model, samples, config=cfg, val=val_sets, provenance=provenance)
+        if resume:
+            trainer.resume(out_dir / STATE_NAME)
+            typer.echo(f"resuming at step {trainer.step} of {trainer.total_steps}", err=True)
+        typer.echo(
+            f"training {len(trainer.params)} tensors "
+            f"({sum(p.numel() for p in trainer.params):,} weights) on {len(samples)} images, "
+            f"{trainer.total_steps} steps, device {dev}",
+            err=True,
+        )
+        try:
+            result = trainer.run()
+        except KeyboardInterrupt:
+            path = trainer.save()
+            _err(f"interrupted at step {trainer.step}; saved {path}; continue with --resume")
+            raise typer.Exit(130) from None
+        if trainer.skipped:
+            typer.echo(
+                f"{len(trainer.skipped)} sample(s) failed to load and were skipped:", err=True
+            )
+            for name, why in list(trainer.skipped.items())[:20]:
+                typer.echo(f"  {name}: {why}", err=True)
+        last = next((h for h in reversed(result.history) if "total" in h), {})
+        typer.echo(f"step {result.step}: loss {last.get('total', float('nan')):.4f}")
+        typer.echo(f"checkpoint: {result.checkpoint}")
+        typer.echo(f"log: {out_dir / 'log.jsonl'}  curves: {out_dir / 'curves.png'}")
+
+
+def eval_command(
+    data: Annotated[
+        list[str], typer.Argument(help=DATA_HELP, show_default=False, metavar="DATA...")
+    ],
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="Weights to evaluate.",
+            envvar="PASAM_CHECKPOINT",
+            dir_okay=False,
+        ),
+    ],
+    sam_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Base SAM weights for decoder-only files.",
+            envvar="PASAM_SAM_CHECKPOINT",
+            dir_okay=False,
+        ),
+    ] = None,
+    points: Annotated[
+        int, typer.Option(min=0, help="Positive points per object, drawn inside its mask.")
+    ] = 0,
+    box: Annotated[bool, typer.Option(help="Prompt with the ground-truth box.")] = True,
+    sam: Annotated[
+        bool, typer.Option(help="Also evaluate SAM (same weights, adapter off) side by side.")
+    ] = True,
+    max_objects: Annotated[
+        int | None, typer.Option(min=1, help="At most this many objects per image.")
+    ] = None,
+    min_pixels: Annotated[int, typer.Option(min=1, help="Ignore smaller objects.")] = 1,
+    split: Annotated[str, typer.Option(help="hqseg split: val or train.")] = "val",
+    csv: Annotated[Path, typer.Option(help="Per-object results (CSV).", dir_okay=False)] = Path(
+        "pasam-eval.csv"
+    ),
+    image_root: Annotated[
+        Path | None, typer.Option(help="Label Studio media folder (for labelstudio: data).")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str | None, typer.Option(help="cuda, cpu, mps (default: best).")] = None,
+) -> None:
+    """Evaluate mIoU and boundary mIoU per dataset, PA-SAM next to SAM (Table 1 layout).
+
+    Objects are prompted with their ground-truth box (and/or --points N points inside them);
+    predictions are thresholded at 0, ground truth at 128.
+    """
+    if split not in ("val", "train"):
+        raise typer.BadParameter("use val or train", param_hint="--split")
+    if not box and points == 0:
+        raise typer.BadParameter(
+            "give a prompt: keep --box or set --points N", param_hint="--points"
+        )
+    if not checkpoint.is_file():
+        _err(f"{checkpoint}: no such checkpoint file")
+        raise typer.Exit(2)
+    with _readable_errors():
+        from ..evaluate import evaluate_model
+
+        datasets = _load_datasets(data, split=split, image_root=image_root)
+        if not any(ds.samples for ds in datasets):
+            _err("no usable samples to evaluate (see the skipped files above)")
+            raise typer.Exit(1)
+        model, dev = _load_model(checkpoint, sam_checkpoint, device)
+        meta = getattr(model, "metadata", {}) or {}
+        report = evaluate_model(
+            model,
+            datasets,
+            num_points=points,
+            use_box=box,
+            compare_sam=sam,
+            max_objects=max_objects,
+            min_pixels=min_pixels,
+            seed=seed,
+            device=dev,
+            progress=True,
+        )
+        for name, why in report.skipped:
+            typer.echo(f"skipped {name}: {why}", err=True)
+        if not report.results:
+            _err("no object was evaluated")
+            raise typer.Exit(1)
+        if meta.get("untrained"):
+            typer.echo(
+                "WARNING: the checkpoint has UNTRAINED RANDOM WEIGHTS; the numbers are "
+                "meaningless.",
+                err=True,
+            )
+        typer.echo(report.table())
+        typer.echo(f"per-object results: {report.write_csv(csv)} ({report.seconds:.1f} s)")
