@@ -588,6 +588,9 @@ class AnnotatorWidget(QWidget):
         if self.image_combo.findText(layer.name) >= 0:
             self.image_combo.setCurrentIndex(self.image_combo.findText(layer.name))
         self.channel_spin.setMaximum(max(geometry.num_channels - 1, 0))
+        for old in (self.points_layer, self.boxes_layer):  # a previous annotation session
+            if old is not None:
+                old.events.data.disconnect(self._on_prompt_event)
         self.image_layer, self.geometry = layer, geometry
         self._predictor_key = None
         self.current = None

@@ -227,6 +227,14 @@ def test_large_image_sam_only_model_and_time_series(
     row = widget.labels_layer.features.set_index("index").loc[label_id]
     assert np.isnan(row["mean_uncertainty"])
 
+    # the same image as a multiscale pyramid: segmented at full resolution (level 0)
+    pyramid = viewer.add_image([big, big[::2, ::2], big[::4, ::4]], name="pyramid", multiscale=True)
+    widget.start(pyramid)
+    assert widget.labels_layer.data.shape == big.shape
+    click(qtbot, widget, (1500, 2500))
+    assert widget.current.mask.shape == big.shape
+    np.testing.assert_array_equal(widget.current.mask, viewer.layers["big PA-SAM labels"].data > 0)
+
     # a time series of stacks (T, Z, Y, X): the slice under the dims is (t, z)
     series = np.stack([np.stack([em_section[:128, :160]] * 3)] * 2)
     series[1, 2] = em_section[200:328, 100:260]
