@@ -703,6 +703,7 @@ class AnnotatorWidget(QWidget):
         self.set_point_polarity(self.positive_radio.isChecked())
         self.points_layer.events.data.connect(self._on_prompt_event)
         self.boxes_layer.events.data.connect(self._on_prompt_event)
+        self.boxes_layer.mode = "add_rectangle"  # ready to draw when the user selects it
         self.points_layer.mode = "add"
         self.viewer.layers.selection.active = self.points_layer
         self._apply_overlay_settings()
