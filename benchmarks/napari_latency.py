@@ -1,7 +1,7 @@
 """Click-to-layers latency of the napari annotator vs the bare predictor call.
 
 Setup: a ViT-B-sized PA-SAM with random weights (``build_pasam("vit_b")``, no checkpoint,
-loaded through the widget's registry entry), a 1024x1024 image (2x2 tiled EM sections) whose
+loaded through the widget (``random:vit_b``)), a 1024x1024 image (2x2 tiled EM sections) whose
 embedding is cached before timing. Each trial times, alternately (so drift hits both alike):
 
 - ``predictor``: ``PASamPredictor.predict`` with one positive point (what any client pays);
@@ -71,7 +71,7 @@ def main() -> int:
         app.processEvents()
 
     t0 = time.perf_counter()
-    widget.load_model(f"registry:{args.variant}", args.device)
+    widget.load_model(f"random:{args.variant}", args.device)
     wait()
     if widget.predictor is None:
         sys.exit(f"model not loaded: {widget.status_label.text()}")

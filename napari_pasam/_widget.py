@@ -56,8 +56,8 @@ from .propagation import (
 ACCEPT_KEY = "k"
 TOGGLE_POLARITY_KEY = "n"
 
-#: registry entries offered next to "checkpoint file" (random weights: for trying the tool)
-REGISTRY_VARIANTS = ("vit_tiny", "vit_b", "vit_l", "vit_h")
+#: random-weight models offered next to the registry (for trying the tool without weights)
+RANDOM_VARIANTS = ("vit_tiny", "vit_b", "vit_l", "vit_h")
 
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
@@ -142,29 +142,57 @@ def _run_safely(fn, *args, **kwargs):
         return _Failure(_message(exc))
 
 
+def _registry_file(entry) -> str:
+    """Path of a registry checkpoint: the cached copy, else downloaded (verified) into
+    ``$PASAM_CACHE_DIR`` (``~/.cache/pasam``)."""
+    from pasam_plugins.download import default_cache_dir, fetch
+
+    cached = default_cache_dir() / entry.filename
+    if not entry.direct_download:
+        if cached.is_file():
+            return str(cached)  # placed there by hand (e.g. the authors' Baidu share)
+        raise ValueError(
+            f"{entry.name} cannot be downloaded automatically: get {entry.filename} from "
+            f"{entry.url} in a browser and put it into {cached.parent} (or choose it with "
+            f"'Checkpoint file')"
+        )
+    return str(fetch(entry, progress=False).path)
+
+
 def _load_job(source: str, device: str, sam_checkpoint: str | None, guide_mode: str | None):
+    """Build the predictor for ``source``: a checkpoint path, ``registry:<name>`` (an entry
+    of ``model/registry.json``, downloaded on first use) or ``random:<variant>``."""
     avoid_triton_llvm_clash()
     from pasam_plugins.predictor import PASamPredictor
 
-    if source.startswith("registry:"):
+    if source.startswith("random:"):
         from pasam_plugins.modeling import pasam_model_registry
 
         variant = source.split(":", 1)[1]
         if variant not in pasam_model_registry:
             raise ValueError(f"unknown model {variant!r}; known: {sorted(pasam_model_registry)}")
         model = pasam_model_registry[variant](guide_mode=guide_mode or "reference")
-        untrained, label = True, f"registry entry {variant} (random weights, no checkpoint)"
+        untrained, label = True, f"{variant} with random weights (no checkpoint)"
     else:
         from pasam_plugins.checkpoint import load_model, read_metadata
 
+        path, label = source, source
+        if source.startswith("registry:"):
+            from model.registry import get_entry
+
+            entry = get_entry(source.split(":", 1)[1])
+            path = _registry_file(entry)
+            if entry.requires and not sam_checkpoint:
+                sam_checkpoint = _registry_file(get_entry(entry.requires))
+            label = f"registry entry {entry.name}: {entry.title or entry.filename}\n{path}"
         model = load_model(
-            source, device="cpu", sam_checkpoint=sam_checkpoint or None, guide_mode=guide_mode
+            path, device="cpu", sam_checkpoint=sam_checkpoint or None, guide_mode=guide_mode
         )
         try:
-            meta = read_metadata(source)
+            meta = read_metadata(path)
         except Exception:  # noqa: BLE001 - official files carry no metadata of ours
             meta = {}
-        untrained, label = bool(meta.get("untrained", False)), source
+        untrained = bool(meta.get("untrained", False))
     predictor = PASamPredictor(
         model, device=None if device == "auto" else device, cache=shared_embedding_cache()
     )
@@ -303,8 +331,10 @@ class AnnotatorWidget(QWidget):
         form = QFormLayout(model_box)
         self.source_combo = QComboBox()
         self.source_combo.addItem("Checkpoint file", "file")
-        for v in REGISTRY_VARIANTS:
-            self.source_combo.addItem(f"{v}: random weights (no checkpoint)", f"registry:{v}")
+        for name, text in self._registry_choices():
+            self.source_combo.addItem(text, f"registry:{name}")
+        for v in RANDOM_VARIANTS:
+            self.source_combo.addItem(f"{v}: random weights (no checkpoint)", f"random:{v}")
         form.addRow("Source", self.source_combo)
         row = QHBoxLayout()
         self.checkpoint_edit = QLineEdit()
@@ -430,6 +460,23 @@ class AnnotatorWidget(QWidget):
         layout.addStretch(1)
 
     @staticmethod
+    def _registry_choices() -> list[tuple[str, str]]:
+        """(name, label) of the entries of the model registry (``model/registry.json`` or
+        ``$PASAM_REGISTRY``); empty, with a warning, when the registry cannot be read."""
+        try:
+            from model.registry import load_registry
+
+            entries = load_registry()
+        except Exception as exc:  # noqa: BLE001 - the widget works without a registry
+            show_warning(f"PA-SAM: model registry unavailable: {_message(exc)}")
+            return []
+        choices = []
+        for name, e in entries.items():
+            how = "download" if e.direct_download else "manual download"
+            choices.append((name, f"{name}: {e.title or e.filename} ({how})"))
+        return choices
+
+    @staticmethod
     def _available_devices() -> list[str]:
         devices = ["auto", "cpu"]
         try:
@@ -487,7 +534,9 @@ class AnnotatorWidget(QWidget):
 
     # ------------------------------------------------------------------ model
     def load_model(self, source: str | None = None, device: str | None = None) -> None:
-        """Load a checkpoint path or ``"registry:<variant>"`` in a worker thread."""
+        """Load a model in a worker thread: a checkpoint path, ``"registry:<name>"`` (model
+        registry entry, downloaded into ``$PASAM_CACHE_DIR`` on first use) or
+        ``"random:<variant>"`` (random weights)."""
         if self.busy:
             show_info("PA-SAM: busy, try again when the current task has finished")
             return
@@ -512,7 +561,9 @@ class AnnotatorWidget(QWidget):
 
     def _on_model_loaded(self, result: Any) -> None:
         if isinstance(result, _Failure):
-            self._set_status("Model not loaded")
+            self._set_status(
+                "Model not loaded" if self.predictor is None else "Still using the previous model"
+            )
             show_error(f"PA-SAM: could not load the model: {result.message}")
             return
         self.predictor, self.model_info = result

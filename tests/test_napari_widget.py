@@ -414,3 +414,67 @@ def test_key_bindings_reach_the_annotator(make_napari_viewer, qtbot):
     n = len(notification_manager.records)
     qtbot.keyClick(canvas, Qt.Key.Key_K)  # accept with nothing predicted: a message
     assert any("nothing to accept" in str(r.message) for r in notification_manager.records[n:])
+
+
+def test_model_registry_entries(make_napari_viewer, qtbot, monkeypatch, tmp_path, tiny_checkpoint):
+    """Registry entries (here a private registry via PASAM_REGISTRY) load from the cache
+    directory without network; entries that need a browser say so in a notification."""
+    import hashlib
+    import json
+    import shutil
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(tiny_checkpoint, cache / "tiny.safetensors")
+    digest = hashlib.sha256((cache / "tiny.safetensors").read_bytes()).hexdigest()
+    registry = {
+        "schema_version": 1,
+        "models": {
+            "tiny_pasam": {
+                "kind": "pasam",
+                "variant": "vit_tiny",
+                "title": "tiny test model",
+                "url": "https://example.invalid/tiny.safetensors",
+                "filename": "tiny.safetensors",
+                "sha256": digest,
+            },
+            "manual": {
+                "kind": "pasam-decoder",
+                "variant": "vit_l",
+                "url": "https://pan.example.invalid/share",
+                "filename": "epoch_20.pth",
+                "direct_download": False,
+                "requires": "tiny_pasam",
+            },
+        },
+    }
+    (tmp_path / "registry.json").write_text(json.dumps(registry))
+    monkeypatch.setenv("PASAM_REGISTRY", str(tmp_path / "registry.json"))
+    monkeypatch.setenv("PASAM_CACHE_DIR", str(cache))
+
+    viewer = make_napari_viewer()
+    widget = dock(viewer)
+    entries = {
+        widget.source_combo.itemData(i): widget.source_combo.itemText(i)
+        for i in range(widget.source_combo.count())
+    }
+    assert entries["registry:tiny_pasam"] == "tiny_pasam: tiny test model (download)"
+    assert "manual download" in entries["registry:manual"]
+    assert "random:vit_b" in entries
+
+    widget.source_combo.setCurrentIndex(widget.source_combo.findData("registry:tiny_pasam"))
+    widget.load_button.click()
+    wait_idle(qtbot, widget)
+    assert widget.predictor is not None
+    assert "registry entry tiny_pasam" in widget.model_label.text()
+    assert "SAM + PA-SAM adapter" in widget.model_label.text()
+    loaded = widget.predictor
+
+    n = len(notification_manager.records)
+    widget.source_combo.setCurrentIndex(widget.source_combo.findData("registry:manual"))
+    widget.load_button.click()
+    wait_idle(qtbot, widget)
+    errors = errors_since(n)
+    assert len(errors) == 1 and "cannot be downloaded automatically" in errors[0]
+    assert str(cache) in errors[0]
+    assert widget.predictor is loaded, "the loaded model stays in use"
