@@ -70,19 +70,28 @@ FEATURE_COLUMNS = ("index", "predicted_iou", "mean_uncertainty", "slice_start", 
 
 _ROLE = "pasam_role"
 
-_shared_cache = None
+_shared_caches: dict = {}
 
 
-def shared_embedding_cache():
+def embeddings_dir() -> str:
+    """Where embeddings persist when the user asks for it: ``$PASAM_CACHE_DIR/embeddings``
+    (``~/.cache/pasam/embeddings``), shared with the other pasam-plugins tools."""
+    from pasam_plugins.download import default_cache_dir
+
+    return str(default_cache_dir() / "embeddings")
+
+
+def shared_embedding_cache(*, on_disk: bool = False):
     """Process-wide embedding cache: every annotator and model reload reuses embeddings
-    (entries are keyed by image content and model signature)."""
-    global _shared_cache
-    if _shared_cache is None:
-        avoid_triton_llvm_clash()
-        from pasam_plugins.cache import EmbeddingCache
+    (entries are keyed by image content and model signature). ``on_disk`` adds the
+    persistent tier in :func:`embeddings_dir`."""
+    avoid_triton_llvm_clash()
+    from pasam_plugins.cache import EmbeddingCache
 
-        _shared_cache = EmbeddingCache(max_bytes=1 << 30)
-    return _shared_cache
+    disk = embeddings_dir() if on_disk else None
+    if disk not in _shared_caches:
+        _shared_caches[disk] = EmbeddingCache(max_bytes=1 << 30, disk_dir=disk)
+    return _shared_caches[disk]
 
 
 @dataclass
@@ -159,7 +168,13 @@ def _registry_file(entry) -> str:
     return str(fetch(entry, progress=False).path)
 
 
-def _load_job(source: str, device: str, sam_checkpoint: str | None, guide_mode: str | None):
+def _load_job(
+    source: str,
+    device: str,
+    sam_checkpoint: str | None,
+    guide_mode: str | None,
+    on_disk: bool = False,
+):
     """Build the predictor for ``source``: a checkpoint path, ``registry:<name>`` (an entry
     of ``model/registry.json``, downloaded on first use) or ``random:<variant>``."""
     avoid_triton_llvm_clash()
@@ -194,7 +209,9 @@ def _load_job(source: str, device: str, sam_checkpoint: str | None, guide_mode: 
             meta = {}
         untrained = bool(meta.get("untrained", False))
     predictor = PASamPredictor(
-        model, device=None if device == "auto" else device, cache=shared_embedding_cache()
+        model,
+        device=None if device == "auto" else device,
+        cache=shared_embedding_cache(on_disk=on_disk),
     )
     info = ModelInfo(
         source=label,
@@ -360,6 +377,13 @@ class AnnotatorWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(self._available_devices())
         form.addRow("Device", self.device_combo)
+        self.disk_cache_check = QCheckBox("keep embeddings on disk")
+        self.disk_cache_check.setToolTip(
+            "Store image embeddings in $PASAM_CACHE_DIR/embeddings (default "
+            "~/.cache/pasam/embeddings) so reopening an image or stack skips the encoder"
+        )
+        self.disk_cache_check.toggled.connect(self._on_disk_cache_toggled)
+        form.addRow(self.disk_cache_check)
         self.load_button = QPushButton("Load model")
         self.load_button.clicked.connect(lambda: self.load_model())
         form.addRow(self.load_button)
@@ -502,6 +526,16 @@ class AnnotatorWidget(QWidget):
             self.checkpoint_edit.setText(path)
             self.source_combo.setCurrentIndex(0)
 
+    def _on_disk_cache_toggled(self, on: bool) -> None:
+        if self.predictor is not None and not self.busy:
+            try:
+                self.predictor.cache = shared_embedding_cache(on_disk=bool(on))
+            except OSError as exc:
+                show_error(f"PA-SAM: cannot use the embeddings directory: {_message(exc)}")
+                self.disk_cache_check.setChecked(False)
+        elif self.busy:
+            show_info("PA-SAM: the cache setting applies to the next model load")
+
     def _browse_sam(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
             self, "Choose the base SAM checkpoint", "", "SAM checkpoints (*.pth);;All files (*)"
@@ -554,6 +588,7 @@ class AnnotatorWidget(QWidget):
             device,
             self.sam_checkpoint_edit.text().strip() or None,
             self.guide_combo.currentData(),
+            self.disk_cache_check.isChecked(),
             _progress={"desc": "PA-SAM: loading model"},
         )
         worker.returned.connect(self._on_model_loaded)

@@ -478,3 +478,12 @@ def test_model_registry_entries(make_napari_viewer, qtbot, monkeypatch, tmp_path
     assert len(errors) == 1 and "cannot be downloaded automatically" in errors[0]
     assert str(cache) in errors[0]
     assert widget.predictor is loaded, "the loaded model stays in use"
+
+    # embeddings persist in $PASAM_CACHE_DIR/embeddings when asked to
+    widget.disk_cache_check.setChecked(True)
+    assert Path(widget.predictor.cache.disk_dir) == cache / "embeddings"
+    image = viewer.add_image(np.tile(np.arange(96, dtype=np.uint8), (80, 1)), name="ramp")
+    widget.start(image)
+    click(qtbot, widget, (40, 50))
+    assert widget.current is not None
+    assert len(list((cache / "embeddings").glob("*.safetensors"))) == 1
