@@ -3,7 +3,9 @@
 Endpoints (as in HumanSignal/label-studio-ml-backend ``label_studio_ml/api.py``):
 ``GET /health`` and ``GET /`` (``{"status": "UP", ...}``), ``POST /setup``
 (``{"model_version": ...}``), ``POST /predict`` (``{"results": [...], "model_version": ...}``),
-``POST /webhook`` (201 for training events), ``GET /metrics`` (JSON counters). Optional basic
+``POST /webhook`` (201 for training events; START_TRAINING starts fine-tuning in the
+background), ``POST /train`` (legacy training request with the annotated tasks),
+``GET /metrics`` (JSON counters and the ``training`` status). Optional basic
 auth (``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``). Every problem with a request is a 4xx answer
 ``{"error": "..."}``; unexpected failures are a 500 ``{"error": ...}`` without a trace.
 """
@@ -13,6 +15,7 @@ import binascii
 import hmac
 import json
 import logging
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -41,7 +44,14 @@ def create_app(
       basic_auth (tuple or None): (user, password) required on every request.
       max_request_bytes (int): larger request bodies get HTTP 413.
     """
-    app = FastAPI(title="PA-SAM Label Studio ML backend", version=backend.model_version)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        backend.close()  # stop a running fine-tuning
+
+    app = FastAPI(
+        title="PA-SAM Label Studio ML backend", version=backend.model_version, lifespan=lifespan
+    )
     app.state.backend = backend
 
     @app.middleware("http")
@@ -89,7 +99,11 @@ def create_app(
     @app.get("/")
     @app.get("/health")
     async def health():
-        return {"status": "UP", "model_class": "PASamBackend", "model_version": backend.model_version}
+        answer = {"status": "UP", "model_class": "PASamBackend", "model_version": backend.model_version}
+        training = backend.training_status()
+        if training is not None:
+            answer["training"] = training
+        return answer
 
     @app.post("/setup")
     async def setup(request: Request):
@@ -107,6 +121,12 @@ def create_app(
     async def webhook(request: Request):
         body = await read_json(request)
         answer, status = await run_in_threadpool(backend.webhook, body)
+        return JSONResponse(answer, status_code=status)
+
+    @app.post("/train")
+    async def train(request: Request):
+        body = await read_json(request)
+        answer, status = await run_in_threadpool(backend.train, body)
         return JSONResponse(answer, status_code=status)
 
     @app.get("/metrics")

@@ -56,6 +56,17 @@ class Settings:
       model_version: override the version string reported to Label Studio
         [PASAM_MODEL_VERSION]; default: derived from the weights.
       log_level: [LOG_LEVEL].
+      model_dir: where fine-tuned models are saved [PASAM_MODEL_DIR]; default
+        ``$PASAM_CACHE_DIR/models`` or ``~/.cache/pasam/models``.
+      train_steps: optimizer steps per fine-tuning run [PASAM_TRAIN_STEPS].
+      train_lr: learning rate [PASAM_TRAIN_LR].
+      train_images_per_step / train_objects_per_image: images drawn per step and objects
+        per image [PASAM_TRAIN_IMAGES_PER_STEP / PASAM_TRAIN_OBJECTS_PER_IMAGE].
+      train_max_tasks: at most this many annotated tasks (the newest) per run
+        [PASAM_TRAIN_MAX_TASKS].
+      train_every_n_annotations: also fine-tune after every N ``ANNOTATION_CREATED`` /
+        ``ANNOTATION_UPDATED`` webhook events of a project; 0 = off
+        [PASAM_TRAIN_EVERY_N_ANNOTATIONS].
     """
 
     checkpoint: Path | None = None
@@ -75,9 +86,16 @@ class Settings:
     basic_auth_pass: str | None = None
     model_version: str | None = None
     log_level: str = "INFO"
+    model_dir: Path | None = None
+    train_steps: int = 100
+    train_lr: float = 1e-3
+    train_images_per_step: int = 2
+    train_objects_per_image: int = 4
+    train_max_tasks: int = 200
+    train_every_n_annotations: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("checkpoint", "local_files_root", "cache_dir"):
+        for key in ("checkpoint", "local_files_root", "cache_dir", "model_dir"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, key, Path(str(value)))
@@ -88,6 +106,7 @@ class Settings:
         ckpt = _env("PASAM_CHECKPOINT")
         root = _env("LOCAL_FILES_DOCUMENT_ROOT")
         cache = _env("PASAM_CACHE_DIR")
+        model_dir = _env("PASAM_MODEL_DIR")
         s = cls(
             checkpoint=Path(ckpt) if ckpt else None,
             device=_env("DEVICE"),
@@ -107,12 +126,33 @@ class Settings:
             basic_auth_pass=_env("BASIC_AUTH_PASS"),
             model_version=_env("PASAM_MODEL_VERSION"),
             log_level=(_env("LOG_LEVEL", cls.log_level) or cls.log_level).upper(),
+            model_dir=Path(model_dir) if model_dir else None,
+            train_steps=_env_int("PASAM_TRAIN_STEPS", cls.train_steps),
+            train_lr=_env_float("PASAM_TRAIN_LR", cls.train_lr),
+            train_images_per_step=_env_int("PASAM_TRAIN_IMAGES_PER_STEP", cls.train_images_per_step),
+            train_objects_per_image=_env_int(
+                "PASAM_TRAIN_OBJECTS_PER_IMAGE", cls.train_objects_per_image
+            ),
+            train_max_tasks=_env_int("PASAM_TRAIN_MAX_TASKS", cls.train_max_tasks),
+            train_every_n_annotations=_env_int(
+                "PASAM_TRAIN_EVERY_N_ANNOTATIONS", cls.train_every_n_annotations
+            ),
         )
         names = {f.name for f in fields(cls)}
         unknown = set(overrides) - names
         if unknown:
             raise TypeError(f"unknown settings: {sorted(unknown)}")
         return s.with_(**overrides)
+
+    @property
+    def models_dir(self) -> Path:
+        """Where fine-tuned models go: ``model_dir``, else ``<cache_dir>/models``, else
+        ``~/.cache/pasam/models``."""
+        if self.model_dir is not None:
+            return self.model_dir
+        if self.cache_dir is not None:
+            return self.cache_dir / "models"
+        return Path.home() / ".cache" / "pasam" / "models"
 
     def with_(self, **changes: object) -> "Settings":
         """A copy with the given fields changed (None values are ignored)."""

@@ -330,6 +330,21 @@ class ImageLoader:
             status_code=400 if not scheme else 403,
         )
 
+    def auth_header(self, fallback_token: str | None = None) -> str:
+        """The ``Authorization`` header value for LABEL_STUDIO_URL's API (``Bearer <access
+        token>`` for personal access tokens, ``Token <token>`` for legacy tokens), as
+        label-studio-sdk builds it.
+
+        Raises:
+          ImageError: no token, or the personal access token was refused (502).
+        """
+        from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
+            is_jwt_well_formed,
+        )
+
+        token = self._token(fallback_token)
+        return f"Bearer {token}" if is_jwt_well_formed(token) else f"Token {token}"
+
     def _token(self, fallback: str | None) -> str:
         """An access token for LABEL_STUDIO_URL: the personal access token exchanged for a
         Bearer access token by label-studio-sdk (cached until it expires), a legacy token

@@ -35,6 +35,12 @@ logger = logging.getLogger(__name__)
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
 
 #: ``trainer(event, payload) -> dict``: called on START_TRAINING; its dict is the answer.
+#: Optional attributes: ``annotation_event(event, payload) -> dict | None`` (called for
+#: ANNOTATION_CREATED/UPDATED, its dict is merged into the answer), ``status() -> dict``
+#: (the ``training`` section of /health and /metrics), ``train_tasks(project_id, tasks,
+#: label_config) -> dict`` (legacy ``POST /train``) and ``stop()`` (server shutdown). The
+#: default of :meth:`PASamBackend.from_settings` is
+#: :class:`label_studio_backend.training.FineTuner`.
 Trainer = Callable[[str, dict], dict]
 
 
@@ -117,6 +123,7 @@ class PASamBackend:
         self._image: np.ndarray | None = None
         self._image_key: str | None = None
         self._stats_lock = threading.Lock()
+        self._local = threading.local()
         self.project_tokens: dict[str, str] = {}
         self.counters: dict[str, int] = {
             "setup": 0,
@@ -141,7 +148,9 @@ class PASamBackend:
             raise ValueError("no checkpoint: pass --checkpoint or set PASAM_CHECKPOINT")
         if not settings.checkpoint.exists():
             raise ValueError(f"checkpoint not found: {settings.checkpoint}")
-        model = load_model(settings.checkpoint, device="cpu")
+        model = load_model(
+            settings.checkpoint, device="cpu", sam_checkpoint=_base_checkpoint(settings.checkpoint)
+        )
         # PASAM_CACHE_DIR is shared with checkpoint downloads: embeddings get a subdirectory
         disk = settings.cache_dir / "embeddings" if settings.cache_dir else None
         cache = EmbeddingCache(max_bytes=settings.cache_max_mb << 20, disk_dir=disk)
@@ -155,13 +164,18 @@ class PASamBackend:
             timeout=settings.download_timeout,
             cache_bytes=settings.image_cache_max_mb << 20,
         )
-        return cls(
+        backend = cls(
             predictor=predictor,
             loader=loader,
             model_version=settings.model_version,
             max_batch=settings.max_batch,
             trainer=trainer,
         )
+        if trainer is None:
+            from .training import FineTuner
+
+            backend.trainer = FineTuner(backend=backend, settings=settings)
+        return backend
 
     # ------------------------------------------------------------------ endpoints
     def setup(self, body: object) -> dict:
@@ -234,7 +248,49 @@ class PASamBackend:
             if not isinstance(result, dict):
                 result = {"status": "ok", "result": result}
             return result, 201
-        return {"status": "ok", "action": event}, 201
+        answer: dict = {"status": "ok", "action": event}
+        hook = getattr(self.trainer, "annotation_event", None)
+        if callable(hook):
+            answer.update(hook(event, body) or {})
+        return answer, 201
+
+    def train(self, body: object) -> tuple[dict, int]:
+        """Legacy ``POST /train`` (Label Studio without the START_TRAINING webhook flag):
+        the annotated tasks come in ``annotations``. Returns (answer, HTTP status)."""
+        body = _object(body, "the /train body")
+        tasks = body.get("annotations")
+        if not isinstance(tasks, list):
+            raise BadRequest("missing 'annotations' (the annotated tasks)")
+        hook = getattr(self.trainer, "train_tasks", None)
+        if not callable(hook):
+            return {"status": "no trainer configured"}, 201
+        project = _project_id(body.get("project"))
+        if not project.isdigit():
+            raise BadRequest("missing 'project' (the Label Studio project id)")
+        config = body.get("label_config")
+        return hook(int(project), tasks, config if isinstance(config, str) else None), 201
+
+    def swap_predictor(self, predictor: PASamPredictor, model_version: str | None = None) -> str:
+        """Serve another model from now on (under the model lock, so no request sees a mix);
+        returns its model version (default: derived from its weights)."""
+        version = model_version or model_version_of(predictor)
+        with self.lock:
+            self.predictor = predictor
+            self.model_version = version
+            self._image = self._image_key = None
+        logger.info("now serving model version %s", version)
+        return version
+
+    def training_status(self) -> dict | None:
+        """The trainer's status (``/health`` and ``/metrics``), or None without one."""
+        status = getattr(self.trainer, "status", None)
+        return status() if callable(status) else None
+
+    def close(self) -> None:
+        """Server shutdown: stop a running fine-tuning."""
+        stop = getattr(self.trainer, "stop", None)
+        if callable(stop):
+            stop(timeout=10)
 
     def metrics(self) -> dict:
         """Counters for ``GET /metrics``."""
@@ -257,6 +313,7 @@ class PASamBackend:
             "images": {"downloads": self.loader.downloads, "local_reads": self.loader.local_reads},
             "predict_latency_ms_median": round(statistics.median(lat) * 1000, 2) if lat else None,
             **counters,
+            "training": self.training_status(),
         }
 
     def count_error(self) -> None:
@@ -300,7 +357,10 @@ class PASamBackend:
             return {"result": [], "model_version": self.model_version}
         found = self._segment(image, prompts)
         result = [self._region(r, config, width, height) for r in found]
-        prediction: dict = {"result": result, "model_version": self.model_version}
+        # the version of the model that made these masks (a fine-tuned model may have been
+        # swapped in since)
+        version = getattr(self._local, "version", None) or self.model_version
+        prediction: dict = {"result": result, "model_version": version}
         prediction["score"] = task_score(found)
         return prediction
 
@@ -312,6 +372,7 @@ class PASamBackend:
             groups.setdefault(p.structure, []).append(i)
         raw: list[tuple | None] = [None] * len(prompts)
         with self.lock:
+            self._local.version = self.model_version
             # the loader hands out the same (read-only) array for the same image: skip even
             # the content hash when the predictor already holds it (we keep the reference,
             # so the identity cannot be reused by another array)
@@ -439,7 +500,29 @@ def _string(value: object, name: str) -> str:
 
 
 def _project_id(project: object) -> str:
+    if isinstance(project, dict):
+        project = project.get("id")
     return str(project).split(".", 1)[0] if project is not None else ""
+
+
+def _base_checkpoint(path) -> str | None:
+    """For an adapter-only file saved by fine-tuning: the base checkpoint named in its
+    metadata, when ``PASAM_SAM_CHECKPOINT`` does not give one and the file still exists."""
+    import os
+    from pathlib import Path
+
+    from pasam_plugins.checkpoint import read_metadata
+
+    if os.environ.get("PASAM_SAM_CHECKPOINT"):
+        return None
+    try:
+        meta = read_metadata(path)
+    except ValueError:
+        return None
+    base = meta.get("base_checkpoint")
+    if meta.get("contents") == "adapter" and isinstance(base, str) and Path(base).is_file():
+        return base
+    return None
 
 
 __all__ = [

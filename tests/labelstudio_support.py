@@ -1,5 +1,5 @@
 """Helpers for the Label Studio backend tests: labeling configs, task/region builders, test
-images and a fake in-process Label Studio (token refresh + image downloads)."""
+images and a fake in-process Label Studio (token refresh, image downloads, annotated tasks)."""
 
 import json
 import threading
@@ -70,6 +70,23 @@ def rectangle(x: float, y: float, w: float, h: float, *, label: str = "Cell", ri
     }
 
 
+def brush(mask: np.ndarray, *, label: str = "Cell", rid: str = "br", from_name: str = "tag") -> dict:
+    """A BrushLabels region (Label Studio RLE) of an HxW mask, as stored in an annotation."""
+    from label_studio_backend.rle import mask_to_rle
+
+    h, w = mask.shape
+    return {
+        "id": rid,
+        "from_name": from_name,
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]},
+    }
+
+
 def predict_body(tasks: list, *, context: list | None = None, config: str = SAM_CONFIG,
                  project: str = "1.1700000000") -> dict:
     """A /predict request as Label Studio sends it."""
@@ -131,11 +148,16 @@ class FakeLabelStudio:
     token -> access token), uploads at ``/storage-data/uploaded/?filepath=upload/1/NAME`` and
     ``/data/upload/1/NAME``, local-files at ``/data/local-files/?d=NAME``, cloud storage at
     ``/tasks/ID/presign/?fileuri=base64(s3://bucket/NAME)``, plus ``/redirect-out``
-    (302 to another host), ``/slow`` (never finishes) and ``/huge`` (endless bytes)."""
+    (302 to another host), ``/slow`` (never finishes) and ``/huge`` (endless bytes).
+    For fine-tuning: ``/api/projects/ID/`` (``projects[ID]``, e.g. its ``label_config``) and
+    the Data Manager's ``/api/tasks?project=ID&fields=all&page=&page_size=`` (``tasks[ID]``,
+    a list of task dicts with annotations)."""
 
     def __init__(self, files: dict[str, bytes], *, legacy_token: str = "legacy-token-123",
                  personal_token: str | None = None) -> None:
         self.files = files
+        self.projects: dict[int, dict] = {}
+        self.tasks: dict[int, list[dict]] = {}
         self.legacy_token = legacy_token
         self.personal_token = personal_token or make_jwt("refresh")
         self.access_tokens: set[str] = set()
@@ -196,6 +218,21 @@ class FakeLabelStudio:
                     return
                 if not self._authorized():
                     return self._send(401, b'{"detail": "Authentication credentials were not provided."}')
+                if p.path.startswith("/api/projects/"):
+                    pid = p.path.strip("/").split("/")[-1]
+                    project = fake.projects.get(int(pid)) if pid.isdigit() else None
+                    if project is None:
+                        return self._send(404, b'{"detail": "Not found."}')
+                    return self._send(200, json.dumps({"id": int(pid), **project}).encode())
+                if p.path.rstrip("/") == "/api/tasks":
+                    tasks = fake.tasks.get(int((q.get("project") or ["0"])[0]), [])
+                    if (q.get("fields") or [""])[0] != "all":
+                        tasks = [{k: v for k, v in t.items() if k != "annotations"} for t in tasks]
+                    page, size = int((q.get("page") or [1])[0]), int((q.get("page_size") or [100])[0])
+                    chunk = tasks[(page - 1) * size: page * size]
+                    if page > 1 and not chunk:
+                        return self._send(404, b'{"detail": "Invalid page."}')
+                    return self._send(200, json.dumps({"tasks": chunk, "total": len(tasks)}).encode())
                 name = None
                 if p.path.startswith("/storage-data/uploaded"):
                     name = (q.get("filepath") or [""])[0].removeprefix("upload/1/")

@@ -416,8 +416,12 @@ def test_webhook_events_and_training_hook(backend):
     project = {"id": 1, "label_config": SAM_CONFIG}
     r = c.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": project, "annotation": {"id": 1}})
     assert r.status_code == 201 and r.json()["status"] == "ok"
+    # the default trainer fine-tunes on the project's annotations, fetched from Label Studio
     r = c.post("/webhook", json={"action": "START_TRAINING", "project": project})
-    assert r.status_code == 201 and r.json() == {"status": "no trainer configured"}
+    assert r.status_code == 201 and r.json()["status"] == "training started"
+    status = backend.trainer.wait(timeout=60)
+    assert status["status"] == "failed" and "LABEL_STUDIO_URL is not set" in status["error"]
+    assert c.get("/health").json()["training"]["error"] == status["error"]
     r = c.post("/webhook", json={"action": "PROJECT_UPDATED", "project": project})
     assert r.status_code == 200 and r.json()["status"] == "Unknown event"
     assert c.post("/webhook", json={"project": project}).status_code == 400
@@ -429,6 +433,11 @@ def test_webhook_events_and_training_hook(backend):
     r = TestClient(create_app(trained)).post("/webhook", json={"action": "START_TRAINING", "project": project})
     assert r.status_code == 201 and r.json() == {"status": "training", "job": "42"}
     assert seen == [("START_TRAINING", 1)]
+    # without a trainer: acknowledged, nothing happens
+    bare = TestClient(create_app(PASamBackend(predictor=backend.predictor, loader=backend.loader)))
+    r = bare.post("/webhook", json={"action": "START_TRAINING", "project": project})
+    assert r.status_code == 201 and r.json() == {"status": "no trainer configured"}
+    assert "training" not in bare.get("/health").json()
 
 
 def test_metrics_count_requests(client):

@@ -1,0 +1,265 @@
+"""Fine-tuning from Label Studio: START_TRAINING (and every N annotation events, and the
+legacy ``/train``) fetch the project's brush annotations from a fake Label Studio, fine-tune
+the tiny model in a background thread, save it and serve it under a new model version.
+
+Training is kept tiny (1-2 steps, one object per step); the webhook must answer at once, so
+the tests hold the backend's model lock (as a long /predict would) while they check that.
+"""
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from labelstudio_support import (
+    SAM_CONFIG,
+    FakeLabelStudio,
+    brush,
+    keypoint,
+    predict_body,
+    rectangle,
+)
+from PIL import Image
+
+from label_studio_backend.app import create_app
+from label_studio_backend.config import Settings
+from label_studio_backend.model import PASamBackend
+from label_studio_backend.training import project_id_of
+from pasam_plugins.checkpoint import read_metadata
+
+TRAINED = 7  # project with brush annotations
+NO_BRUSH = 8  # project whose annotations hold only rectangles
+
+
+@pytest.fixture(scope="module")
+def cells(isbi_dir) -> tuple[bytes, list[np.ndarray]]:
+    """EM section 0 as PNG bytes, and three of its cells as masks."""
+    import io
+
+    em = np.asarray(Image.open(isbi_dir / "image" / "0.png"))
+    lab = np.asarray(Image.open(isbi_dir / "label" / "0.png")) > 128
+    n, cc, stats, _ = cv2.connectedComponentsWithStats(lab.astype(np.uint8))
+    big = [i for i in range(1, n) if 800 < stats[i, cv2.CC_STAT_AREA] < 6000][:3]
+    assert len(big) == 3
+    buf = io.BytesIO()
+    Image.fromarray(em).save(buf, format="PNG")
+    return buf.getvalue(), [cc == i for i in big]
+
+
+@pytest.fixture(scope="module")
+def fake_ls(cells):
+    png, masks = cells
+    with FakeLabelStudio({"em.png": png, "em2.png": png}) as fake:
+        regions = [brush(m, rid=f"c{i}") for i, m in enumerate(masks)]
+        fake.tasks[TRAINED] = [
+            {"id": 1, "data": {"image": "/data/upload/1/em.png"},
+             "annotations": [{"id": 11, "result": regions, "was_cancelled": False,
+                              "updated_at": "2026-01-02T10:00:00Z"}]},
+            {"id": 2, "data": {"image": "/data/upload/1/em2.png"}, "annotations": []},
+        ]
+        fake.tasks[NO_BRUSH] = [
+            {"id": 3, "data": {"image": "/data/upload/1/em.png"},
+             "annotations": [{"id": 12, "result": [rectangle(10, 10, 20, 20)]}]},
+        ]
+        fake.projects[TRAINED] = {"label_config": SAM_CONFIG}
+        fake.projects[NO_BRUSH] = {"label_config": SAM_CONFIG}
+        yield fake
+
+
+def make_backend(checkpoint, fake, tmp_path, **train) -> PASamBackend:
+    settings = Settings(
+        checkpoint=checkpoint,
+        label_studio_url=fake.url,
+        label_studio_api_key=train.pop("api_key", fake.personal_token),
+        model_dir=tmp_path / "models",
+        train_steps=train.pop("steps", 2),
+        train_images_per_step=1,
+        train_objects_per_image=1,
+        **train,
+    )
+    return PASamBackend.from_settings(settings)
+
+
+def start_training(client, project: int, **project_fields):
+    return client.post("/webhook", json={"action": "START_TRAINING",
+                                         "project": {"id": project, **project_fields}})
+
+
+def wait_until_finished(client, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get("/health").json()["training"]
+        if status["status"] != "running":
+            return status
+        time.sleep(0.2)
+    pytest.fail(f"fine-tuning did not finish within {timeout} s: {status}")
+
+
+def click(client, project: int = TRAINED):
+    body = predict_body([{"id": 1, "data": {"image": "/data/upload/1/em.png"}}],
+                        context=[keypoint(40, 40)], project=f"{project}.1700000000")
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_start_training_answers_at_once_then_serves_the_fine_tuned_model(
+    tiny_checkpoint, fake_ls, tmp_path
+):
+    backend = make_backend(tiny_checkpoint, fake_ls, tmp_path)
+    client = TestClient(create_app(backend))
+    old_version = backend.model_version
+    old_signature = backend.predictor.model_signature
+    before = click(client)
+    assert before["model_version"] == old_version
+    assert client.get("/health").json()["training"]["status"] == "idle"
+
+    with backend.lock:  # the model is busy (a long /predict): the webhook must not wait
+        t0 = time.perf_counter()
+        r = start_training(client, TRAINED, label_config=SAM_CONFIG)
+        assert time.perf_counter() - t0 < 2.0
+        assert r.status_code == 201, r.text
+        assert r.json()["status"] == "training started" and r.json()["project"] == TRAINED
+        # a second click on "Start Training" while the first run is going
+        again = start_training(client, TRAINED)
+        assert again.status_code == 201 and again.json()["status"] == "already training"
+        status = client.get("/health").json()["training"]
+        assert status["status"] == "running" and status["project"] == TRAINED
+        assert backend.model_version == old_version  # not swapped while the lock is held
+        assert client.get("/metrics").json()["training"]["status"] == "running"
+
+    status = wait_until_finished(client)
+    assert status["status"] == "done", status
+    assert status["error"] is None and status["step"] == status["steps"] == 2
+    assert np.isfinite(status["loss"]) and status["runs"] == 1
+    assert status["images"] == 1  # the task without annotations is not used
+
+    # a new model version everywhere: /health, /setup, predictions
+    new_version = backend.model_version
+    assert new_version != old_version and status["model_version"] == new_version
+    assert status["previous_model_version"] == old_version
+    assert client.get("/health").json()["model_version"] == new_version
+    assert client.post("/setup", json={"project": f"{TRAINED}.1", "schema": SAM_CONFIG}).json() == {
+        "model_version": new_version
+    }
+    after = click(client)
+    assert after["model_version"] == new_version
+    assert after["results"][0]["model_version"] == new_version
+    # the guiding conv was trained: the old model's cached embedding/guide is not reused
+    assert backend.predictor.model_signature != old_signature
+    assert backend.predictor.encoder_runs == 1
+
+    # the tasks came from Label Studio's API with the personal access token's access token
+    gets = [(path, auth) for method, path, auth in fake_ls.requests if path.startswith("/api/tasks")]
+    assert gets and all(auth and auth.startswith("Bearer ") for _, auth in gets)
+    assert "fields=all" in gets[0][0] and f"project={TRAINED}" in gets[0][0]
+
+    # saved atomically as an adapter file naming its base; a restart on it serves the same model
+    saved = status["checkpoint"]
+    meta = read_metadata(saved)
+    assert meta["contents"] == "adapter"
+    assert meta["base_checkpoint"] == str(tiny_checkpoint.resolve())
+    assert meta["provenance"]["project"] == TRAINED and meta["provenance"]["steps"] == 2
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [saved.rsplit("/", 1)[-1]]
+    restarted = PASamBackend.from_settings(Settings(checkpoint=saved, label_studio_url=fake_ls.url,
+                                                    label_studio_api_key=fake_ls.personal_token))
+    assert restarted.model_version == new_version
+    again = TestClient(create_app(restarted))
+    assert [r["value"]["rle"] for r in click(again)["results"][0]["result"]] == [
+        r["value"]["rle"] for r in after["results"][0]["result"]
+    ]
+
+
+def test_project_without_usable_annotations_fails_and_the_old_model_keeps_serving(
+    tiny_checkpoint, fake_ls, tmp_path
+):
+    backend = make_backend(tiny_checkpoint, fake_ls, tmp_path)
+    client = TestClient(create_app(backend))
+    version = backend.model_version
+    # no label_config in the payload: it is fetched from /api/projects/ID/
+    r = start_training(client, NO_BRUSH)
+    assert r.status_code == 201 and r.json()["status"] == "training started"
+    status = wait_until_finished(client)
+    assert status["status"] == "failed"
+    assert "no usable annotations" in status["error"] and f"project {NO_BRUSH}" in status["error"]
+    assert "BrushLabels" in status["error"]
+    assert status["model_version"] == version == backend.model_version
+    metrics = client.get("/metrics").json()
+    assert metrics["training"]["status"] == "failed" and metrics["training"]["error"] == status["error"]
+    assert click(client, NO_BRUSH)["model_version"] == version
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+    # a project Label Studio does not know: the API error is the message
+    r = start_training(client, 99)
+    status = wait_until_finished(client)
+    assert status["status"] == "failed" and "HTTP 404" in status["error"]
+    # a rejected personal access token
+    bad = make_backend(tiny_checkpoint, fake_ls, tmp_path, api_key="not-a-token")
+    bad_client = TestClient(create_app(bad))
+    assert start_training(bad_client, TRAINED).status_code == 201
+    status = wait_until_finished(bad_client)
+    assert status["status"] == "failed" and "LABEL_STUDIO_API_KEY" in status["error"]
+    assert bad.model_version == version
+    # no project id at all is a bad request
+    r = client.post("/webhook", json={"action": "START_TRAINING", "project": {}})
+    assert r.status_code == 400 and "project" in r.json()["error"]
+
+
+def test_every_n_annotation_events_start_training(tiny_checkpoint, fake_ls, tmp_path):
+    backend = make_backend(tiny_checkpoint, fake_ls, tmp_path, train_every_n_annotations=2)
+    client = TestClient(create_app(backend))
+
+    def event(action: str, project: int):
+        r = client.post("/webhook", json={"action": action, "project": {"id": project},
+                                          "annotation": {"id": 5, "project": project}})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    first = event("ANNOTATION_CREATED", NO_BRUSH)
+    assert first["status"] == "ok" and first["annotations_until_training"] == 1
+    assert client.get("/health").json()["training"]["status"] == "idle"
+    assert event("ANNOTATION_DELETED", NO_BRUSH).get("annotations_until_training") is None
+    second = event("ANNOTATION_UPDATED", NO_BRUSH)
+    assert second["training"] == "training started"
+    status = wait_until_finished(client)
+    assert status["trigger"] == "2 annotation events" and status["project"] == NO_BRUSH
+    assert status["runs"] == 1 and status["every_n_annotations"] == 2
+    # the count starts again
+    assert event("ANNOTATION_CREATED", NO_BRUSH)["annotations_until_training"] == 1
+    # off by default
+    default = make_backend(tiny_checkpoint, fake_ls, tmp_path)
+    r = TestClient(create_app(default)).post(
+        "/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": TRAINED}})
+    assert r.json() == {"status": "ok", "action": "ANNOTATION_CREATED"}
+    assert default.training_status()["runs"] == 0
+
+
+def test_legacy_train_request_uses_the_tasks_it_carries(tiny_checkpoint, fake_ls, tmp_path):
+    """Label Studio without the START_TRAINING webhook flag POSTs the annotated tasks to
+    /train; no API call is needed then."""
+    backend = make_backend(tiny_checkpoint, fake_ls, tmp_path, steps=1)
+    client = TestClient(create_app(backend))
+    version = backend.model_version
+
+    def api_calls() -> int:
+        return len([r for r in fake_ls.requests if r[1].startswith(("/api/tasks", "/api/projects"))])
+
+    n_requests = api_calls()
+    r = client.post("/train", json={"annotations": fake_ls.tasks[TRAINED], "project": f"{TRAINED}.1700000000",
+                                    "label_config": SAM_CONFIG, "params": {}})
+    assert r.status_code == 201 and r.json()["status"] == "training started"
+    status = wait_until_finished(client)
+    assert status["status"] == "done" and status["trigger"] == "POST /train"
+    assert backend.model_version != version
+    assert api_calls() == n_requests
+    assert client.post("/train", json={"project": "1.1"}).status_code == 400
+
+
+def test_project_ids_of_webhook_payloads():
+    assert project_id_of({"project": {"id": 3}}) == 3
+    assert project_id_of({"project": "12.1700000000"}) == 12
+    assert project_id_of({"annotation": {"project": 5}}) == 5
+    assert project_id_of({"task": {"project": 6}, "project": None}) == 6
+    assert project_id_of({"project": {"id": True}}) is None
+    assert project_id_of({}) is None
