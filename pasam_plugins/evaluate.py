@@ -131,6 +131,7 @@ def evaluate_model(
     use_box: bool = True,
     compare_sam: bool = True,
     adapter_name: str = PASAM_NAME,
+    baseline: PASam | None = None,
     max_objects: int | None = None,
     min_pixels: int = 1,
     seed: int = 0,
@@ -145,6 +146,10 @@ def evaluate_model(
         when ``use_box``; alone otherwise).
       compare_sam: also run the decoder without the adapter (row "SAM"). A model without an
         adapter gives only the SAM row.
+      baseline: weights for the SAM row (e.g. the original SAM checkpoint). Default: the
+        same weights with the adapter off. PA-SAM also trains SAM's ``output_upscaling``,
+        ``output_hypernetworks_mlps`` and ``mask_tokens``, so "adapter off" is SAM's decoder
+        with those trained parts; pass the original SAM to compare with SAM exactly.
       max_objects: evaluate at most this many objects per image (seeded choice).
       min_pixels: ignore objects smaller than this.
       progress: True for a tqdm bar, or ``callback(done, total)``.
@@ -156,13 +161,14 @@ def evaluate_model(
         raise ValueError("give a prompt: use_box=True and/or num_points > 0")
     t0 = time.perf_counter()
     predictor = PASamPredictor(model, device=device)
-    variants: list[tuple[str, bool]] = []
+    variants: list[tuple[str, bool, PASamPredictor]] = []
     if model.has_adapter:
-        variants.append((adapter_name, True))
+        variants.append((adapter_name, True, predictor))
         if compare_sam:
-            variants.insert(0, (SAM_NAME, False))
+            base = predictor if baseline is None else PASamPredictor(baseline, device=device)
+            variants.insert(0, (SAM_NAME, False, base))
     else:
-        variants.append((SAM_NAME, False))
+        variants.append((SAM_NAME, False, predictor))
     samples = [s for ds in datasets for s in ds.samples]
     report = EvalReport()
     bar = None
@@ -180,7 +186,6 @@ def evaluate_model(
             ids = select_objects(labels, max_objects, rng, min_pixels)
             if ids:
                 _eval_image(
-                    predictor,
                     sample,
                     image,
                     labels,
@@ -203,12 +208,11 @@ def evaluate_model(
 
 
 def _eval_image(
-    predictor: PASamPredictor,
     sample,
     image: np.ndarray,
     labels: np.ndarray,
     ids: list[int],
-    variants: list[tuple[str, bool]],
+    variants: list[tuple[str, bool, PASamPredictor]],
     report: EvalReport,
     *,
     num_points: int,
@@ -216,9 +220,11 @@ def _eval_image(
     rng: np.random.Generator,
     chunk: int,
 ) -> None:
-    predictor.set_image(image)
-    size = predictor.original_size
-    dev = predictor.device
+    predictors = list(dict.fromkeys(p for _, _, p in variants))
+    for p in predictors:
+        p.set_image(image)
+    size = predictors[0].original_size
+    transform = predictors[0].transform
     masks = [labels == i for i in ids]
     boxes = np.stack([mask_box(m) for m in masks]) if use_box else None
     points = np.stack([sample_points(m, num_points, rng) for m in masks]) if num_points else None
@@ -226,15 +232,23 @@ def _eval_image(
         sl = slice(start, start + chunk)
         box_t = coords_t = labels_t = None
         if boxes is not None:
-            b = predictor.transform.apply_boxes(boxes[sl].astype(np.float64), size)
-            box_t = torch.as_tensor(b, dtype=torch.float, device=dev)
+            box_t = torch.as_tensor(
+                transform.apply_boxes(boxes[sl].astype(np.float64), size), dtype=torch.float
+            )
         if points is not None:
-            p = predictor.transform.apply_coords(points[sl].astype(np.float64), size)
-            coords_t = torch.as_tensor(p, dtype=torch.float, device=dev)
-            labels_t = torch.ones(coords_t.shape[:2], dtype=torch.int, device=dev)
-        for name, use_adapter in variants:
+            coords_t = torch.as_tensor(
+                transform.apply_coords(points[sl].astype(np.float64), size), dtype=torch.float
+            )
+            labels_t = torch.ones(coords_t.shape[:2], dtype=torch.int)
+        for name, use_adapter, predictor in variants:
+            dev = predictor.device
             pred = predictor.predict_torch(
-                coords_t, labels_t, box_t, None, multimask_output=False, use_adapter=use_adapter
+                None if coords_t is None else coords_t.to(dev),
+                None if labels_t is None else labels_t.to(dev),
+                None if box_t is None else box_t.to(dev),
+                None,
+                multimask_output=False,
+                use_adapter=use_adapter,
             )
             out = pred.masks[:, 0].cpu().numpy()  # logits > 0 at the image size
             for j, obj in enumerate(ids[sl]):

@@ -1,9 +1,11 @@
 """Evaluation: SAM and PA-SAM rows from one run, metrics as defined, table and CSV."""
 
+import copy
 import csv
 
 import numpy as np
 import pytest
+import torch
 
 from pasam_plugins.evaluate import EvalReport, ObjectResult, evaluate_model
 from pasam_plugins.metrics import boundary_iou, mask_box, mask_iou
@@ -51,6 +53,16 @@ def test_sam_row_is_the_model_without_adapter_and_metrics_are_direct(tiny_model)
     assert [(r.iou, r.boundary_iou) for r in alone.results] == [
         (r.iou, r.boundary_iou) for r in sam_rows
     ]
+
+    # with a baseline the SAM row comes from those weights (e.g. the original SAM), even
+    # when the evaluated model's shared decoder parts were trained
+    tuned = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        tuned.mask_decoder.output_upscaling[0].weight.mul_(1.5)
+    rep2 = evaluate_model(tuned, [ds], baseline=tiny_model)
+    assert [r.iou for r in rep2.results if r.model == "SAM"] == [r.iou for r in sam_rows]
+    rep3 = evaluate_model(tuned, [ds])  # no baseline: adapter off, trained parts included
+    assert [r.iou for r in rep3.results if r.model == "SAM"] != [r.iou for r in sam_rows]
 
     # each PA-SAM value is the metric of the predictor's own mask for the GT box
     image, labels = ds.samples[0].load()

@@ -259,6 +259,14 @@ def eval_command(
         int, typer.Option(min=0, help="Positive points per object, drawn inside its mask.")
     ] = 0,
     box: Annotated[bool, typer.Option(help="Prompt with the ground-truth box.")] = True,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Weights for the SAM row, e.g. the original SAM checkpoint. Default: the base "
+            "SAM of an adapter file (--sam-checkpoint), else the same weights with the adapter off.",
+            dir_okay=False,
+        ),
+    ] = None,
     sam: Annotated[
         bool, typer.Option(help="Also evaluate SAM (same weights, adapter off) side by side.")
     ] = True,
@@ -299,9 +307,24 @@ def eval_command(
             raise typer.Exit(1)
         model, dev = _load_model(checkpoint, sam_checkpoint, device)
         meta = getattr(model, "metadata", {}) or {}
+        base_model = None
+        if baseline is None and meta.get("contents") == "adapter" and sam_checkpoint:
+            baseline = sam_checkpoint
+        if sam and model.has_adapter:
+            if baseline is not None:
+                base_model, _ = _load_model(baseline, sam_checkpoint, str(dev))
+                typer.echo(f"SAM row: {baseline} (adapter off)", err=True)
+            else:
+                typer.echo(
+                    "SAM row: the same weights with the adapter off (its output_upscaling, "
+                    "hypernetwork MLPs and mask tokens are the trained ones; pass --baseline "
+                    "with the original SAM to compare with SAM exactly)",
+                    err=True,
+                )
         report = evaluate_model(
             model,
             datasets,
+            baseline=base_model,
             num_points=points,
             use_box=box,
             compare_sam=sam,
