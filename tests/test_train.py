@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pasam_plugins.checkpoint import load_model, read_metadata
-from pasam_plugins.train.datasets import Sample, SampleError
+from pasam_plugins.train.datasets import Dataset, Sample, SampleError
 from pasam_plugins.train.finetune import finetune, prepare_samples
 from pasam_plugins.train.trainer import (
     STATE_NAME,
@@ -185,7 +185,9 @@ def test_resume_equals_uninterrupted_training(tmp_path, tiny_checkpoint):
 
 
 def test_checkpoints_logs_and_plot(tmp_path, tiny_checkpoint):
-    trainer = _trainer(load_model(tiny_checkpoint), tmp_path, max_steps=2)
+    val = Dataset("val", [Sample.from_arrays("v0", *synth(9), instances="labels", dataset="val")])
+    trainer = _trainer(load_model(tiny_checkpoint), tmp_path, max_steps=2, val_every=2)
+    trainer.val = [val]
     trainer.cfg.save_every = 1
     result = trainer.run()
     out = tmp_path
@@ -200,8 +202,12 @@ def test_checkpoints_logs_and_plot(tmp_path, tiny_checkpoint):
     model = load_model(out / "adapter.safetensors", sam_checkpoint=tiny_checkpoint)
     for k, v in result.model.state_dict().items():
         assert torch.equal(model.state_dict()[k], v.cpu()), k
-    lines = (out / "log.jsonl").read_text().splitlines()
-    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    # validation ran at step 2 (val_every=2) on the 3 objects of the validation image
+    assert "val_miou" not in records[0]
+    assert 0.0 <= records[1]["val_miou"] <= 1.0 and 0.0 <= records[1]["val_mbiou"] <= 1.0
+    assert "val_miou/val" in records[1] and prov["validation"]["val_miou"] == records[1]["val_miou"]
     # a resume with other settings is refused with a clear message
     other = Trainer(
         load_model(tiny_checkpoint),
@@ -211,6 +217,29 @@ def test_checkpoints_logs_and_plot(tmp_path, tiny_checkpoint):
     )
     with pytest.raises(ValueError, match="batch_size"):
         other.resume()
+
+
+def test_training_with_large_scale_jitter_runs_uncached(tmp_path, tiny_checkpoint):
+    cfg = TrainConfig(
+        out_dir=str(tmp_path),
+        batch_size=1,
+        max_steps=1,
+        loss_size=256,
+        save_every=0,
+        jitter=(0.3, 1.0),
+    )
+    trainer = Trainer(load_model(tiny_checkpoint), _samples(1), config=cfg, progress=False)
+    assert trainer.cache is None  # every step encodes a new jittered image
+    result = trainer.run()
+    assert result.step == 1 and result.history[0]["images"] == 1
+    assert result.history[0]["total"] > 0
+    with pytest.raises(ValueError, match="without large-scale jitter"):
+        Trainer(
+            load_model(tiny_checkpoint),
+            _samples(1),
+            progress=False,
+            config=TrainConfig(out_dir=str(tmp_path), cache_embeddings=True),
+        )
 
 
 def test_augment_flip_and_jitter_keep_image_and_labels_aligned():
