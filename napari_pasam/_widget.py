@@ -284,20 +284,26 @@ def _set_layer_array(layer, array: np.ndarray) -> None:
 
 
 def _set_points(layer: Points, yx: np.ndarray, positive: np.ndarray) -> None:
-    """Show suggestion points with their ``positive`` feature, in place when the count holds."""
+    """Show suggestion points with their ``positive`` feature. Clearing hides the points
+    (``shown``) instead of deleting them, and a new set of the same size and signs is copied
+    in place: replacing a Points layer's data re-computes the viewer's dims (tens of ms)."""
     if len(yx) == 0:
-        if len(layer.data):
-            layer.data = yx  # napari drops the feature rows with the points
+        if layer.shown.any():
+            layer.shown = np.zeros(len(layer.data), bool)
         return
     same_features = len(layer.features) == len(positive) and np.array_equal(
         layer.features["positive"].to_numpy(bool), positive
     )
     if len(layer.data) == len(yx) and same_features:
         np.copyto(layer.data, yx)
-        layer.refresh(extent=False)
+        if layer.shown.all():
+            layer.refresh(extent=False)
+        else:
+            layer.shown = np.ones(len(yx), bool)
         return
     layer.data = yx
     layer.features = pd.DataFrame({"positive": positive})
+    layer.shown = np.ones(len(yx), bool)
     layer.face_color = "positive"  # re-map colours from the new features
 
 
@@ -925,6 +931,14 @@ class AnnotatorWidget(QWidget):
             text += f" · mean uncertainty {unc:.3f}"
         self.object_label.setText(text + f" · {int(mask.sum())} px")
 
+    def suggestions(self) -> tuple[np.ndarray, np.ndarray]:
+        """The suggested next clicks on display: Nx2 (y, x) and N bool (positive)."""
+        layer = self.suggestions_layer
+        if layer is None or len(layer.data) == 0:
+            return np.zeros((0, 2)), np.zeros(0, bool)
+        shown = np.asarray(layer.shown, bool)
+        return layer.data[shown], layer.features["positive"].to_numpy(bool)[shown]
+
     def _show_prediction(self, pred, mask: np.ndarray) -> None:
         self._shown_leading = self.current.leading if self.current else self._shown_leading
         self._ensure_layer(self.current_layer)
@@ -960,8 +974,7 @@ class AnnotatorWidget(QWidget):
             _set_layer_array(self.current_layer, np.zeros((h, w), np.uint8))
         if self.uncertainty_layer.data.any():
             _set_layer_array(self.uncertainty_layer, np.zeros((h, w), np.float32))
-        if len(self.suggestions_layer.data):
-            _set_points(self.suggestions_layer, np.zeros((0, 2)), np.zeros(0, bool))
+        _set_points(self.suggestions_layer, np.zeros((0, 2)), np.zeros(0, bool))
 
     def clear_prompts(self) -> None:
         """Remove all prompt points and boxes and the current prediction."""

@@ -107,7 +107,8 @@ def test_click_predicts_overlays_and_accept_increments_ids(
     assert widget.uncertainty_layer.colormap.name == "magma"
     assert str(widget.uncertainty_layer.blending) == "additive"
     sugg = widget.suggestions_layer
-    assert sugg.data.shape == (8, 2)
+    assert sugg.data.shape == (8, 2) and sugg.shown.all()
+    np.testing.assert_array_equal(widget.suggestions()[0], sugg.data)
     assert ((sugg.data >= 0) & (sugg.data < [h, w])).all()
     assert sugg.features["positive"].tolist() == [True] * 4 + [False] * 4
     colors = {tuple(c) for c in sugg.face_color}
@@ -134,6 +135,7 @@ def test_click_predicts_overlays_and_accept_increments_ids(
     widget.accept_button.click()
     assert len(widget.points_layer.data) == 0, "accept clears the prompts"
     assert widget.current is None and not widget.current_layer.data.any()
+    assert len(widget.suggestions()[0]) == 0 and not widget.uncertainty_layer.data.any()
     labels = widget.labels_layer
     np.testing.assert_array_equal(labels.data == 1, mask1)
     feats = labels.features
@@ -221,7 +223,7 @@ def test_large_image_sam_only_model_and_time_series(
     assert widget.current.mask.shape == big.shape
     # no adapter: no uncertainty, no mined points, and the features say so
     assert widget.current.uncertainty is None
-    assert not widget.uncertainty_layer.data.any() and len(widget.suggestions_layer.data) == 0
+    assert not widget.uncertainty_layer.data.any() and len(widget.suggestions()[0]) == 0
     assert widget.current.mask.any(), "this seed and click give a non-empty mask"
     label_id = widget.accept()
     row = widget.labels_layer.features.set_index("index").loc[label_id]
@@ -357,6 +359,7 @@ def test_stack_propagation_follows_the_stop_rule(
     viewer.dims.set_current_step(0, z0 + 1)
     wait_idle(qtbot, widget)
     assert widget.current is None and not widget.current_layer.data.any()
+    assert len(widget.suggestions()[0]) == 0
     assert len(widget.prompts()[0]) == 0
     viewer.dims.set_current_step(0, z0)
     wait_idle(qtbot, widget)
