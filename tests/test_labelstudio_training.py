@@ -118,7 +118,7 @@ def test_start_training_answers_at_once_then_serves_the_fine_tuned_model(
     with backend.lock:  # the model is busy (a long /predict): the webhook must not wait
         t0 = time.perf_counter()
         r = start_training(client, TRAINED, label_config=SAM_CONFIG)
-        assert time.perf_counter() - t0 < 2.0
+        assert time.perf_counter() - t0 < 5.0
         assert r.status_code == 201, r.text
         assert r.json()["status"] == "training started" and r.json()["project"] == TRAINED
         # a second click on "Start Training" while the first run is going

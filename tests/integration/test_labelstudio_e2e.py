@@ -5,8 +5,10 @@ Label Studio is installed once into its own cached venv by ``scripts/install_lab
 and driven through its REST API the way the frontend does: a project with the usual
 interactive SAM config, ISBI EM sections (non-square crops) served by local-files storage,
 the backend connected at ``/api/ml``, interactive keypoint and rectangle requests through
-``/api/ml/{id}/interactive-annotating``, and "Retrieve predictions" on tasks with rectangle
-annotations. The backend downloads the images from Label Studio with a personal access token.
+``/api/ml/{id}/interactive-annotating``, "Retrieve predictions" on tasks with rectangle
+annotations, and "Start Training" (``/api/ml/{id}/train``) after a brush annotation: the
+backend fine-tunes in the background and then serves a new model version. The backend
+downloads the images (and the annotated tasks) from Label Studio with a personal access token.
 
 Run: ``pytest -m integration tests/integration/test_labelstudio_e2e.py`` (a few minutes the
 first time: installing Label Studio, its first start with migrations ~40 s).
@@ -192,8 +194,14 @@ def backend(ls, tmp_path_factory):
         "DEVICE": "cpu",
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
+        # fine-tuning test: tiny runs, models saved next to the test model
+        "PASAM_TRAIN_STEPS": "2",
+        "PASAM_TRAIN_IMAGES_PER_STEP": "1",
+        "PASAM_TRAIN_OBJECTS_PER_IMAGE": "1",
+        "PASAM_MODEL_DIR": str(d / "models"),
     }
-    for key in ("LOCAL_FILES_DOCUMENT_ROOT", "PASAM_CACHE_DIR", "BASIC_AUTH_USER", "BASIC_AUTH_PASS"):
+    for key in ("LOCAL_FILES_DOCUMENT_ROOT", "PASAM_CACHE_DIR", "BASIC_AUTH_USER", "BASIC_AUTH_PASS",
+                "PASAM_SAM_CHECKPOINT", "PASAM_TRAIN_EVERY_N_ANNOTATIONS"):
         env.pop(key, None)
     log = d / "pasam-serve.log"
     with open(log, "wb") as out:
@@ -361,3 +369,59 @@ def test_retrieve_predictions_turns_boxes_into_masks_and_reuses_embeddings(ls, p
     assert second["encoder_runs"] == first["encoder_runs"]
     assert second["embedding_cache"]["hits"] > first["embedding_cache"]["hits"]
     assert second["images"]["downloads"] >= 1  # images came from Label Studio, with the token
+
+
+def test_start_training_fine_tunes_on_a_brush_annotation_and_serves_a_new_version(
+    ls, project, backend, image_root, isbi_dir
+):
+    """Runs last (it changes the served model): a brush annotation of two ISBI cells on the
+    wide crop, "Start Training" in Label Studio, the backend fine-tunes in the background and
+    serves (and reports to Label Studio's interactive requests) a new model version."""
+    import cv2
+
+    from label_studio_backend.rle import mask_to_rle
+
+    pid, ml, tasks = project
+    task = tasks[0]  # 0-wide.png: rows 64:448 of section 0
+    width, height = image_size(image_root, task)
+    label = np.asarray(Image.open(isbi_dir / "label" / "0.png"))[64:448, :] > 128
+    n, cc, stats, _ = cv2.connectedComponentsWithStats(label.astype(np.uint8))
+    cells = [i for i in range(1, n) if 800 < stats[i, cv2.CC_STAT_AREA] < 6000][:2]
+    assert len(cells) == 2 and cc.shape == (height, width)
+    result = [{"id": f"cell{i}", "from_name": "tag", "to_name": "image", "type": "brushlabels",
+               "original_width": width, "original_height": height, "image_rotation": 0,
+               "value": {"format": "rle", "rle": mask_to_rle(cc == c), "brushlabels": ["Cell"]}}
+              for i, c in enumerate(cells)]
+    ls.call("POST", f"/api/tasks/{task['id']}/annotations", json={"result": result})
+    before = metrics(backend)
+    assert before["training"]["status"] == "idle"
+
+    t0 = time.monotonic()
+    ls.call("POST", f"/api/ml/{ml['id']}/train", json={})
+    assert time.monotonic() - t0 < 30  # Label Studio waits for the webhook: it answers at once
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        training = metrics(backend)["training"]
+        if training["runs"] >= 1 and training["status"] != "running":
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"fine-tuning did not end within 300 s: {training}\n{tail(backend[1])}")
+    assert training["status"] == "done", f"{training}\n{tail(backend[1])}"
+    assert training["project"] == pid and training["step"] == 2
+    assert training["images"] == 1  # the tasks with rectangle annotations hold no brush region
+    new_version = metrics(backend)["model_version"]
+    assert new_version != before["model_version"] and training["model_version"] == new_version
+    assert Path(training["checkpoint"]).is_file()
+    assert Path(training["checkpoint"]).parent == backend[2].parent / "models"
+
+    # Label Studio's next interactive request is answered by the fine-tuned model
+    context = {"result": [{"id": "kp-after", "from_name": "tag2", "to_name": "image", "type": "keypointlabels",
+                           "origin": "manual", "image_rotation": 0, "original_width": width,
+                           "original_height": height, "is_positive": True,
+                           "value": {"x": 30.0, "y": 40.0, "width": 0.6, "keypointlabels": ["Cell"]}}]}
+    answer = ls.call("POST", f"/api/ml/{ml['id']}/interactive-annotating",
+                     json={"task": task["id"], "context": context})
+    assert "errors" not in answer, answer
+    assert answer["data"]["model_version"] == new_version
+    assert metrics(backend)["errors"] == before["errors"]
