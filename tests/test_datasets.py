@@ -20,6 +20,7 @@ from pasam_plugins.train.datasets import (
     read_labelstudio,
     read_napari,
     read_source,
+    samples_from_arrays,
 )
 
 
@@ -246,3 +247,31 @@ def test_labelstudio_export(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DatasetError, match="not a Label Studio JSON export"):
         read_labelstudio(tmp_path / "bad.json")
+
+
+def test_samples_from_arrays_split_stacks_and_check_shapes():
+    stack = np.random.default_rng(1).integers(0, 1000, (4, 16, 20), dtype=np.uint16)
+    labels = np.zeros((4, 16, 20), np.int32)
+    labels[1, 2:5, 2:5] = 3
+    labels[3, 8:12, 8:12] = 1
+    samples = samples_from_arrays(stack, labels, name="layer")
+    assert [s.name for s in samples] == ["layer[z=1]", "layer[z=3]"]  # empty slices left out
+    img, lab = samples[0].load()
+    assert img.shape == (16, 20, 3) and object_ids(lab).tolist() == [3]
+    assert len(samples_from_arrays(stack, labels, skip_empty=False)) == 4
+    rgb = _img(16, 20)
+    assert len(samples_from_arrays(rgb, labels[1])) == 1
+    with pytest.raises(SampleError, match="do not match"):
+        samples_from_arrays(stack, labels[:2])
+    with pytest.raises(SampleError, match="image is"):
+        samples_from_arrays(rgb, labels[1][:10])[0].load()
+
+
+def test_isbi_cell_profiles_are_connected_components(isbi_dir):
+    ds = read_folder(isbi_dir, instances="components")
+    assert len(ds) == 30 and not ds.skipped
+    img, lab = ds.samples[0].load()
+    raw = np.asarray(Image.open(isbi_dir / "label" / f"{ds.samples[0].name.split('/')[-1]}.png"))
+    assert img.shape == (512, 512, 3)
+    assert ((lab > 0) == (raw == 255)).all()  # every cell-interior pixel, no membrane pixel
+    assert object_ids(lab).size > 20  # many separate profiles per section

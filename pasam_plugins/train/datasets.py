@@ -161,6 +161,43 @@ def _pair(
     return rgb, labels
 
 
+def samples_from_arrays(
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    name: str = "image",
+    dataset: str = "",
+    skip_empty: bool = True,
+) -> list[Sample]:
+    """Samples from in-memory arrays, e.g. a napari Image layer and its Labels layer.
+
+    2D images (HxW, HxWx3, HxWxC) give one sample; a stack (image ZxHxW or ZxHxWxC with
+    labels ZxHxW) gives one sample per slice, named ``name[z=k]``; with ``skip_empty``
+    slices without any label are left out. Every nonzero label value is one object.
+
+    Raises:
+      SampleError: shapes that do not match.
+    """
+    img, lab = np.asarray(image), np.asarray(labels)
+    if lab.ndim == 2:
+        return [Sample.from_arrays(name, img, lab, instances="labels", dataset=dataset)]
+    if lab.ndim != 3 or img.shape[:3] != lab.shape:
+        raise SampleError(
+            f"{name}: labels of shape {lab.shape} do not match the image's shape {img.shape} "
+            f"(expected HxW labels, or ZxHxW labels for a ZxHxW[xC] stack)"
+        )
+    out = []
+    for z in range(lab.shape[0]):
+        if skip_empty and not lab[z].any():
+            continue
+        out.append(
+            Sample.from_arrays(
+                f"{name}[z={z}]", img[z], lab[z], instances="labels", dataset=dataset
+            )
+        )
+    return out
+
+
 def object_ids(labels: np.ndarray) -> np.ndarray:
     """Sorted nonzero values of a label map."""
     ids = np.unique(labels)

@@ -27,7 +27,7 @@ import torch
 from ..checkpoint import save_checkpoint
 from ..modeling import PASam
 from ..predictor import select_device
-from .datasets import Sample, SampleError
+from .datasets import Sample, SampleError, samples_from_arrays
 from .trainer import (
     PreparedImage,
     _autocast_factory,
@@ -78,7 +78,7 @@ def _as_samples(samples: Iterable[Any]) -> list[Sample]:
         if isinstance(s, Sample):
             out.append(s)
         elif isinstance(s, tuple) and len(s) == 2:
-            out.append(Sample.from_arrays(f"sample{i}", s[0], s[1], instances="labels"))
+            out.extend(samples_from_arrays(s[0], s[1], name=f"sample{i}"))
         else:
             raise TypeError(
                 f"samples[{i}]: expected a Sample or an (image, labels) pair, got {type(s).__name__}"
@@ -158,7 +158,8 @@ def finetune(
       model (PASam): the starting point (with or without adapter; a model without one gets a
         fresh adapter in guide mode ``"image"``). Not modified.
       samples: :class:`~pasam_plugins.train.datasets.Sample` objects or ``(image, labels)``
-        pairs (labels: HxW ints, 0 background, each other value one object).
+        pairs (labels: HxW ints, 0 background, each other value one object; a ZxHxW[xC]
+        stack with ZxHxW labels counts as its labelled slices, e.g. napari layers).
       steps (int): optimizer steps (Adam, ``lr``).
       images_per_step, objects_per_image: each step draws this many cached images and up to
         this many objects of each.
