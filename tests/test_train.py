@@ -124,6 +124,7 @@ def test_finetune_stops_when_asked_and_skips_bad_samples(tiny_model, tmp_path, t
     meta = read_metadata(tmp_path / "ft.safetensors")
     assert meta["contents"] == "adapter" and meta["provenance"]["steps"] == 1
     assert meta["untrained"] is True  # fine-tuned on a random-weight SAM: still flagged
+    assert meta["base_checkpoint"] == str(tiny_checkpoint.resolve())
     reloaded = load_model(tmp_path / "ft.safetensors", sam_checkpoint=tiny_checkpoint)
     for k, v in tuned.state_dict().items():
         assert torch.equal(reloaded.state_dict()[k], v), k

@@ -64,6 +64,7 @@ def test_train_then_resume_then_eval(folder, tmp_path, tiny_checkpoint):
     meta = read_metadata(out / "adapter.safetensors")
     assert meta["provenance"]["step"] == 2 and meta["untrained"] is True
     assert meta["provenance"]["data"] == [f"components:{folder}"]
+    assert meta["base_checkpoint"] == str(tiny_checkpoint.resolve())  # what it loads on
 
     csv_path = tmp_path / "eval.csv"
     res = _run(

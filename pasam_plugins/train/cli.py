@@ -198,8 +198,12 @@ def train_command(
             adapter_only=not full_checkpoint,
             device=str(dev),
         )
+        # an adapter file loads on a complete model: the SAM base when one was given
+        # (decoder-only / adapter inputs need it), else the starting checkpoint itself
+        base_file = sam_checkpoint or meta.get("base_checkpoint") or checkpoint
         provenance = {
-            "base_checkpoint": str(checkpoint),
+            "base_checkpoint": str(Path(base_file).resolve()),
+            "start_checkpoint": str(checkpoint),
             "sam_checkpoint": str(sam_checkpoint) if sam_checkpoint else None,
             "data": list(data),
             "validation": list(val or []),

@@ -265,6 +265,14 @@ def finetune(
         }
         if untrained:
             meta["untrained"] = True
+        src_meta = getattr(model, "metadata", None) or {}
+        base_file = (
+            src_meta.get("base_checkpoint")
+            if src_meta.get("contents") == "adapter"
+            else getattr(model, "source", None)
+        )
+        if base_file:
+            meta["base_checkpoint"] = str(Path(base_file).resolve())
         if metadata:
             meta.update(metadata)
         save_checkpoint(work, save, metadata=meta, adapter_only=True)

@@ -361,7 +361,7 @@ class TrainConfig:
     max_steps: int | None = None
     adapter_only: bool = True
     device: str | None = None
-    #: keep encoder outputs per image and flip (only without jitter); None = when <= 2000 images
+    #: keep encoder outputs per image and flip (only without jitter); None = when <= 300 images
     cache_embeddings: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -452,7 +452,7 @@ class Trainer:
         self.skipped: dict[str, str] = {}
         cache = config.cache_embeddings
         if cache is None:
-            cache = config.jitter is None and len(self.train_samples) <= 2000
+            cache = config.jitter is None and len(self.train_samples) <= 300
         if cache and config.jitter is not None:
             raise ValueError("embeddings can only be cached without large-scale jitter")
         self.cache: dict[tuple[int, bool], PreparedImage | None] | None = {} if cache else None
@@ -660,6 +660,9 @@ class Trainer:
         }
         if self.provenance.get("untrained_base"):
             meta["untrained"] = True
+        if self.cfg.adapter_only and self.provenance.get("base_checkpoint"):
+            # the complete model an adapter file loads on (read by the Label Studio backend)
+            meta["base_checkpoint"] = self.provenance["base_checkpoint"]
         name = FINAL_NAME if final else f"adapter-step{self.step:06d}.safetensors"
         path = save_checkpoint(
             self.model, self.out / name, metadata=meta, adapter_only=self.cfg.adapter_only
