@@ -231,11 +231,24 @@ def test_labelstudio_export(tmp_path):
             "annotations": [{"id": 6, "result": [_brush_region(m1, "Cell", "r3")]}],
         },
         {"id": 3, "data": {"image": "/data/upload/1/abc-cells.png"}, "annotations": []},
+        {
+            "id": 4,
+            "data": {"image": "/data/local-files/?d=store/em%20cells.png"},
+            "annotations": [
+                {"id": 7, "was_cancelled": True, "result": [_brush_region(m1, "Cell", "r4")]},
+                {"id": 8, "result": [_brush_region(m2, "Cell", "r5")]},
+            ],
+        },
     ]
+    _save(media / "store" / "em cells.png", img[::-1].copy())
     export = tmp_path / "project-1.json"
     export.write_text(json.dumps(tasks))
     ds = read_labelstudio(export, image_root=media)
-    assert [s.name for s in ds] == ["project_1/task1"]
+    assert [s.name for s in ds] == ["project_1/task1", "project_1/task4"]
+    # local storage path relative to the media folder; the cancelled annotation is ignored
+    image4, labels4 = ds.samples[1].load()
+    np.testing.assert_array_equal(image4, img[::-1])
+    assert object_ids(labels4).tolist() == [1] and (labels4 == 1).sum() == m2.sum()
     assert any("task 2" in w and "not found" in why for w, why in ds.skipped)
     image, labels = ds.samples[0].load()
     np.testing.assert_array_equal(image, img)
@@ -243,7 +256,7 @@ def test_labelstudio_export(tmp_path):
     np.testing.assert_array_equal(labels == 2, m2)
     # without the media folder the image is not found: reported, not fatal
     ds2 = read_labelstudio(export)
-    assert len(ds2) == 0 and len(ds2.skipped) == 2
+    assert len(ds2) == 0 and len(ds2.skipped) == 3
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DatasetError, match="not a Label Studio JSON export"):
         read_labelstudio(tmp_path / "bad.json")
