@@ -263,3 +263,36 @@ def test_project_ids_of_webhook_payloads():
     assert project_id_of({"task": {"project": 6}, "project": None}) == 6
     assert project_id_of({"project": {"id": True}}) is None
     assert project_id_of({}) is None
+
+
+def test_plain_sam_gets_an_adapter_and_a_fine_tuned_adapter_file_is_saved_in_full(
+    fake_ls, tmp_path
+):
+    """Serving plain SAM weights: fine-tuning adds a PA-SAM adapter (predictions then carry
+    uncertainties) and saves it as an adapter file on the SAM file. A server restarted on
+    that adapter file (base found through its metadata) saves its own fine-tuning in full,
+    as its base is not a complete model."""
+    from pasam_plugins.testing import make_test_checkpoint
+
+    sam = make_test_checkpoint(tmp_path / "sam.safetensors", seed=2, adapter=False)
+    backend = make_backend(sam, fake_ls, tmp_path, steps=1)
+    client = TestClient(create_app(backend))
+    region = click(client)["results"][0]["result"][0]
+    assert "mean_uncertainty" not in region["meta"]
+    start_training(client, TRAINED, label_config=SAM_CONFIG)
+    status = wait_until_finished(client)
+    assert status["status"] == "done", status
+    assert backend.predictor.model.has_adapter
+    region = click(client)["results"][0]["result"][0]
+    assert 0.0 <= region["meta"]["mean_uncertainty"] <= 1.0
+    meta = read_metadata(status["checkpoint"])
+    assert meta["contents"] == "adapter" and meta["base_checkpoint"] == str(sam.resolve())
+
+    again = make_backend(status["checkpoint"], fake_ls, tmp_path / "second", steps=1)
+    assert again.model_version == backend.model_version
+    second = TestClient(create_app(again))
+    start_training(second, TRAINED, label_config=SAM_CONFIG)
+    status2 = wait_until_finished(second)
+    assert status2["status"] == "done", status2
+    assert read_metadata(status2["checkpoint"])["contents"] == "full"
+    assert again.model_version not in (backend.model_version, status["previous_model_version"])
