@@ -488,6 +488,14 @@ class AnnotatorWidget(QWidget):
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
+        # long entries (registry titles, paths) must not widen the dock
+        for combo in self.findChildren(QComboBox):
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+            )
+            combo.setMinimumContentsLength(14)
+        for edit in self.findChildren(QLineEdit):
+            edit.setMinimumWidth(120)
 
     @staticmethod
     def _registry_choices() -> list[tuple[str, str]]:
