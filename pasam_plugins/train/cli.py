@@ -50,9 +50,7 @@ def _load_model(checkpoint: Path, sam_checkpoint: Path | None, device: str | Non
 
 
 def train_command(
-    data: Annotated[
-        list[str], typer.Argument(help=DATA_HELP, show_default=False, metavar="DATA")
-    ],
+    data: Annotated[list[str], typer.Argument(help=DATA_HELP, show_default=False, metavar="DATA")],
     checkpoint: Annotated[
         Path,
         typer.Option(
@@ -238,9 +236,7 @@ def train_command(
 
 
 def eval_command(
-    data: Annotated[
-        list[str], typer.Argument(help=DATA_HELP, show_default=False, metavar="DATA")
-    ],
+    data: Annotated[list[str], typer.Argument(help=DATA_HELP, show_default=False, metavar="DATA")],
     checkpoint: Annotated[
         Path,
         typer.Option(
