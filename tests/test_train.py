@@ -256,3 +256,49 @@ def test_augment_flip_and_jitter_keep_image_and_labels_aligned():
         inside = a[b != 0].mean()
         outside = a[b == 0].mean()
         assert inside > 150 and outside < 40
+
+
+def test_prompt_kinds_and_noisy_mask():
+    from pasam_plugins.train.trainer import (
+        PROMPT_KINDS,
+        ObjectPrompts,
+        PreparedImage,
+        build_prompts,
+        noisy_mask,
+    )
+
+    low = torch.zeros(256, 256, dtype=torch.int32)
+    low[40:120, 60:200] = 1
+    low[150:220, 20:90] = 2
+    objs = [
+        ObjectPrompts(
+            1, np.array([240, 160, 800, 480], np.float32), np.full((5, 2), 300, np.float32)
+        ),
+        ObjectPrompts(
+            2, np.array([80, 600, 360, 880], np.float32), np.full((50, 2), 200, np.float32)
+        ),
+    ]
+    prep = PreparedImage(
+        "x", torch.zeros(1, 256, 64, 64), torch.zeros(1, 4, 256, 256), low, low, objs
+    )
+    rng = np.random.default_rng(0)
+    for kind in PROMPT_KINDS:
+        kw = build_prompts(prep, [0, 1], kind, rng, num_points=10)
+        assert (kw["boxes"] is not None) == ("box" in kind)
+        assert (kw["points"] is not None) == ("points" in kind)
+        assert (kw["mask_input"] is not None) == ("mask" in kind)
+        if kw["boxes"] is not None:
+            assert kw["boxes"].shape == (2, 4) and kw["boxes"][1, 1] == 600
+        if kw["points"] is not None:
+            coords, labels = kw["points"]
+            # 10 points each, drawn from the object's pool (with replacement when it is smaller)
+            assert coords.shape == (2, 10, 2) and (coords[0] == 300).all() and (labels == 1).all()
+    with pytest.raises(ValueError, match="unknown prompt kind"):
+        build_prompts(prep, [0], "box+scribble", rng)
+
+    gt = (low == 1).float()[None, None]
+    noisy = noisy_mask(gt, np.random.default_rng(1))
+    assert set(noisy.unique().tolist()) <= {0.0, 255.0}
+    changed = (noisy / 255 != gt)[0, 0]
+    assert changed.any()  # noise flips some pixels ...
+    assert not changed[60:100, 90:170].any() and not changed[:20].any()  # ... only near the edge
