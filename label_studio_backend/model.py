@@ -148,9 +148,7 @@ class PASamBackend:
             raise ValueError("no checkpoint: pass --checkpoint or set PASAM_CHECKPOINT")
         if not settings.checkpoint.exists():
             raise ValueError(f"checkpoint not found: {settings.checkpoint}")
-        model = load_model(
-            settings.checkpoint, device="cpu", sam_checkpoint=_base_checkpoint(settings.checkpoint)
-        )
+        model = load_model(settings.checkpoint, device="cpu")
         # PASAM_CACHE_DIR is shared with checkpoint downloads: embeddings get a subdirectory
         disk = settings.cache_dir / "embeddings" if settings.cache_dir else None
         cache = EmbeddingCache(max_bytes=settings.cache_max_mb << 20, disk_dir=disk)
@@ -503,26 +501,6 @@ def _project_id(project: object) -> str:
     if isinstance(project, dict):
         project = project.get("id")
     return str(project).split(".", 1)[0] if project is not None else ""
-
-
-def _base_checkpoint(path) -> str | None:
-    """For an adapter-only file saved by fine-tuning: the base checkpoint named in its
-    metadata, when ``PASAM_SAM_CHECKPOINT`` does not give one and the file still exists."""
-    import os
-    from pathlib import Path
-
-    from pasam_plugins.checkpoint import read_metadata
-
-    if os.environ.get("PASAM_SAM_CHECKPOINT"):
-        return None
-    try:
-        meta = read_metadata(path)
-    except ValueError:
-        return None
-    base = meta.get("base_checkpoint")
-    if meta.get("contents") == "adapter" and isinstance(base, str) and Path(base).is_file():
-        return base
-    return None
 
 
 __all__ = [

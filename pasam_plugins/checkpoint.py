@@ -10,7 +10,8 @@ Formats understood by :func:`load_model` (detected from the file's keys, never i
 - this project's format: one ``.safetensors`` file whose header metadata holds a JSON
   document (variant, guide mode, contents, training provenance, version). ``contents`` is
   ``"full"`` (whole model) or ``"adapter"`` (the trainable decoder parts only; needs
-  ``sam_checkpoint``).
+  ``sam_checkpoint``, ``$PASAM_SAM_CHECKPOINT`` or an existing ``base_checkpoint`` path in
+  its metadata).
 
 Every ``torch.load`` uses ``weights_only=True``. Errors are :class:`CheckpointError` and name
 the file, what was expected and which keys are missing or unexpected.
@@ -184,17 +185,26 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _resolve_sam(sam_checkpoint: str | Path | None, path: Path, what: str) -> dict[str, Tensor]:
-    sam_checkpoint = sam_checkpoint or os.environ.get("PASAM_SAM_CHECKPOINT")
-    if not sam_checkpoint:
+def _resolve_sam(
+    sam_checkpoint: str | Path | None, path: Path, what: str, meta: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Tensor], str]:
+    """Base SAM weights for a decoder-only file: ``sam_checkpoint``, else
+    ``$PASAM_SAM_CHECKPOINT``, else the ``base_checkpoint`` recorded in the file's metadata
+    (when that file still exists). Returns the state dict and where it came from."""
+    base = sam_checkpoint or os.environ.get("PASAM_SAM_CHECKPOINT")
+    recorded = (meta or {}).get("base_checkpoint")
+    if not base and isinstance(recorded, str) and Path(recorded).is_file():
+        base = recorded
+    if not base:
+        hint = f" (its metadata names {recorded}, which does not exist)" if recorded else ""
         raise CheckpointError(
             f"{path}: {what} holds only decoder weights; give the SAM checkpoint it was "
-            f"trained on (sam_checkpoint= / --sam-checkpoint / PASAM_SAM_CHECKPOINT)"
+            f"trained on (sam_checkpoint= / --sam-checkpoint / PASAM_SAM_CHECKPOINT){hint}"
         )
-    sam_path = Path(sam_checkpoint)
+    sam_path = Path(base)
     if _is_ours(sam_path):
-        return load_model(sam_path).state_dict()
-    return _torch_load(sam_path)
+        return load_model(sam_path).state_dict(), str(sam_path)
+    return _torch_load(sam_path), str(sam_path)
 
 
 def load_model(
@@ -234,8 +244,8 @@ def load_model(
         )
     elif "guiding_conv.0.weight" in sd or "prompt_adapter.static_uncertain_token.weight" in sd:
         dec = load_official_decoder_state_dict(sd, source=source)
-        base = _resolve_sam(sam_checkpoint, path, "an official PA-SAM decoder checkpoint")
-        variant = detect_variant(base, source=str(sam_checkpoint))
+        base, base_source = _resolve_sam(sam_checkpoint, path, "an official PA-SAM decoder checkpoint")
+        variant = detect_variant(base, source=base_source)
         model = build_pasam(variant, adapter=True, guide_mode=guide_mode or "reference")
         merged = {k: v for k, v in base.items() if not k.startswith("mask_decoder.")}
         merged.update({f"mask_decoder.{k}": v for k, v in dec.items()})
@@ -266,11 +276,11 @@ def _load_ours(path: Path, *, sam_checkpoint: str | Path | None, guide_mode: str
     model = build_pasam(variant, adapter=has_adapter, guide_mode=mode)
     contents = meta.get("contents", "full")
     if contents == "adapter":
-        base = _resolve_sam(sam_checkpoint, path, "this adapter file")
-        base_variant = detect_variant(base, source=str(sam_checkpoint))
+        base, base_source = _resolve_sam(sam_checkpoint, path, "this adapter file", meta)
+        base_variant = detect_variant(base, source=base_source)
         if base_variant != variant:
             raise CheckpointError(
-                f"{path}: adapter trained on SAM {variant}, but {sam_checkpoint} is SAM {base_variant}"
+                f"{path}: adapter trained on SAM {variant}, but {base_source} is SAM {base_variant}"
             )
         full = {
             k: v

@@ -38,8 +38,8 @@ def model_signature(model: PASam) -> str:
     """A short hash identifying the weights that determine embeddings and guides.
 
     Hashes names, shapes and a strided sample (<= 4096 values) of every tensor of the image
-    encoder, the guiding conv and the pixel statistics, plus the guide mode. Cheap even for
-    ViT-H, and different for any two trained models.
+    encoder and the pixel statistics, every value of the (small) guiding conv, and the guide
+    mode. Cheap even for ViT-H, and different for any two trained models.
     """
     h = hashlib.sha256()
     h.update(f"{model.variant}|{model.guide_mode}|{model.has_adapter}".encode())
@@ -55,7 +55,9 @@ def model_signature(model: PASam) -> str:
     with torch.no_grad():
         for name, t in tensors:
             flat = t.detach().reshape(-1)
-            step = max(1, flat.numel() // 4096)
+            # the guiding conv is small and is what fine-tuning changes: hash all of it
+            full = name.startswith("guiding_conv.")
+            step = 1 if full else max(1, flat.numel() // 4096)
             sample = flat[::step].float().cpu().numpy()
             h.update(f"{name}{tuple(t.shape)}".encode())
             h.update(sample.tobytes())

@@ -52,6 +52,13 @@ def test_adapter_only_file_needs_and_uses_the_base_sam(tmp_path):
     with pytest.raises(CheckpointError, match="give the SAM checkpoint"):
         load_model(path)
     _assert_same_weights(model, load_model(path, sam_checkpoint=sam_path))
+    # a base recorded in the metadata is used while it exists
+    path = save_checkpoint(model, tmp_path / "adapter2.safetensors", adapter_only=True,
+                           metadata={"base_checkpoint": str(sam_path)})
+    _assert_same_weights(model, load_model(path))
+    sam_path.unlink()
+    with pytest.raises(CheckpointError, match="its metadata names .*sam_vit_tiny.pth, which does not exist"):
+        load_model(path)
 
 
 def test_official_sam_checkpoint_loads_without_adapter(tmp_path):
