@@ -16,10 +16,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
+from pasam_plugins.metrics import UNCERTAINTY_BAND_RATIO, erosion_iterations, uncertainty_band
 from pasam_plugins.predictor import PASamPredictor
 
 from .config import Settings
@@ -47,20 +47,6 @@ Trainer = Callable[[str, dict], dict]
 def no_trainer(event: str, payload: dict) -> dict:
     """Default START_TRAINING hook: fine-tuning is not wired in yet."""
     return {"status": "no trainer configured"}
-
-
-def band_width(height: int, width: int) -> int:
-    """Half-width of the boundary band: the uncertainty band PA-SAM is trained on,
-    ``round(0.005 x image diagonal)`` pixels, at least 1."""
-    return max(1, round(0.005 * float(np.hypot(height, width))))
-
-
-def boundary_band(mask: np.ndarray, d: int) -> np.ndarray:
-    """Pixels within ``d`` (chessboard distance) of the mask's boundary, on both sides:
-    dilation minus erosion with a (2d+1)x(2d+1) square (= d passes of a 3x3 kernel)."""
-    m = mask.astype(np.uint8)
-    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * d + 1, 2 * d + 1))
-    return cv2.dilate(m, k) > cv2.erode(m, k, borderType=cv2.BORDER_REPLICATE)
 
 
 @dataclass
@@ -388,7 +374,7 @@ class PASamBackend:
                     outs = self._decode([prompts[i] for i in chunk], n_points, has_box, size)
                     for i, out in zip(chunk, outs, strict=True):
                         raw[i] = out
-        d = band_width(*image.shape[:2])
+        d = erosion_iterations(*image.shape[:2], UNCERTAINTY_BAND_RATIO)
         results = []
         for p, (mask, score, unc) in zip(prompts, raw, strict=True):  # type: ignore[misc]
             results.append(_region_result(p, mask, score, unc, d))
@@ -448,7 +434,7 @@ def _region_result(p: Prompt, mask: np.ndarray, score: float, unc: np.ndarray | 
     if unc is not None:
         mean_u = float(unc[mask].mean()) if area else float(unc.mean())
         if area:
-            band = boundary_band(mask, d)
+            band = uncertainty_band(mask, d)
             band_n = int(band.sum())
             band_sum = float(unc[band].sum(dtype=np.float64))
     return RegionResult(
@@ -508,7 +494,6 @@ __all__ = [
     "Trainer",
     "no_trainer",
     "mask_to_rle",
-    "boundary_band",
     "task_score",
     "InvalidPrompt",
 ]

@@ -17,6 +17,8 @@ import numpy as np
 
 #: band width of the boundary IoU, relative to the image diagonal
 BOUNDARY_DILATION_RATIO = 0.02
+#: half-width of the uncertainty band PA-SAM is trained on, relative to the image diagonal
+UNCERTAINTY_BAND_RATIO = 0.005
 
 
 def binarize_prediction(logits: np.ndarray) -> np.ndarray:
@@ -53,6 +55,22 @@ def mask_to_boundary(
     padded = cv2.copyMakeBorder(m.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=d)[1 : h + 1, 1 : w + 1]
     return m & ~eroded.astype(bool)
+
+
+def uncertainty_band(mask: np.ndarray, iterations: int | None = None) -> np.ndarray:
+    """The band PA-SAM's uncertainty is trained on, for a bool HxW mask (bool HxW).
+
+    Pixels within ``iterations`` (default ``max(1, round(0.005 x diagonal))``, chessboard
+    distance) of the mask's boundary, on both sides: dilation minus erosion with a 3x3 kernel
+    applied ``iterations`` times. The image border is not a boundary (as in the training
+    target, :func:`pasam_plugins.train.losses.uncertainty_target`).
+    """
+    m = np.asarray(mask, dtype=np.uint8)
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2D mask, got shape {m.shape}")
+    d = iterations or erosion_iterations(*m.shape, UNCERTAINTY_BAND_RATIO)
+    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * d + 1, 2 * d + 1))
+    return cv2.dilate(m, k) > cv2.erode(m, k, borderType=cv2.BORDER_REPLICATE)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

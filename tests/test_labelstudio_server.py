@@ -26,8 +26,9 @@ from PIL import Image
 from label_studio_backend.app import create_app
 from label_studio_backend.config import Settings
 from label_studio_backend.images import ImageLoader
-from label_studio_backend.model import PASamBackend, band_width, boundary_band
+from label_studio_backend.model import PASamBackend
 from pasam_plugins.checkpoint import load_model
+from pasam_plugins.metrics import uncertainty_band
 from pasam_plugins.predictor import PASamPredictor
 
 
@@ -166,7 +167,7 @@ def test_interactive_keypoint_matches_the_predictor_at_the_clicked_pixel(client,
     # region meta: mean uncertainty inside the mask; task score: 1 - boundary-band uncertainty
     unc = ref.uncertainty
     assert region["meta"]["mean_uncertainty"] == pytest.approx(float(unc[ref.masks[0]].mean()), abs=1e-3)
-    band = boundary_band(ref.masks[0], band_width(h, w))
+    band = uncertainty_band(ref.masks[0])
     assert res["score"] == pytest.approx(1.0 - float(unc[band].mean()), abs=1e-3)
 
 

@@ -17,15 +17,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..metrics import UNCERTAINTY_BAND_RATIO, erosion_iterations
 from ..modeling import DecoderOutput
-
-#: uncertainty band half-width, relative to the image diagonal
-UNCERTAINTY_BAND_RATIO = 0.005
 
 
 def band_iterations(height: int, width: int, ratio: float = UNCERTAINTY_BAND_RATIO) -> int:
     """``max(1, round(ratio x diagonal))``."""
-    return max(1, int(round(ratio * (height**2 + width**2) ** 0.5)))
+    return erosion_iterations(height, width, ratio)
 
 
 def erode(mask: Tensor, iterations: int) -> Tensor:
