@@ -11,8 +11,9 @@ bar; prediction from a cached embedding runs directly in the event handler (deco
 Every failure is reported as a napari notification; nothing raises into the event loop.
 """
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._compat import avoid_triton_llvm_clash
+from ._finetune import FinetuneResult, FinetuneStep, finetune_job, labelled_planes
 from .planes import PlaneGeometry, box_on_slice, points_on_slice
 from .propagation import (
     PropagationRule,
@@ -104,12 +106,15 @@ class ModelInfo:
     guide_mode: str
     device: str
     untrained: bool
+    finetuned: str | None = None
 
     def describe(self) -> str:
         kind = "SAM + PA-SAM adapter" if self.has_adapter else "SAM only (no adapter)"
         text = f"{kind} · {self.variant} · guide mode: {self.guide_mode} · {self.device}"
         if self.untrained:
             text += "\nuntrained (random weights): masks are arbitrary"
+        if self.finetuned:
+            return f"{text}\n{self.finetuned}\nsaved to {self.source}"
         return f"{text}\n{self.source}"
 
 
@@ -208,6 +213,11 @@ def _load_job(
         except Exception:  # noqa: BLE001 - official files carry no metadata of ours
             meta = {}
         untrained = bool(meta.get("untrained", False))
+        # an adapter fine-tuned from this model can name the file as its base only when the
+        # file holds the whole model (not an official decoder loaded with a separate SAM)
+        model.pasam_base_complete = (
+            meta.get("contents", "full") == "full" if meta else not sam_checkpoint
+        )
     predictor = PASamPredictor(
         model,
         device=None if device == "auto" else device,
@@ -222,6 +232,15 @@ def _load_job(
         untrained=untrained,
     )
     return predictor, info
+
+
+def _guarded(gen_fn, *args, **kwargs):
+    """Run the generator ``gen_fn`` in a worker thread; an exception ends it with a
+    :class:`_Failure` return value (shown as a notification, never a traceback)."""
+    try:
+        return (yield from gen_fn(*args, **kwargs))
+    except Exception as exc:  # noqa: BLE001 - reported to the user by the main thread
+        return _Failure(_message(exc))
 
 
 def _embed_job(predictor, data, geometry: PlaneGeometry, leading, channel, key):
@@ -335,6 +354,9 @@ class AnnotatorWidget(QWidget):
         self._worker = None
         self._pending_predict = False
         self._propagating: tuple[AcceptedObject, PropagationSummary] | None = None
+        self._finetune_stop: threading.Event | None = None
+        self.last_finetune_progress: list[FinetuneStep] = []
+        self.last_finetune: FinetuneResult | None = None
         self._predictor_key: tuple | None = None
         self._shown_leading: tuple[int, ...] | None = None
         self._suspend = False
@@ -483,6 +505,30 @@ class AnnotatorWidget(QWidget):
         row.addWidget(self.cancel_button)
         form.addRow(row)
         layout.addWidget(prop_box)
+
+        ft_box = QGroupBox("Fine-tune adapter")
+        form = QFormLayout(ft_box)
+        self.finetune_steps_spin = QSpinBox()
+        self.finetune_steps_spin.setRange(1, 100_000)
+        self.finetune_steps_spin.setValue(100)
+        form.addRow("Steps", self.finetune_steps_spin)
+        row = QHBoxLayout()
+        self.finetune_button = QPushButton("Fine-tune adapter")
+        self.finetune_button.setToolTip(
+            "Train the model's PA-SAM adapter on the objects accepted into the labels layer "
+            "(every plane holding an object); the result replaces the model and is saved to "
+            "$PASAM_MODEL_DIR (default $PASAM_CACHE_DIR/models, ~/.cache/pasam/models)"
+        )
+        self.finetune_button.clicked.connect(lambda: self.finetune())
+        self.finetune_cancel_button = QPushButton("Stop")
+        self.finetune_cancel_button.setToolTip(
+            "End fine-tuning after the current step; the adapter trained so far is used and saved"
+        )
+        self.finetune_cancel_button.clicked.connect(lambda: self.cancel())
+        row.addWidget(self.finetune_button)
+        row.addWidget(self.finetune_cancel_button)
+        form.addRow(row)
+        layout.addWidget(ft_box)
 
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
@@ -1094,7 +1140,12 @@ class AnnotatorWidget(QWidget):
         self._start_worker(worker, f"Propagating object {obj.label_id}")
 
     def cancel(self) -> None:
-        """Stop a running propagation after the slice in progress."""
+        """Stop a running propagation after the slice in progress, or fine-tuning after the
+        step in progress (keeping the adapter trained so far)."""
+        if self._finetune_stop is not None:
+            self._finetune_stop.set()
+            self._set_status("Stopping fine-tuning after the current step…")
+            return
         worker = self._worker
         if worker is not None and hasattr(worker, "quit"):
             worker.quit()
@@ -1139,3 +1190,83 @@ class AnnotatorWidget(QWidget):
         msg += " (cancelled)" if summary.cancelled else f" ({stops})"
         self._set_status(msg.removeprefix("PA-SAM: "))
         show_info(msg)
+
+    # ------------------------------------------------------------------ fine-tune
+    def finetune(self, steps: int | None = None) -> None:
+        """Fine-tune the model's adapter on the accepted objects (worker, progress bar,
+        stoppable with :meth:`cancel`); the result becomes the widget's model and is saved
+        into :func:`napari_pasam._finetune.models_dir`."""
+        if self.busy:
+            show_info("PA-SAM: busy, try again when the current task has finished")
+            return
+        if self.predictor is None:
+            show_error("PA-SAM: load a model first, then fine-tune its adapter")
+            return
+        planes = []
+        if self.labels_layer is not None and self.geometry is not None:
+            planes = labelled_planes(self.labels_layer.data, self.geometry.leading_ndim)
+        if not planes:
+            show_error(
+                "PA-SAM: no accepted objects to train on: annotate an image and accept "
+                f"objects ({ACCEPT_KEY.upper()}) into its labels layer first"
+            )
+            return
+        steps = int(steps or self.finetune_steps_spin.value())
+        data = self.labels_layer.data
+        labels = {p: np.array(data[p]) for p in planes}  # snapshot: the user may keep editing
+        n_objects = sum(len(np.setdiff1d(np.unique(lab), [0])) for lab in labels.values())
+        channel = self.channel_spin.value() if self.geometry.channel_axis is not None else None
+        self._finetune_stop = threading.Event()
+        self.last_finetune_progress = []
+        worker = create_worker(
+            _guarded,
+            finetune_job,
+            self.predictor,
+            self._level0(self.image_layer),
+            self.geometry,
+            labels,
+            channel=channel,
+            steps=steps,
+            image_name=self.image_layer.name,
+            stop=self._finetune_stop,
+            _progress={"total": steps, "desc": "PA-SAM: fine-tuning the adapter"},
+        )
+        worker.yielded.connect(self._on_finetune_step)
+        worker.returned.connect(self._on_finetune_returned)
+        worker.finished.connect(self._on_finetune_finished)
+        self._start_worker(
+            worker, f"Fine-tuning on {n_objects} objects in {len(planes)} planes ({steps} steps)"
+        )
+
+    def _on_finetune_step(self, step: FinetuneStep) -> None:
+        self.last_finetune_progress.append(step)
+        if not self._finetune_stop or not self._finetune_stop.is_set():
+            self._set_status(f"Fine-tuning: step {step.step}/{step.total}, loss {step.loss:.4f}")
+
+    def _on_finetune_returned(self, result: Any) -> None:
+        if isinstance(result, _Failure):
+            self._set_status("Fine-tuning failed; the model is unchanged")
+            show_error(f"PA-SAM: fine-tuning failed: {result.message}")
+            return
+        if result.predictor is None:
+            self._set_status("Fine-tuning stopped before the first step; the model is unchanged")
+            show_info("PA-SAM: fine-tuning stopped before the first step; the model is unchanged")
+            return
+        self.last_finetune = result
+        self.predictor = result.predictor
+        self._predictor_key = None  # re-embed: the new guiding conv changes the guide
+        assert self.model_info is not None
+        self.model_info = replace(
+            self.model_info,
+            source=str(result.path),
+            has_adapter=True,
+            guide_mode=str(result.predictor.model.guide_mode),
+            finetuned=result.describe(),
+        )
+        self.model_label.setText(self.model_info.describe())
+        self._set_status(f"Using the {result.describe()}")
+        show_info(f"PA-SAM: {result.describe()}; saved to {result.path}")
+        self._pending_predict = True  # re-predict the current prompts with the new model
+
+    def _on_finetune_finished(self) -> None:
+        self._finetune_stop = None

@@ -1,0 +1,236 @@
+"""Fine-tuning the loaded model's adapter on the objects accepted in the annotator (no Qt).
+
+The samples are the planes of the annotated image that hold at least one labelled object,
+cut out and normalized exactly as for prediction (:meth:`PlaneGeometry.plane` and the
+predictor's :func:`~pasam_plugins.imageio.normalize_image` settings), with that plane of the
+Labels layer (0 background, every other value one object). Training is
+:func:`pasam_plugins.train.finetune.finetune`; the result is saved atomically into
+:func:`models_dir` and wrapped in a new predictor (its model signature changes with the
+guiding conv, so cached embeddings of the old model are not reused).
+"""
+
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._compat import avoid_triton_llvm_clash
+from .planes import PlaneGeometry
+
+
+def models_dir() -> Path:
+    """Where fine-tuned adapters are saved: ``$PASAM_MODEL_DIR``, else
+    ``$PASAM_CACHE_DIR/models`` (``~/.cache/pasam/models``), as the Label Studio backend."""
+    env = os.environ.get("PASAM_MODEL_DIR")
+    if env:
+        return Path(env).expanduser()
+    from pasam_plugins.download import default_cache_dir
+
+    return default_cache_dir() / "models"
+
+
+def output_path(directory: Path, image_name: str, steps: int) -> Path:
+    """A new timestamped file name ``napari-<image>-<UTC time>-<steps>steps.safetensors``
+    in ``directory`` (a counter is added if that name exists)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", image_name).strip("._-")[:40] or "image"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    base = f"napari-{stem}-{stamp}-{steps}steps"
+    path = directory / f"{base}.safetensors"
+    n = 1
+    while path.exists():
+        n += 1
+        path = directory / f"{base}-{n}.safetensors"
+    return path
+
+
+def labelled_planes(labels: np.ndarray, leading_ndim: int) -> list[tuple[int, ...]]:
+    """Leading indices of the planes of a Labels layer's data that hold an object."""
+    labels = np.asarray(labels)
+    if leading_ndim == 0:
+        return [()] if labels.any() else []
+    hit = labels.any(axis=(-2, -1))
+    return [tuple(int(i) for i in idx) for idx in np.argwhere(hit)]
+
+
+def training_samples(
+    data,
+    geometry: PlaneGeometry,
+    labels: dict[tuple[int, ...], np.ndarray],
+    *,
+    channel: int | None,
+    percentiles: tuple[float, float],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(image HxWx3 uint8, labels HxW)`` pairs for :func:`finetune`: each labelled plane
+    cut out as the annotator does for prediction and normalized as the predictor does."""
+    from pasam_plugins.imageio import normalize_image
+
+    out = []
+    for leading, lab in labels.items():
+        plane = geometry.plane(data, leading, channel)
+        out.append((normalize_image(plane, percentiles=percentiles), np.asarray(lab)))
+    return out
+
+
+@dataclass
+class FinetuneStep:
+    """One optimizer step, as reported to the progress bar."""
+
+    step: int
+    total: int
+    loss: float
+
+
+@dataclass
+class FinetuneResult:
+    """A finished fine-tuning run (``predictor`` is None when no step ran)."""
+
+    predictor: Any
+    steps: int
+    total_steps: int
+    losses: list[float] = field(default_factory=list)
+    path: Path | None = None
+    stopped_early: bool = False
+    planes: int = 0
+    objects: int = 0
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        text = f"fine-tuned adapter, {self.steps} steps"
+        if self.losses:
+            text += f", loss {self.losses[0]:.3f}→{self.losses[-1]:.3f}"
+        if self.stopped_early:
+            text += f" (stopped early of {self.total_steps})"
+        return text + f", on {self.objects} objects in {self.planes} planes"
+
+
+def _base_is_complete(model) -> bool:
+    """True when an adapter-only file can name the model's base as a whole checkpoint: an
+    adapter file (it names its base) or a loaded full/official checkpoint that needed no
+    separate base SAM (``model.pasam_base_complete`` set by the loader)."""
+    meta = getattr(model, "metadata", None) or {}
+    if meta.get("contents") == "adapter" and meta.get("base_checkpoint"):
+        return True
+    return bool(getattr(model, "pasam_base_complete", False))
+
+
+def finetune_job(
+    predictor,
+    data,
+    geometry: PlaneGeometry,
+    labels: dict[tuple[int, ...], np.ndarray],
+    *,
+    channel: int | None,
+    steps: int,
+    image_name: str,
+    stop: threading.Event,
+) -> Iterator[FinetuneStep]:
+    """Generator for a napari thread worker: yields a :class:`FinetuneStep` per optimizer
+    step and returns a :class:`FinetuneResult` (``stop`` set: ends after the current step).
+
+    Training runs in a helper thread so that steps reach the progress bar as they happen;
+    the generator returns only once that thread is done. Errors raise (the widget reports
+    them as notifications).
+    """
+    avoid_triton_llvm_clash()
+    from pasam_plugins.checkpoint import read_metadata, save_checkpoint
+    from pasam_plugins.predictor import PASamPredictor
+    from pasam_plugins.train.finetune import finetune
+
+    t0 = time.perf_counter()
+    samples = training_samples(
+        data, geometry, labels, channel=channel, percentiles=predictor.percentiles
+    )
+    objects = sum(len(np.setdiff1d(np.unique(lab), [0])) for _, lab in samples)
+    model = predictor.model
+    adapter_only = model.has_adapter and _base_is_complete(model)
+    directory = models_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create the models directory {directory}: {exc}") from None
+    path = output_path(directory, image_name, steps)
+    extra = {"napari": {"image": image_name, "planes": len(samples), "objects": objects}}
+
+    events: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def progress(step: int, total: int, info: dict[str, Any]) -> None:
+        events.put(FinetuneStep(step, total, float(info["loss"])))
+
+    def run() -> None:
+        try:
+            outcome["model"] = finetune(
+                model,
+                samples,
+                steps=steps,
+                device=predictor.device,
+                progress_callback=progress,
+                should_stop=stop.is_set,
+                save=path if adapter_only else None,
+                metadata=extra,
+            )
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
+            outcome["error"] = exc
+        finally:
+            events.put(None)
+
+    thread = threading.Thread(target=run, name="pasam-finetune", daemon=True)
+    thread.start()
+    while (item := events.get()) is not None:
+        yield item
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    work = outcome["model"]
+    report = work.finetune_report
+    result = FinetuneResult(
+        predictor=None,
+        steps=report.steps,
+        total_steps=steps,
+        losses=list(report.losses),
+        stopped_early=bool(report.stopped_early),
+        planes=len(samples),
+        objects=objects,
+    )
+    if report.steps == 0:  # stopped before the first step: nothing trained, nothing kept
+        path.unlink(missing_ok=True)
+        result.seconds = time.perf_counter() - t0
+        return result
+    if not adapter_only:
+        # no complete base file to name (random weights, or a decoder file loaded with a
+        # separate SAM): store the whole model so the file loads on its own
+        meta = dict(extra)
+        meta["provenance"] = {
+            "kind": "pasam finetune",
+            "base": str(getattr(model, "source", "") or ""),
+            "steps": report.steps,
+            "images": report.images,
+            "objects": report.objects,
+            "first_loss": report.losses[0],
+            "final_loss": report.losses[-1],
+            "stopped_early": report.stopped_early,
+        }
+        if (getattr(model, "metadata", None) or {}).get("untrained"):
+            meta["untrained"] = True
+        save_checkpoint(work, path, metadata=meta, adapter_only=False)
+    # the new model names its file, so a second round records the right base
+    work.source = str(path)
+    work.metadata = read_metadata(path)
+    work.pasam_base_complete = work.metadata.get("contents", "full") == "full"
+    result.path = path
+    result.predictor = PASamPredictor(
+        work,
+        device=predictor.device,
+        cache=predictor.cache,
+        autocast_bf16=predictor.autocast_bf16,
+        percentiles=predictor.percentiles,
+    )
+    result.seconds = time.perf_counter() - t0
+    return result
