@@ -4,10 +4,13 @@ Workflow: load a model (checkpoint file or a registry entry) -> pick an Image la
 "Annotate" -> click positive/negative points (``N`` toggles) or draw a box -> the current
 object, the adapter's uncertainty map and its mined points appear at once -> ``K`` / "Accept"
 writes the object into the labels layer with a new id -> in a stack, "Propagate" segments the
-neighbouring slices until the stop rule triggers.
+neighbouring slices until the stop rule triggers -> "Fine-tune adapter" trains the model's
+adapter on the accepted objects (every plane of the labels layer holding one), swaps the
+result in and saves it into ``$PASAM_MODEL_DIR`` (default ``$PASAM_CACHE_DIR/models``).
 
-Model loading, image embedding and propagation run in napari thread workers with a progress
-bar; prediction from a cached embedding runs directly in the event handler (decoder only).
+Model loading, image embedding, propagation and fine-tuning run in napari thread workers
+with a progress bar; prediction from a cached embedding runs directly in the event handler
+(decoder only).
 Every failure is reported as a napari notification; nothing raises into the event loop.
 """
 
