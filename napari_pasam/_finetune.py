@@ -107,7 +107,9 @@ class FinetuneResult:
             text += f", loss {self.losses[0]:.3f}→{self.losses[-1]:.3f}"
         if self.stopped_early:
             text += f" (stopped early of {self.total_steps})"
-        return text + f", on {self.objects} objects in {self.planes} planes"
+        objects = f"{self.objects} object" + ("s" if self.objects != 1 else "")
+        planes = f"{self.planes} plane" + ("s" if self.planes != 1 else "")
+        return text + f", on {objects} in {planes}"
 
 
 def _base_is_complete(model) -> bool:
@@ -149,7 +151,7 @@ def finetune_job(
     )
     objects = sum(len(np.setdiff1d(np.unique(lab), [0])) for _, lab in samples)
     model = predictor.model
-    adapter_only = model.has_adapter and _base_is_complete(model)
+    adapter_only = _base_is_complete(model)
     directory = models_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)

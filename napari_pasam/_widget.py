@@ -196,6 +196,8 @@ def _load_job(
             raise ValueError(f"unknown model {variant!r}; known: {sorted(pasam_model_registry)}")
         model = pasam_model_registry[variant](guide_mode=guide_mode or "reference")
         untrained, label = True, f"{variant} with random weights (no checkpoint)"
+        model.metadata = {"untrained": True}  # carried into fine-tuned files
+        model.pasam_base_complete = False  # no file an adapter could name as its base
     else:
         from pasam_plugins.checkpoint import load_model, read_metadata
 

@@ -190,3 +190,47 @@ def test_finetune_errors_stop_and_stacks(
     assert meta["provenance"]["steps"] == result.steps
     assert meta["provenance"]["stopped_early"] is True
     assert meta["napari"]["planes"] == 2
+
+
+def test_finetune_adds_an_adapter_to_sam_and_saves_random_models_whole(
+    make_napari_viewer, qtbot, tmp_path, em_section, model_dir
+):
+    from pasam_plugins.checkpoint import load_model, read_metadata
+    from pasam_plugins.predictor import model_signature
+    from pasam_plugins.testing import make_test_checkpoint
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(em_section[:192, :192], name="crop")
+    widget = dock(viewer)
+
+    # a SAM-only checkpoint: fine-tuning gives it a new adapter (guide mode "image"); the
+    # adapter file names the SAM file as its base
+    sam_only = make_test_checkpoint(tmp_path / "sam_only.safetensors", seed=1, adapter=False)
+    load(widget, qtbot, sam_only)
+    assert "SAM only" in widget.model_label.text()
+    widget.start(image)
+    click(qtbot, widget, (96, 96))
+    assert widget.accept() == 1
+    widget.finetune(steps=2)
+    wait_idle(qtbot, widget)
+    result = widget.last_finetune
+    assert result is not None and result.steps == 2, widget.status_label.text()
+    panel = widget.model_label.text()
+    assert "SAM + PA-SAM adapter" in panel and "guide mode: image" in panel
+    meta = read_metadata(result.path)
+    assert meta["contents"] == "adapter" and meta["guide_mode"] == "image"
+    assert Path(meta["base_checkpoint"]) == sam_only.resolve()
+    assert model_signature(load_model(result.path)) == widget.predictor.model_signature
+
+    # random weights without a file: the whole model is saved, so the file loads on its own
+    widget.load_model("random:vit_tiny")
+    wait_idle(qtbot, widget)
+    assert widget.model_info.source.startswith("vit_tiny with random weights")
+    widget.finetune(steps=2)
+    wait_idle(qtbot, widget)
+    path = widget.last_finetune.path
+    assert path != result.path and path.parent == model_dir
+    meta = read_metadata(path)
+    assert meta["contents"] == "full" and meta["untrained"] is True
+    assert meta["provenance"]["steps"] == 2
+    assert model_signature(load_model(path)) == widget.predictor.model_signature
