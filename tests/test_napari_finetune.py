@@ -11,6 +11,7 @@ from PIL import Image as PILImage
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from napari.utils import progress as napari_progress  # noqa: E402
 from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
 
 from napari_pasam._widget import AnnotatorWidget  # noqa: E402
@@ -156,6 +157,17 @@ def test_finetune_errors_stop_and_stacks(
     assert widget.predictor is loaded
     assert not model_dir.exists() or not list(model_dir.iterdir())
 
+    # an object too small to train on (painted by hand): the worker's error is a notification
+    widget.labels_layer.data[1, 5, 5] = 9
+    widget.finetune(steps=5)
+    wait_idle(qtbot, widget)
+    errors = messages_since(n, NotificationSeverity.ERROR)
+    assert len(errors) == 4 and errors[-1].startswith("PA-SAM: fine-tuning failed: no usable")
+    assert "too small" in errors[-1] and "Traceback" not in errors[-1]
+    assert widget.predictor is loaded and widget.last_finetune is None
+    assert not list(model_dir.glob("*.safetensors"))
+    widget.labels_layer.data[1, 5, 5] = 0
+
     # objects accepted on planes 0 and 2 of the stack
     for z in (0, 2):
         viewer.dims.set_current_step(0, z)
@@ -176,6 +188,8 @@ def test_finetune_errors_stop_and_stacks(
     # stopped after the first step: ends early, the adapter trained so far is used and saved
     widget.finetune(steps=200)
     qtbot.waitUntil(lambda: len(widget.last_finetune_progress) >= 1, timeout=WAIT_MS)
+    bars = [p for p in napari_progress._all_instances if p.total == 200]
+    assert bars and "fine-tuning" in bars[0].desc, "napari's progress bar counts the steps"
     widget.cancel()
     wait_idle(qtbot, widget)
     result = widget.last_finetune
