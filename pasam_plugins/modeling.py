@@ -229,11 +229,14 @@ class PAMaskDecoder(MaskDecoder):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat((output_tokens.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)
 
-        if image_embeddings.shape[0] != b:
-            image_embeddings = image_embeddings.expand(b, -1, -1, -1)
-        src = image_embeddings + dense
+        if dense.shape[0] > 1 and dense.stride(0) == 0:
+            # no mask prompts: the dense embedding is one vector broadcast over the batch, so
+            # the image side of block 0 (key/value/query projections of 4096 positions) is
+            # the same for every prompt set: keep it at batch 1 and let attention broadcast
+            dense = dense[:1]
+        src = image_embeddings + dense  # 1|B x C x H x W
         _, c, h, w = src.shape
-        keys = src.flatten(2).transpose(1, 2)  # B x HW x C
+        keys = src.flatten(2).transpose(1, 2)  # 1|B x HW x C
         k_pe = image_pe.flatten(2).transpose(1, 2)  # 1 x HW x C
         g = guide.flatten(2).transpose(1, 2)  # 1|B x HW x C
 

@@ -89,11 +89,13 @@ def test_batched_prompt_sets_equal_separate_calls():
     xy0 = torch.rand(b, 2, generator=g) * 500
     boxes = torch.cat([xy0, xy0 + 20 + torch.rand(b, 2, generator=g) * 400], dim=1)
     mask_in = torch.randn(b, 1, 256, 256, generator=g)
-    for multimask in (False, True):
-        batched = pred.predict_torch(coords, labels, boxes, mask_in, multimask, return_logits=True)
+    # with mask prompts (dense embeddings differ per set) and without (block 0 is shared)
+    for multimask, masks in ((False, mask_in), (True, mask_in), (False, None), (True, None)):
+        batched = pred.predict_torch(coords, labels, boxes, masks, multimask, return_logits=True)
         for i in range(b):
             one = pred.predict_torch(
-                coords[i : i + 1], labels[i : i + 1], boxes[i : i + 1], mask_in[i : i + 1], multimask, return_logits=True
+                coords[i : i + 1], labels[i : i + 1], boxes[i : i + 1],
+                None if masks is None else masks[i : i + 1], multimask, return_logits=True
             )
             torch.testing.assert_close(batched.masks[i : i + 1], one.masks, atol=2e-4, rtol=1e-4)
             torch.testing.assert_close(batched.scores[i : i + 1], one.scores, atol=1e-5, rtol=1e-5)
