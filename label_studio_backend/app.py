@@ -17,8 +17,9 @@ import json
 import logging
 from contextlib import asynccontextmanager
 
+import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from .errors import BackendError, BadRequest
@@ -113,9 +114,10 @@ def create_app(
     @app.post("/predict")
     async def predict(request: Request):
         body = await read_json(request)
-        result = await run_in_threadpool(backend.predict, body)
-        # JSONResponse directly: FastAPI's jsonable_encoder would walk every RLE byte
-        return JSONResponse(result)
+        # serialize in the worker thread with orjson: the RLE lists can hold 10^5 numbers,
+        # which FastAPI's jsonable_encoder or json.dumps on the event loop would walk slowly
+        payload = await run_in_threadpool(lambda: orjson.dumps(backend.predict(body)))
+        return Response(content=payload, media_type="application/json")
 
     @app.post("/webhook")
     async def webhook(request: Request):
