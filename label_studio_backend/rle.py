@@ -57,21 +57,16 @@ def _encode_runs(num: int, lengths: np.ndarray, vals: np.ndarray) -> list[int]:
     m = long_run  # 1 11 L*16 value
     code[m] = (1 << 26) | (3 << 24) | ((tok_len[m] - 1) << 8) | tok_val[m]
     nbits[m] = 27
+    # every token left-aligned in 32 bits; keeping the first nbits of each row, in row-major
+    # order, concatenates the tokens
+    left = (code << (32 - nbits)).astype(">u4")
+    token_bits = np.unpackbits(left.view(np.uint8).reshape(-1, 4), axis=1)
+    body = token_bits[np.arange(32)[None, :] < nbits[:, None]]
     header = _header(num)
-    body = int(nbits.sum())
-    total = header.size + body
+    total = header.size + body.size
     # the SDK always appends 8 - len % 8 zero bits (a whole zero byte when already aligned)
-    bits = np.zeros(total + 8 - total % 8, dtype=np.uint8)
-    bits[: header.size] = header
-    offsets = header.size + np.cumsum(nbits) - nbits
-    for nb in (14, 15, 19, 27):
-        sel = nbits == nb
-        if not sel.any():
-            continue
-        left = (code[sel] << (32 - nb)).astype(">u4")
-        tb = np.unpackbits(left.view(np.uint8).reshape(-1, 4), axis=1)[:, :nb]
-        bits[offsets[sel][:, None] + np.arange(nb)[None, :]] = tb
-    return np.packbits(bits).tolist()
+    pad = np.zeros(8 - total % 8, dtype=np.uint8)
+    return np.packbits(np.concatenate([header, body, pad])).tolist()
 
 
 def encode_rle_bytes(values: np.ndarray) -> list[int]:
