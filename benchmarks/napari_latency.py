@@ -17,24 +17,11 @@ Prints the median times and the ratio click / predictor (target <= 1.5).
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_EM = ROOT.parent / "shared" / "data" / "isbi2012-em"
-
-
-def _ensure_display() -> None:
-    if os.environ.get("DISPLAY") or os.environ.get("_PASAM_UNDER_XVFB"):
-        return
-    if shutil.which("xvfb-run") is None:
-        sys.exit("no X display and no xvfb-run: run scripts/install_napari_deps.sh first")
-    env = dict(os.environ, _PASAM_UNDER_XVFB="1")
-    cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", sys.executable, *sys.argv]
-    sys.exit(subprocess.call(cmd, env=env))
+from _display import DEFAULT_EM, ensure_display
 
 
 def main() -> int:
@@ -45,7 +32,7 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    _ensure_display()
+    ensure_display()
     os.environ["QT_QPA_PLATFORM"] = "xcb"
 
     import numpy as np

@@ -13,12 +13,9 @@ pytest.importorskip("pytestqt")
 
 from napari.utils import progress as napari_progress  # noqa: E402
 from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
-
-from napari_pasam._widget import AnnotatorWidget  # noqa: E402
+from napari_support import WAIT_MS, click, dock, load, messages_since, wait_idle  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-WAIT_MS = 120_000
 
 
 @pytest.fixture()
@@ -26,34 +23,6 @@ def model_dir(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "models"
     monkeypatch.setenv("PASAM_MODEL_DIR", str(d))
     return d
-
-
-def dock(viewer) -> AnnotatorWidget:
-    _, widget = viewer.window.add_plugin_dock_widget("pasam-plugins", "PA-SAM Annotator")
-    assert isinstance(widget, AnnotatorWidget)
-    return widget
-
-
-def wait_idle(qtbot, widget: AnnotatorWidget) -> None:
-    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
-
-
-def load(widget: AnnotatorWidget, qtbot, checkpoint: Path) -> None:
-    widget.source_combo.setCurrentIndex(0)
-    widget.checkpoint_edit.setText(str(checkpoint))
-    widget.load_button.click()
-    wait_idle(qtbot, widget)
-    assert widget.predictor is not None, widget.status_label.text()
-
-
-def click(qtbot, widget: AnnotatorWidget, yx) -> None:
-    widget.set_point_polarity(True)
-    widget.points_layer.add([*widget.current_leading(), *yx])
-    wait_idle(qtbot, widget)
-
-
-def messages_since(n: int, severity) -> list[str]:
-    return [str(r.message) for r in notification_manager.records[n:] if r.severity == severity]
 
 
 def test_finetune_uses_accepted_objects_and_swaps_in_the_saved_model(

@@ -11,9 +11,10 @@ from PIL import Image as PILImage
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
+from napari.utils.notifications import notification_manager  # noqa: E402
+from napari_support import WAIT_MS, click, dock, errors_since, loaded_widget, wait_idle  # noqa: E402
 
-from napari_pasam._widget import FEATURE_COLUMNS, AnnotatorWidget  # noqa: E402
+from napari_pasam._widget import FEATURE_COLUMNS  # noqa: E402
 from napari_pasam.propagation import (  # noqa: E402
     STOP_EMPTY,
     STOP_IOU,
@@ -23,50 +24,12 @@ from napari_pasam.propagation import (  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-WAIT_MS = 180_000
-
 
 @pytest.fixture(scope="module")
 def em_stack(isbi_dir: Path) -> np.ndarray:
     """The 30 EM sections as a 30x512x512 uint8 stack."""
     files = sorted((isbi_dir / "image").glob("*.png"), key=lambda p: int(p.stem))
     return np.stack([np.asarray(PILImage.open(f)) for f in files])
-
-
-def dock(viewer) -> AnnotatorWidget:
-    _, widget = viewer.window.add_plugin_dock_widget("pasam-plugins", "PA-SAM Annotator")
-    assert isinstance(widget, AnnotatorWidget)
-    return widget
-
-
-def wait_idle(qtbot, widget: AnnotatorWidget) -> None:
-    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
-
-
-def loaded_widget(viewer, qtbot, checkpoint: Path) -> AnnotatorWidget:
-    widget = dock(viewer)
-    widget.source_combo.setCurrentIndex(0)
-    widget.checkpoint_edit.setText(str(checkpoint))
-    widget.load_button.click()
-    wait_idle(qtbot, widget)
-    assert widget.predictor is not None, widget.status_label.text()
-    return widget
-
-
-def click(qtbot, widget: AnnotatorWidget, yx, positive: bool = True) -> None:
-    """What a click in the Points layer's add mode does: add a point at the cursor."""
-    widget.set_point_polarity(positive)
-    leading = list(widget.current_leading())
-    widget.points_layer.add([*leading, *yx])
-    wait_idle(qtbot, widget)
-
-
-def errors_since(n: int) -> list[str]:
-    return [
-        str(r.message)
-        for r in notification_manager.records[n:]
-        if r.severity == NotificationSeverity.ERROR
-    ]
 
 
 def test_widget_and_samples_come_from_the_manifest(make_napari_viewer):
