@@ -21,6 +21,7 @@ from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.mask_decoder import MLP
 from segment_anything.modeling.transformer import Attention
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 GuideMode = Literal["reference", "image"]
 MiningMode = Literal["topk", "gumbel", "off"]
@@ -232,28 +233,42 @@ class PAMaskDecoder(MaskDecoder):
         if dense.shape[0] > 1 and dense.stride(0) == 0:
             # no mask prompts: the dense embedding is one vector broadcast over the batch, so
             # the image side of block 0 (key/value/query projections of 4096 positions) is
-            # the same for every prompt set: keep it at batch 1 and let attention broadcast
+            # the same for every prompt set: keep it at batch 1 (see `_attention`)
             dense = dense[:1]
         src = image_embeddings + dense  # 1|B x C x H x W
         _, c, h, w = src.shape
-        keys = src.flatten(2).transpose(1, 2)  # 1|B x HW x C
-        k_pe = image_pe.flatten(2).transpose(1, 2)  # 1 x HW x C
-        g = guide.flatten(2).transpose(1, 2)  # 1|B x HW x C
+        # token layout, contiguous: a transposed view here would make every elementwise
+        # product with it (g * keys, keys + k_pe) come out transposed, and each projection
+        # of those then copies its input
+        keys = src.flatten(2).transpose(1, 2).contiguous()  # 1|B x HW x C
+        k_pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # 1 x HW x C
+        g = guide.flatten(2).transpose(1, 2).contiguous()  # 1|B x HW x C
 
         transformer = self.transformer
         layer0, layer1 = transformer.layers[0], transformer.layers[1]
         q_pe = tokens
-        queries, keys = layer0(queries=tokens, keys=keys, query_pe=q_pe, key_pe=k_pe)
+
+        # --- block 0: SAM's TwoWayAttentionBlock (skip_first_layer_pe=True) ---
+        queries = layer0.norm1(_attention(layer0.self_attn, tokens, tokens, tokens))
+        kk = keys + k_pe
+        queries = layer0.norm2(
+            queries + _attention(layer0.cross_attn_token_to_image, queries + q_pe, kk, keys)
+        )
+        queries = layer0.norm3(queries + layer0.mlp(queries))
+        qq = queries + q_pe
+        keys = layer0.norm4(
+            _residual(keys, _attention(layer0.cross_attn_image_to_token, kk, qq, queries))
+        )
 
         # --- block 1 with the adapter in parallel ---
         qq = queries + q_pe
-        queries = layer1.norm1(queries + layer1.self_attn(q=qq, k=qq, v=queries))
+        queries = layer1.norm1(queries + _attention(layer1.self_attn, qq, qq, queries))
         qq = queries + q_pe
-        a = layer1.cross_attn_token_to_image(q=qq, k=keys + k_pe, v=keys)
+        a = _attention(layer1.cross_attn_token_to_image, qq, keys + k_pe, keys)
 
         pa = self.prompt_adapter
         gated = g * keys  # guided gate (CRM): B x HW x C
-        adapted = pa.cross_attn_token_to_image(q=qq, k=gated + k_pe, v=gated)
+        adapted = _attention(pa.cross_attn_token_to_image, qq, gated + k_pe, gated)
         t1 = adapted[:, 1]  # B x C
         u_tok = pa.uncertain_mlp(
             torch.cat([pa.static_uncertain_token.weight.expand(b, -1), t1], dim=-1)
@@ -267,7 +282,7 @@ class PAMaskDecoder(MaskDecoder):
         pa_mask = torch.where(unc >= 0.5, refined, coarse)
         adapted = torch.cat([adapted[:, :1], r_tok.unsqueeze(1), adapted[:, 2:]], dim=1)
 
-        keys_g = keys + gated
+        keys_g = _residual(keys, gated)  # `gated` is not used after this
         mined = None
         if mining != "off":
             phi = unc * (torch.sigmoid(refined) - torch.sigmoid(coarse))  # B x HW
@@ -309,26 +324,24 @@ class PAMaskDecoder(MaskDecoder):
         queries = layer1.norm3(queries + layer1.mlp(queries))
         qq = queries + q_pe
         kk = keys + k_pe
-        keys = layer1.norm4(keys + layer1.cross_attn_image_to_token(q=kk, k=qq, v=queries))
+        keys = layer1.norm4(
+            _residual(keys, _attention(layer1.cross_attn_image_to_token, kk, qq, queries))
+        )
 
         for layer in transformer.layers[2:]:  # SAM has two blocks; kept for generality
             queries, keys = layer(queries=queries, keys=keys, query_pe=q_pe, key_pe=k_pe)
 
         qq = queries + q_pe
-        attn_out = transformer.final_attn_token_to_image(q=qq, k=keys + k_pe, v=keys)
+        attn_out = _attention(transformer.final_attn_token_to_image, qq, keys + k_pe, keys)
         hs = transformer.norm_final_attn(queries + attn_out)
 
-        masks, iou_pred = self._mask_head(hs, keys, b, c, h, w)
-
+        iou_pred = self.iou_prediction_head(hs[:, 0])
         if multimask_output:
-            best = iou_pred[:, 1:].argmax(dim=1) + 1  # B
-            idx4 = best.view(b, 1, 1, 1).expand(-1, 1, *masks.shape[2:])
-            masks = masks.gather(1, idx4)
-            iou_pred = iou_pred.gather(1, best.view(b, 1))
-            mask_index = best
+            mask_index = iou_pred[:, 1:].argmax(dim=1) + 1  # B
+            iou_pred = iou_pred.gather(1, mask_index.view(b, 1))
         else:
-            masks = masks[:, :1]
-            mask_index = torch.zeros(b, dtype=torch.long, device=masks.device)
+            mask_index = torch.zeros(b, dtype=torch.long, device=hs.device)
+        masks = self._mask_head(hs, keys, mask_index, h, w)
 
         def grid(t: Tensor) -> Tensor:
             return t.view(b, 1, h, w)
@@ -344,21 +357,91 @@ class PAMaskDecoder(MaskDecoder):
             mask_index=mask_index,
         )
 
-    def _mask_head(
-        self, hs: Tensor, keys: Tensor, b: int, c: int, h: int, w: int
-    ) -> tuple[Tensor, Tensor]:
-        """SAM's mask head: tokens BxTxC, keys BxHWxC -> Bx4x4hx4w logits, Bx4 IoU."""
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
-        src = keys.transpose(1, 2).reshape(b, c, h, w)
-        upscaled = self.output_upscaling(src)
+    def _mask_head(self, hs: Tensor, keys: Tensor, mask_index: Tensor, h: int, w: int) -> Tensor:
+        """SAM's mask head for one mask token per prompt set.
+
+        Arguments:
+          hs (Tensor): BxTxC transformer output tokens.
+          keys (Tensor): BxHWxC transformer output image embedding.
+          mask_index (Tensor): B indices of the mask token to use (0..3).
+
+        Returns:
+          Tensor: Bx1x4hx4w mask logits.
+
+        Same math as ``output_upscaling`` + hypernetwork product, computed where the
+        embedding already lies: each 2x2 stride-2 transposed convolution is one matrix
+        product per position (its four sub-pixels side by side), LayerNorm2d is a LayerNorm
+        over each sub-pixel's channels, and only the product with the selected token is
+        formed. The 4x4 sub-pixels are put in place once, on the final Bx1x4hx4w logits,
+        instead of rearranging the 32-channel embedding.
+        """
+        b = hs.shape[0]
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-            dim=1,
+            [mlp(hs[:, 1 + i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )  # B x 4 x C/8
+        hyper = hyper_in.gather(1, mask_index.view(b, 1, 1).expand(-1, 1, hyper_in.shape[-1]))
+        up1, norm, act1, up2, act2 = self.output_upscaling
+        c1, c2 = up1.out_channels, up2.out_channels
+        x = F.linear(keys, _subpixel_weight(up1), up1.bias.repeat(4))  # B x HW x 4*C1
+        x = _activation(
+            act1, F.layer_norm(x.view(b, -1, c1), (c1,), norm.weight, norm.bias, norm.eps)
         )
-        bu, cu, hu, wu = upscaled.shape
-        masks = (hyper_in @ upscaled.view(bu, cu, hu * wu)).view(bu, -1, hu, wu)
-        return masks, self.iou_prediction_head(iou_token_out)
+        x = _activation(
+            act2, F.linear(x, _subpixel_weight(up2), up2.bias.repeat(4))
+        )  # B x 4HW x 4*C2
+        masks = x.view(b, -1, c2) @ hyper.transpose(1, 2)  # B x 16HW x 1
+        masks = masks.view(b, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(b, 1, 4 * h, 4 * w)
+
+
+def _residual(x: Tensor, delta: Tensor) -> Tensor:
+    """``x + delta``. Without autograd recording, written into ``delta``: a fresh temporary
+    the caller no longer needs (saves allocating and faulting in one more BxHWxC tensor)."""
+    if torch.is_grad_enabled() or delta.shape != torch.broadcast_shapes(x.shape, delta.shape):
+        return x + delta
+    return delta.add_(x)
+
+
+def _activation(act: nn.Module, x: Tensor) -> Tensor:
+    """``act(x)``; GELU in place on the temporary ``x`` when no gradient is recorded."""
+    if isinstance(act, nn.GELU) and not torch.is_grad_enabled():
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    return act(x)
+
+
+def _subpixel_weight(conv: nn.ConvTranspose2d) -> Tensor:
+    """(4*Cout)xCin matrix of a kernel-2 stride-2 transposed conv: rows ordered (dy, dx, out)."""
+    cin, cout = conv.weight.shape[:2]
+    return conv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin)
+
+
+def _attention(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``attn(q=q, k=k, v=v)`` for SAM's ``Attention``, through ``scaled_dot_product_attention``.
+
+    Arguments:
+      q (Tensor): BqxNqxC queries; k, v (Tensor): BkxNkxC keys and values.
+
+    Either side may have batch 1 while the other has B (prompt sets sharing the image):
+    with shared keys (Bk=1) all B*Nq query rows attend to them in one call; with shared
+    queries (Bq=1) the queries are projected once and broadcast. Same math as
+    ``Attention.forward`` (softmax(q k^T / sqrt(d)) v per head), without copying the
+    transposed heads or materializing the attention matrix.
+
+    Returns:
+      Tensor: max(Bq, Bk) x Nq x C.
+    """
+    bq, nq, _ = q.shape
+    bk, nk, _ = k.shape
+    if bk == 1 and bq > 1:  # attention rows are independent: fold the sets into the rows
+        return _attention(attn, q.reshape(1, bq * nq, -1), k, v).view(bq, nq, -1)
+    heads = attn.num_heads
+    qh = attn.q_proj(q).view(bq, nq, heads, -1).transpose(1, 2)
+    kh = attn.k_proj(k).view(bk, nk, heads, -1).transpose(1, 2)
+    vh = attn.v_proj(v).view(bk, nk, heads, -1).transpose(1, 2)
+    if bq < bk:
+        qh = qh.expand(bk, -1, -1, -1)
+    out = F.scaled_dot_product_attention(qh, kh, vh)  # B x heads x Nq x d
+    return attn.out_proj(out.transpose(1, 2).reshape(out.shape[0], nq, -1))
 
 
 class PASam(Sam):

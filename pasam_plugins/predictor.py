@@ -372,7 +372,7 @@ class PASamPredictor:
         iou = out.iou_predictions.float()
         if out.uncertainty is not None and not multimask_output:
             iou = iou[:, :1]  # the official single-mask output carries all 4 IoU predictions
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        masks = self._upsample(low_res)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         unc = pts = lbl = None
@@ -383,7 +383,12 @@ class PASamPredictor:
         return BatchPrediction(masks, iou, low_res, unc, pts, lbl, out)
 
     def _upsample(self, maps: Tensor) -> Tensor:
-        """Bx1x64x64 -> Bx1xHxW, with the geometry of SAM's mask postprocessing."""
+        """BxCxhxw (256x256 logits, 64x64 maps) -> BxCxHxW in the original image frame.
+
+        SAM's ``postprocess_masks``: bilinear to the padded 1024 frame, crop the padding,
+        bilinear to the original size; the last step is skipped when the sizes already
+        agree (a same-size bilinear resample is the identity, and costs a full pass).
+        """
         img = self.model.image_encoder.img_size
         x = F.interpolate(maps, (img, img), mode="bilinear", align_corners=False)
         x = x[..., : self.input_size[0], : self.input_size[1]]

@@ -6,7 +6,7 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import MaskDecoder, Sam
 
-from pasam_plugins.modeling import build_pasam, gumbel_topk, pasam_model_registry
+from pasam_plugins.modeling import _attention, build_pasam, gumbel_topk, pasam_model_registry
 from pasam_plugins.predictor import PASamPredictor
 from pasam_plugins.testing import make_test_model
 
@@ -102,6 +102,46 @@ def test_batched_prompt_sets_equal_separate_calls():
             torch.testing.assert_close(batched.uncertainty[i : i + 1], one.uncertainty, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(batched.mined_points[i : i + 1], one.mined_points)
             assert torch.equal(batched.decoder.mined_indices[i], one.decoder.mined_indices[0])
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_decoder_blocks_compute_exactly_what_sams_modules_compute(grad):
+    """The adapter path evaluates SAM's attention and mask head its own way (fused attention,
+    shared image side, transposed convs as matrix products); results and gradients must be
+    those of segment_anything's modules."""
+    torch.manual_seed(0)
+    dec = make_test_model(seed=7).mask_decoder.train(grad)
+    attn = dec.transformer.layers[1].cross_attn_image_to_token
+    b, t, n, c = 3, 7, 4096, 256
+    tok, img = torch.randn(b, t, c), torch.randn(b, n, c)
+    shared = img[:1]
+    with torch.set_grad_enabled(grad):
+        cases = [  # (queries, keys): per-set both sides, shared image keys, shared image queries
+            (tok, img, attn.forward(tok, img, img), _attention(attn, tok, img, img)),
+            (tok, shared, attn(tok, shared.expand(b, -1, -1), shared.expand(b, -1, -1)),
+             _attention(attn, tok, shared, shared)),
+            (shared, tok, attn(shared.expand(b, -1, -1), tok, tok), _attention(attn, shared, tok, tok)),
+        ]
+        for _, _, ref, ours in cases:
+            torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-5)
+
+        hs, keys = torch.randn(b, 12, c), torch.randn(b, n, c)
+        up = dec.output_upscaling(keys.transpose(1, 2).reshape(b, c, 64, 64))
+        hyper = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], 1)
+        ref = (hyper @ up.flatten(2)).view(b, 4, 256, 256)  # SAM's predict_masks
+        for i in range(4):
+            ours = dec._mask_head(hs, keys, torch.full((b,), i), 64, 64)
+            torch.testing.assert_close(ours, ref[:, i : i + 1], atol=2e-5, rtol=1e-5)
+        picked = dec._mask_head(hs, keys, torch.tensor([3, 0, 2]), 64, 64)
+        torch.testing.assert_close(picked[:, 0], ref[[0, 1, 2], [3, 0, 2]], atol=2e-5, rtol=1e-5)
+    if grad:  # the same gradients reach the weights
+        dec.zero_grad()
+        ref[:, 2].square().mean().backward()
+        expected = [p.grad.clone() for p in dec.output_upscaling.parameters()]
+        dec.zero_grad()
+        dec._mask_head(hs, keys, torch.full((b,), 2), 64, 64).square().mean().backward()
+        for got, want in zip((p.grad for p in dec.output_upscaling.parameters()), expected, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
 
 
 def test_mined_indices_are_top_k_in_row_major_order():
