@@ -39,7 +39,11 @@ def serve(
 ) -> None:
     """Serve PA-SAM to Label Studio (ML backend protocol: /health, /setup, /predict,
     /webhook, /metrics). The weights are loaded once, at start-up."""
+    from pasam_plugins.runtime import retain_freed_memory
+
     from .config import Settings
+
+    retain_freed_memory()  # before uvicorn's worker threads exist (see pasam_plugins.runtime)
 
     try:
         settings = Settings.from_env(

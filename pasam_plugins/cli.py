@@ -166,6 +166,9 @@ def main(
 
     Run `pasam COMMAND --help` for each command's options. Environment: PASAM_CHECKPOINT, PASAM_SAM_CHECKPOINT, PASAM_CACHE_DIR (default ~/.cache/pasam), PASAM_REGISTRY, PASAM_DEBUG=1 (tracebacks).
     """
+    from .runtime import retain_freed_memory
+
+    retain_freed_memory()  # reuse large CPU buffers across calls (see pasam_plugins.runtime)
 
 
 # ---------------------------------------------------------------------------- info
