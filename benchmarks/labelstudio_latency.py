@@ -31,6 +31,7 @@ from label_studio_backend.model import PASamBackend
 from label_studio_backend.rle import mask_to_rle
 from pasam_plugins.modeling import build_pasam
 from pasam_plugins.predictor import PASamPredictor
+from pasam_plugins.runtime import retain_freed_memory
 
 ISBI = Path(__file__).resolve().parents[2] / "shared/data/isbi2012-em/image/0.png"
 CONFIG = """<View><Image name="image" value="$image"/>
@@ -60,6 +61,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
+    # the allocator setting `pasam serve` starts with (pasam_plugins.runtime)
+    retained = retain_freed_memory()
 
     import uvicorn
 
@@ -100,7 +103,8 @@ def main() -> None:
     r = session.post(url + "/predict", json=body, timeout=600)  # embeds the image once
     r.raise_for_status()
     print(f"device {predictor.device}, {args.variant}, {args.size}x{args.size}: "
-          f"first request (encoder) {time.perf_counter() - t0:.2f} s")
+          f"first request (encoder) {time.perf_counter() - t0:.2f} s; "
+          f"large freed buffers retained (as pasam serve runs): {retained}")
     pts = np.array([[x / 100 * args.size - 0.5, y / 100 * args.size - 0.5]])
     labels = np.array([1])
 

