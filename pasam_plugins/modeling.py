@@ -29,6 +29,9 @@ GUIDE_MODES: tuple[str, ...] = ("reference", "image")
 
 #: number of mined points of each sign (the paper's k)
 NUM_MINED = 4
+#: without autograd, the mask head runs in bands of rows with temporaries of at most this
+#: size (a single prompt set's 64x64 embedding is one band)
+MASK_HEAD_TILE_BYTES = 8 << 20
 
 
 @dataclass
@@ -247,28 +250,32 @@ class PAMaskDecoder(MaskDecoder):
         transformer = self.transformer
         layer0, layer1 = transformer.layers[0], transformer.layers[1]
         q_pe = tokens
+        # reused buffers for the B x HW temporaries: every "pe" sum below is consumed
+        # inside the `_attention` call it is passed to, every "o" result by the residual
+        # and norm around that call, before the name is used again
+        ws = _Workspace(keys.device.type)
 
         # --- block 0: SAM's TwoWayAttentionBlock (skip_first_layer_pe=True) ---
         queries = layer0.norm1(_attention(layer0.self_attn, tokens, tokens, tokens))
-        kk = keys + k_pe
+        kk = keys + k_pe  # used twice: not a workspace buffer
         queries = layer0.norm2(
             queries + _attention(layer0.cross_attn_token_to_image, queries + q_pe, kk, keys)
         )
         queries = layer0.norm3(queries + layer0.mlp(queries))
         qq = queries + q_pe
         keys = layer0.norm4(
-            _residual(keys, _attention(layer0.cross_attn_image_to_token, kk, qq, queries))
+            _residual(keys, _attention(layer0.cross_attn_image_to_token, kk, qq, queries, ws, "o"))
         )
 
         # --- block 1 with the adapter in parallel ---
         qq = queries + q_pe
         queries = layer1.norm1(queries + _attention(layer1.self_attn, qq, qq, queries))
         qq = queries + q_pe
-        a = _attention(layer1.cross_attn_token_to_image, qq, keys + k_pe, keys)
+        a = _attention(layer1.cross_attn_token_to_image, qq, ws.add("pe", keys, k_pe), keys, ws)
 
         pa = self.prompt_adapter
         gated = g * keys  # guided gate (CRM): B x HW x C
-        adapted = _attention(pa.cross_attn_token_to_image, qq, gated + k_pe, gated)
+        adapted = _attention(pa.cross_attn_token_to_image, qq, ws.add("pe", gated, k_pe), gated, ws)
         t1 = adapted[:, 1]  # B x C
         u_tok = pa.uncertain_mlp(
             torch.cat([pa.static_uncertain_token.weight.expand(b, -1), t1], dim=-1)
@@ -323,17 +330,20 @@ class PAMaskDecoder(MaskDecoder):
         queries = layer1.norm2(queries + a)
         queries = layer1.norm3(queries + layer1.mlp(queries))
         qq = queries + q_pe
-        kk = keys + k_pe
+        kk = ws.add("pe", keys, k_pe)
         keys = layer1.norm4(
-            _residual(keys, _attention(layer1.cross_attn_image_to_token, kk, qq, queries))
+            _residual(keys, _attention(layer1.cross_attn_image_to_token, kk, qq, queries, ws, "o"))
         )
 
         for layer in transformer.layers[2:]:  # SAM has two blocks; kept for generality
             queries, keys = layer(queries=queries, keys=keys, query_pe=q_pe, key_pe=k_pe)
 
         qq = queries + q_pe
-        attn_out = _attention(transformer.final_attn_token_to_image, qq, keys + k_pe, keys)
+        attn_out = _attention(
+            transformer.final_attn_token_to_image, qq, ws.add("pe", keys, k_pe), keys, ws
+        )
         hs = transformer.norm_final_attn(queries + attn_out)
+        del ws, kk  # release the buffers: the mask head runs in bands of its own
 
         iou_pred = self.iou_prediction_head(hs[:, 0])
         if multimask_output:
@@ -374,22 +384,61 @@ class PAMaskDecoder(MaskDecoder):
         over each sub-pixel's channels, and only the product with the selected token is
         formed. The 4x4 sub-pixels are put in place once, on the final Bx1x4hx4w logits,
         instead of rearranging the 32-channel embedding.
+
+        Every step is per position, so without autograd the head runs over bands of rows
+        whose temporaries stay under ``MASK_HEAD_TILE_BYTES`` (one band for a single prompt
+        set): a batch of many sets then neither holds a B x 4HW x 4*C2 tensor (128 MiB at
+        B=16) nor maps and faults in fresh pages for it on every call.
         """
         b = hs.shape[0]
         hyper_in = torch.stack(
             [mlp(hs[:, 1 + i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # B x 4 x C/8
         hyper = hyper_in.gather(1, mask_index.view(b, 1, 1).expand(-1, 1, hyper_in.shape[-1]))
-        up1, norm, act1, up2, act2 = self.output_upscaling
-        c1, c2 = up1.out_channels, up2.out_channels
-        x = F.linear(keys, _subpixel_weight(up1), up1.bias.repeat(4))  # B x HW x 4*C1
+        hyper_t = hyper.transpose(1, 2)  # B x C/8 x 1
+        up1, up2 = self.output_upscaling[0], self.output_upscaling[3]
+        w1, bias1 = _subpixel_weight(up1), up1.bias.repeat(4)
+        w2, bias2 = _subpixel_weight(up2), up2.bias.repeat(4)
+        if torch.is_grad_enabled():
+            return self._upscale_dot(keys, hyper_t, w1, bias1, w2, bias2, h, w)
+        per_row = b * w * 16 * up2.out_channels * keys.element_size()  # largest temporary
+        rows = max(1, min(h, MASK_HEAD_TILE_BYTES // per_row))
+        if rows == h:
+            return self._upscale_dot(keys, hyper_t, w1, bias1, w2, bias2, h, w)
+        out = keys.new_empty(b, 1, 4 * h, 4 * w)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            band = keys[:, r0 * w : r1 * w]
+            out[:, :, 4 * r0 : 4 * r1] = self._upscale_dot(
+                band, hyper_t, w1, bias1, w2, bias2, r1 - r0, w
+            )
+        return out
+
+    def _upscale_dot(
+        self,
+        keys: Tensor,
+        hyper_t: Tensor,
+        w1: Tensor,
+        bias1: Tensor,
+        w2: Tensor,
+        bias2: Tensor,
+        h: int,
+        w: int,
+    ) -> Tensor:
+        """BxhwxC embedding rows (h full rows of width w) -> Bx1x4hx4w logits (see
+        :meth:`_mask_head`; w1/w2 from :func:`_subpixel_weight`, hyper_t Bx(C/8)x1)."""
+        b = keys.shape[0]
+        _, norm, act1, _, act2 = self.output_upscaling
+        c1, c2 = w1.shape[0] // 4, w2.shape[0] // 4
+        if keys.is_contiguous():
+            x = F.linear(keys, w1, bias1)  # B x hw x 4*C1
+        else:  # a band of rows: strided across the batch, which bmm reads in place
+            x = torch.baddbmm(bias1, keys, w1.t().expand(b, -1, -1))
         x = _activation(
             act1, F.layer_norm(x.view(b, -1, c1), (c1,), norm.weight, norm.bias, norm.eps)
         )
-        x = _activation(
-            act2, F.linear(x, _subpixel_weight(up2), up2.bias.repeat(4))
-        )  # B x 4HW x 4*C2
-        masks = x.view(b, -1, c2) @ hyper.transpose(1, 2)  # B x 16HW x 1
+        x = _activation(act2, F.linear(x, w2, bias2))  # B x 4hw x 4*C2
+        masks = x.view(b, -1, c2) @ hyper_t  # B x 16hw x 1
         masks = masks.view(b, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
         return masks.reshape(b, 1, 4 * h, 4 * w)
 
@@ -424,17 +473,31 @@ def _subpixel_weight(conv: nn.ConvTranspose2d) -> Tensor:
     return conv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin)
 
 
-def _attention(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """``attn(q=q, k=k, v=v)`` for SAM's ``Attention``, through ``scaled_dot_product_attention``.
+def _attention(
+    attn: Attention,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    ws: "_Workspace | None" = None,
+    out_name: str | None = None,
+) -> Tensor:
+    """``attn(q=q, k=k, v=v)`` for SAM's ``Attention``: same math, cheaper evaluation.
 
     Arguments:
       q (Tensor): BqxNqxC queries; k, v (Tensor): BkxNkxC keys and values.
+      ws (_Workspace): where the projections of large inputs may be written.
+      out_name (str): the workspace buffer the result of many queries may be written to
+        (the caller consumes it before that name is used again).
 
     Either side may have batch 1 while the other has B (prompt sets sharing the image):
     with shared keys (Bk=1) all B*Nq query rows attend to them in one call; with shared
-    queries (Bq=1) the queries are projected once and broadcast. Same math as
-    ``Attention.forward`` (softmax(q k^T / sqrt(d)) v per head), without copying the
-    transposed heads or materializing the attention matrix.
+    queries (Bq=1) the queries are projected once and broadcast.
+
+    Between the 4096 image positions and a few prompt tokens, the image side is never
+    projected (see :func:`_attention_token_queries` and :func:`_attention_token_keys`)
+    while heads x tokens <= the attention's internal width; otherwise the projections go
+    through ``scaled_dot_product_attention`` without copying the transposed heads or
+    materializing the attention matrix.
 
     Returns:
       Tensor: max(Bq, Bk) x Nq x C.
@@ -442,15 +505,139 @@ def _attention(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     bq, nq, _ = q.shape
     bk, nk, _ = k.shape
     if bk == 1 and bq > 1:  # attention rows are independent: fold the sets into the rows
-        return _attention(attn, q.reshape(1, bq * nq, -1), k, v).view(bq, nq, -1)
+        return _attention(attn, q.reshape(1, bq * nq, -1), k, v, ws).view(bq, nq, -1)
+    if ws is None:
+        ws = _Workspace(enabled=False)
     heads = attn.num_heads
-    qh = attn.q_proj(q).view(bq, nq, heads, -1).transpose(1, 2)
-    kh = attn.k_proj(k).view(bk, nk, heads, -1).transpose(1, 2)
-    vh = attn.v_proj(v).view(bk, nk, heads, -1).transpose(1, 2)
+    if nq < nk and heads * nq <= attn.internal_dim:
+        return _attention_token_queries(attn, q, k, v)
+    if nk < nq and heads * nk <= attn.internal_dim:
+        return _attention_token_keys(attn, q, k, v, ws, out_name)
+    qh = ws.linear("q", q, attn.q_proj).view(bq, nq, heads, -1).transpose(1, 2)
+    kh = ws.linear("k", k, attn.k_proj).view(bk, nk, heads, -1).transpose(1, 2)
+    vh = ws.linear("v", v, attn.v_proj).view(bk, nk, heads, -1).transpose(1, 2)
     if bq < bk:
         qh = qh.expand(bk, -1, -1, -1)
     out = F.scaled_dot_product_attention(qh, kh, vh)  # B x heads x Nq x d
     return attn.out_proj(out.transpose(1, 2).reshape(out.shape[0], nq, -1))
+
+
+def _attention_token_queries(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Attention of a few token queries (BqxTxC) to many keys (BkxNxC).
+
+    Per head h, with projections W (d x C) and biases b, and Q_h = q Wq_h' + bq_h:
+      scores = Q_h (k Wk_h' + bk_h)' = (Q_h Wk_h) k' + Q_h bk_h,
+      out_h = P (v Wv_h' + bv_h) = (P v) Wv_h' + bv_h (each row of P sums to 1).
+    So the queries are carried into the keys' space (HT x C per set) and the N keys and
+    values are used as they are: 2*N*H*T*C multiply-adds per set instead of
+    2*N*C*d_internal for projecting them.
+    """
+    bq, t, _ = q.shape
+    b = max(bq, k.shape[0])
+    heads = attn.num_heads
+    d = attn.internal_dim // heads
+    qh = attn.q_proj(q).view(bq, t, heads, d) * d**-0.5
+    qk = torch.einsum("bthd,hdc->bhtc", qh, attn.k_proj.weight.view(heads, d, -1))
+    qb = torch.einsum("bthd,hd->bht", qh, attn.k_proj.bias.view(heads, d))
+    scores = torch.baddbmm(  # B x HT x N
+        qb.reshape(bq, heads * t, 1).expand(b, -1, -1),
+        qk.reshape(bq, heads * t, -1).expand(b, -1, -1),
+        k.expand(b, -1, -1).transpose(1, 2),
+    )
+    pv = torch.matmul(torch.softmax(scores, dim=-1), v).view(b, heads, t, -1)  # B x H x T x C
+    out = torch.einsum("bhtc,hdc->bthd", pv, attn.v_proj.weight.view(heads, d, -1))
+    return attn.out_proj(out.reshape(b, t, heads * d) + attn.v_proj.bias)
+
+
+def _attention_token_keys(
+    attn: Attention, q: Tensor, k: Tensor, v: Tensor, ws: "_Workspace", out_name: str | None
+) -> Tensor:
+    """Attention of many queries (BqxNxC, Bq in {1, B}) to a few token keys (BxTxC).
+
+    Per head h: scores = (q Wq_h' + bq_h) K_h' = q (Wq_h' K_h') + bq_h K_h' with the
+    projected keys K_h (T x d), and out = sum_h P_h (V_h Wo_h') + bo with the projected
+    values V_h and the output projection's columns Wo_h (C x d). Each set's keys and
+    values are carried into the queries' space (HT x C), so the N queries are used as
+    they are: 2*N*H*T*C multiply-adds per set instead of 2*N*C*d_internal for the query
+    and output projections. Scores are laid out HxTxN, so that the softmax over the few
+    tokens runs along N-long contiguous rows.
+    """
+    bq, n, c = q.shape
+    b, t, _ = k.shape
+    heads = attn.num_heads
+    d = attn.internal_dim // heads
+    kh = attn.k_proj(k).view(b, t, heads, d) * d**-0.5
+    vh = attn.v_proj(v).view(b, t, heads, d)
+    kq = torch.einsum("bthd,hdc->bhtc", kh, attn.q_proj.weight.view(heads, d, c))
+    bias = torch.einsum("hd,bthd->bht", attn.q_proj.bias.view(heads, d), kh)
+    vo = torch.einsum("bthd,ehd->bhte", vh, attn.out_proj.weight.view(-1, heads, d))
+    if bq == b:
+        scores = torch.baddbmm(
+            bias.reshape(b, heads * t, 1), kq.reshape(b, heads * t, c), q.transpose(1, 2)
+        )
+    else:  # shared queries: one product for all sets
+        scores = torch.addmm(bias.reshape(-1, 1), kq.reshape(-1, c), q[0].t())
+    p = torch.softmax(scores.view(b, heads, t, n), dim=2).view(b, heads * t, n)
+    return ws.baddbmm(out_name, attn.out_proj.bias, p.transpose(1, 2), vo.reshape(b, heads * t, -1))
+
+
+class _Workspace:
+    """Buffers reused for the large temporaries of one decoder call.
+
+    With B prompt sets, each image-side temporary is B x 4096 x C (64 MiB at B=16). glibc
+    serves every allocation above 32 MiB with a fresh ``mmap`` and unmaps it on free, so
+    each such temporary costs a page fault per 4 KiB on first touch (about 20 ms per
+    64 MiB here) in a host process with default allocator settings (napari, a notebook).
+    Writing the temporaries that are consumed right away (``x + pe`` sums, attention
+    outputs before their residual, large projections) into per-call buffers pays those
+    faults once per buffer instead of once per use.
+
+    Only without autograd and autocast (``out=`` ops record no gradient and are not
+    autocast); otherwise, and for small inputs, the plain ops run. A name's previous
+    result must be dead when the name is used again: each call site says so.
+    """
+
+    MIN_NUMEL = 1 << 20  # below 4 MiB of float32 a fresh allocation is cheap
+
+    def __init__(self, device_type: str = "cpu", *, enabled: bool | None = None) -> None:
+        if enabled is None:
+            enabled = not torch.is_grad_enabled() and not torch.is_autocast_enabled(device_type)
+        self.enabled = enabled
+        self._bufs: dict[str, Tensor] = {}
+
+    def _buffer(self, name: str, shape: torch.Size, like: Tensor) -> Tensor:
+        n = shape.numel()
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._bufs[name] = like.new_empty(n)
+        return buf[:n].view(shape)
+
+    def add(self, name: str, a: Tensor, b: Tensor) -> Tensor:
+        """``a + b``."""
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+        if not self.enabled or shape.numel() < self.MIN_NUMEL:
+            return a + b
+        return torch.add(a, b, out=self._buffer(name, shape, a))
+
+    def baddbmm(self, name: str | None, bias: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        """``torch.baddbmm(bias, a, b)``; into the buffer ``name`` when one is given."""
+        shape = torch.Size((a.shape[0], a.shape[1], b.shape[2]))
+        if name is None or not self.enabled or shape.numel() < self.MIN_NUMEL:
+            return torch.baddbmm(bias, a, b)
+        return torch.baddbmm(bias, a, b, out=self._buffer(name, shape, a))
+
+    def linear(self, name: str, x: Tensor, layer: nn.Linear) -> Tensor:
+        """``layer(x)`` for a ...xCin input."""
+        rows = x.numel() // layer.in_features
+        if not self.enabled or rows * layer.out_features < self.MIN_NUMEL or not x.is_contiguous():
+            return layer(x)
+        out = self._buffer(name, torch.Size((rows, layer.out_features)), x)
+        x2 = x.view(rows, layer.in_features)
+        if layer.bias is None:
+            torch.mm(x2, layer.weight.t(), out=out)
+        else:
+            torch.addmm(layer.bias, x2, layer.weight.t(), out=out)
+        return out.view(*x.shape[:-1], layer.out_features)
 
 
 class PASam(Sam):

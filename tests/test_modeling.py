@@ -104,26 +104,40 @@ def test_batched_prompt_sets_equal_separate_calls():
             assert torch.equal(batched.decoder.mined_indices[i], one.decoder.mined_indices[0])
 
 
+@pytest.mark.parametrize("tokens", [7, 20])
 @pytest.mark.parametrize("grad", [False, True])
-def test_decoder_blocks_compute_exactly_what_sams_modules_compute(grad):
-    """The adapter path evaluates SAM's attention and mask head its own way (fused attention,
-    shared image side, transposed convs as matrix products); results and gradients must be
-    those of segment_anything's modules."""
+def test_decoder_blocks_compute_exactly_what_sams_modules_compute(grad, tokens):
+    """The adapter path evaluates SAM's attention and mask head its own way (image side
+    left unprojected for few tokens, fused attention for many, shared image side, transposed
+    convs as matrix products, mask head in row bands without autograd); results and
+    gradients must be those of segment_anything's modules."""
     torch.manual_seed(0)
     dec = make_test_model(seed=7).mask_decoder.train(grad)
-    attn = dec.transformer.layers[1].cross_attn_image_to_token
-    b, t, n, c = 3, 7, 4096, 256
-    tok, img = torch.randn(b, t, c), torch.randn(b, n, c)
+    b, n, c = 3, 4096, 256
+    tok, img = torch.randn(b, tokens, c), torch.randn(b, n, c)
     shared = img[:1]
+    attns = [dec.transformer.layers[1].cross_attn_image_to_token, dec.prompt_adapter.cross_attn_token_to_image]
     with torch.set_grad_enabled(grad):
-        cases = [  # (queries, keys): per-set both sides, shared image keys, shared image queries
-            (tok, img, attn.forward(tok, img, img), _attention(attn, tok, img, img)),
-            (tok, shared, attn(tok, shared.expand(b, -1, -1), shared.expand(b, -1, -1)),
-             _attention(attn, tok, shared, shared)),
-            (shared, tok, attn(shared.expand(b, -1, -1), tok, tok), _attention(attn, shared, tok, tok)),
-        ]
-        for _, _, ref, ours in cases:
-            torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-5)
+        for attn in attns:
+            cases = [  # (queries, keys): per-set both sides, shared image keys, shared image queries
+                (attn.forward(tok, img, img), _attention(attn, tok, img, img)),
+                (attn(tok, shared.expand(b, -1, -1), shared.expand(b, -1, -1)), _attention(attn, tok, shared, shared)),
+                (attn(img, tok, tok), _attention(attn, img, tok, tok)),
+                (attn(shared.expand(b, -1, -1), tok, tok), _attention(attn, shared, tok, tok)),
+            ]
+            for ref, ours in cases:
+                torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-5)
+        if grad:  # and the same gradients reach the weights and both inputs
+            def grads(fn, q, kv):
+                q, kv = q.clone().requires_grad_(True), kv.clone().requires_grad_(True)
+                attn.zero_grad()
+                fn(attn, q, kv, kv).square().mean().backward()
+                return [p.grad.clone() for p in attn.parameters()] + [q.grad, kv.grad]
+
+            for q, kv in ((tok, img), (img, tok)):
+                want = grads(lambda a, q, k, v: a(q, k, v), q, kv)
+                for got, exp in zip(grads(_attention, q, kv), want, strict=True):
+                    torch.testing.assert_close(got, exp, atol=1e-6, rtol=1e-4)
 
         hs, keys = torch.randn(b, 12, c), torch.randn(b, n, c)
         up = dec.output_upscaling(keys.transpose(1, 2).reshape(b, c, 64, 64))
@@ -142,6 +156,27 @@ def test_decoder_blocks_compute_exactly_what_sams_modules_compute(grad):
         dec._mask_head(hs, keys, torch.full((b,), 2), 64, 64).square().mean().backward()
         for got, want in zip((p.grad for p in dec.output_upscaling.parameters()), expected, strict=True):
             torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_inference_shortcuts_match_the_autograd_path():
+    """Without autograd the decoder writes its large temporaries into reused buffers and runs
+    the mask head in row bands (5 sets: uneven bands); with autograd it does neither. Both
+    must give the same outputs, for box and many-point prompt sets."""
+    model = make_test_model(seed=4)
+    dec = model.mask_decoder
+    feats = torch.randn(1, 256, 64, 64)
+    guide = dec.encode_guide(torch.rand(1, 4, 256, 256))
+    boxes = torch.tensor([[10.0, 20.0, 500.0, 600.0]]) + torch.arange(5.0).view(5, 1) * 60
+    coords = torch.rand(5, 20, 2, generator=torch.Generator().manual_seed(0)) * 1000
+    labels = (torch.arange(20) % 2).expand(5, -1)
+    for prompts in ({"boxes": boxes}, {"points": (coords, labels)}):
+        with torch.no_grad():
+            fast = model.decode(feats, guide=guide, **prompts)
+        with torch.enable_grad():
+            slow = model.decode(feats, guide=guide, **prompts)
+        for name in ("masks", "iou_predictions", "uncertainty", "pa_mask"):
+            torch.testing.assert_close(getattr(fast, name), getattr(slow, name).detach(), atol=2e-5, rtol=1e-5)
+        assert torch.equal(fast.mined_indices, slow.mined_indices)
 
 
 def test_mined_indices_are_top_k_in_row_major_order():
