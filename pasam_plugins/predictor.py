@@ -130,7 +130,9 @@ class PASamPredictor:
       model (PASam): the network (with or without adapter).
       device (str or None): ``cuda``/``mps``/``cpu``; default: the best available.
       cache (EmbeddingCache or None): shared embedding cache; default: a private 512 MiB one.
-      autocast_bf16 (bool): run encoder and decoder under bf16 autocast on CUDA.
+      autocast_bf16 (bool): run encoder and decoder under bf16 autocast (CUDA and CPU; on
+        a CPU without bf16 units it is slower than float32). Ignored on other devices.
+        Embeddings computed this way are cached apart from float32 ones.
       percentiles (tuple): contrast percentiles for non-uint8 images.
     """
 
@@ -147,9 +149,9 @@ class PASamPredictor:
         self.model = model.to(self._device).eval()
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
         self.cache = cache if cache is not None else EmbeddingCache(max_bytes=512 << 20)
-        self.autocast_bf16 = bool(autocast_bf16) and self._device.type == "cuda"
+        self.autocast_bf16 = bool(autocast_bf16) and self._device.type in ("cuda", "cpu")
         self.percentiles = percentiles
-        self.model_signature = model_signature(self.model)
+        self.model_signature = model_signature(self.model) + ("-bf16" if self.autocast_bf16 else "")
         self.encoder_runs = 0
         self.reset_image()
 
@@ -160,7 +162,7 @@ class PASamPredictor:
 
     def _autocast(self):
         if self.autocast_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(self._device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def reset_image(self) -> None:

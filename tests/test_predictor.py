@@ -144,6 +144,47 @@ def test_device_selection():
             select_device("cuda")
 
 
+def test_device_auto_selection_prefers_cuda_then_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert select_device(None) == torch.device("cuda")
+    assert select_device("cpu") == torch.device("cpu")  # an explicit choice wins
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device(None) == torch.device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert select_device(None) == torch.device("cpu")
+
+
+def test_bf16_autocast_runs_the_decoder_and_keeps_output_contracts():
+    """bf16 autocast (the CUDA option, exercised here through CPU autocast) goes through every
+    decoder branch (token-space attention, mining, banded mask head); outputs keep their
+    float32 contracts and agree with float32 up to bf16 rounding. Its embeddings carry their
+    own signature, so a shared cache never serves them to a float32 predictor. (The encoder
+    is segment_anything's; bf16 on a CPU without bf16 units takes ~30 s for it, so the
+    float32 embedding is handed over instead.)"""
+    model = make_test_model(seed=0)
+    fp32 = PASamPredictor(model, device="cpu")
+    bf16 = PASamPredictor(model, device="cpu", autocast_bf16=True)
+    assert bf16.autocast_bf16 and bf16.model_signature != fp32.model_signature
+    img = np.random.default_rng(3).integers(0, 256, (200, 260, 3), dtype=np.uint8)
+    img[40:150, 60:200] = 230
+    fp32.set_image(img)
+    bf16.set_embedding(fp32.features, img.shape[:2], guide=fp32.guide)
+    prompts = dict(point_coords=[[120, 90], [30, 30]], point_labels=[1, 0], box=[50, 30, 210, 160])
+    ref = fp32.predict(**prompts, multimask_output=False)
+    out = bf16.predict(**prompts, multimask_output=False)
+    _check(out, 200, 260)
+    assert out.low_res_logits.dtype == np.float32
+    scale = np.abs(ref.low_res_logits).max()
+    assert np.abs(out.low_res_logits - ref.low_res_logits).max() < 0.1 * scale
+    assert np.abs(out.uncertainty - ref.uncertainty).max() < 0.1
+    assert (out.masks == ref.masks).mean() > 0.9
+    boxes = torch.tensor([[10.0, 20.0, 500.0, 600.0]]).repeat(5, 1)
+    batch = bf16.predict_torch(None, None, boxes, None, True)
+    assert batch.decoder.masks.dtype == torch.bfloat16  # autocast was in effect
+    assert batch.masks.shape == (5, 1, 200, 260) and batch.uncertainty.dtype == torch.float32
+
+
 # ---------------------------------------------------------------- normalization
 
 
