@@ -158,10 +158,10 @@ def test_device_auto_selection_prefers_cuda_then_mps(monkeypatch):
 def test_bf16_autocast_runs_the_decoder_and_keeps_output_contracts():
     """bf16 autocast (the CUDA option, exercised here through CPU autocast) goes through every
     decoder branch (token-space attention, mining, banded mask head); outputs keep their
-    float32 contracts and agree with float32 up to bf16 rounding. Its embeddings carry their
-    own signature, so a shared cache never serves them to a float32 predictor. (The encoder
-    is segment_anything's; bf16 on a CPU without bf16 units takes ~30 s for it, so the
-    float32 embedding is handed over instead.)"""
+    float32 contracts and agree with float32 up to bf16 rounding. The model signature, part
+    of every cache key, differs from float32's, so a shared cache keeps their embeddings
+    apart. (The encoder is segment_anything's; bf16 on a CPU without bf16 units takes ~30 s
+    for it, so the float32 embedding is handed over instead.)"""
     model = make_test_model(seed=0)
     fp32 = PASamPredictor(model, device="cpu")
     bf16 = PASamPredictor(model, device="cpu", autocast_bf16=True)
