@@ -399,10 +399,8 @@ class PAMaskDecoder(MaskDecoder):
         up1, up2 = self.output_upscaling[0], self.output_upscaling[3]
         w1, bias1 = _subpixel_weight(up1), up1.bias.repeat(4)
         w2, bias2 = _subpixel_weight(up2), up2.bias.repeat(4)
-        if torch.is_grad_enabled():
-            return self._upscale_dot(keys, hyper_t, w1, bias1, w2, bias2, h, w)
         per_row = b * w * 16 * up2.out_channels * keys.element_size()  # largest temporary
-        rows = max(1, min(h, MASK_HEAD_TILE_BYTES // per_row))
+        rows = h if torch.is_grad_enabled() else max(1, min(h, MASK_HEAD_TILE_BYTES // per_row))
         if rows == h:
             return self._upscale_dot(keys, hyper_t, w1, bias1, w2, bias2, h, w)
         out = keys.new_empty(b, 1, 4 * h, 4 * w)
