@@ -106,7 +106,7 @@ def _torch_load(path: Path) -> dict[str, Tensor]:
 
 
 def detect_variant(sd: Mapping[str, Tensor], *, source: str = "checkpoint") -> str:
-    """SAM variant from the image encoder's shapes (embed dim and depth)."""
+    """SAM variant from the image encoder's shapes (width, depth, patch and input size)."""
     key = "image_encoder.patch_embed.proj.weight"
     if key not in sd:
         raise CheckpointError(
@@ -114,13 +114,22 @@ def detect_variant(sd: Mapping[str, Tensor], *, source: str = "checkpoint") -> s
             f"mask_decoder.* (no {key})"
         )
     dim = int(sd[key].shape[0])
+    patch = int(sd[key].shape[-1])
     depth = len({m.group(1) for k in sd if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))})
+    pos = sd.get("image_encoder.pos_embed")
+    grid = int(pos.shape[1]) if pos is not None and pos.ndim == 4 else None
     for name, cfg in ENCODER_CONFIGS.items():
-        if cfg.embed_dim == dim and cfg.depth == depth:
+        if (
+            cfg.embed_dim == dim
+            and cfg.depth == depth
+            and cfg.patch_size == patch
+            and (grid is None or cfg.grid == grid)
+        ):
             return name
+    size = f", {grid * patch}-px input" if grid else ""
     raise CheckpointError(
-        f"{source}: image encoder with width {dim} and {depth} blocks matches no known SAM "
-        f"variant ({', '.join(f'{n}: {c.embed_dim}x{c.depth}' for n, c in ENCODER_CONFIGS.items())})"
+        f"{source}: image encoder with width {dim}, {depth} blocks{size} matches no known "
+        f"SAM variant ({', '.join(f'{n}: {c.embed_dim}x{c.depth} at {c.img_size} px' for n, c in ENCODER_CONFIGS.items())})"
     )
 
 
@@ -244,7 +253,9 @@ def load_model(
         )
     elif "guiding_conv.0.weight" in sd or "prompt_adapter.static_uncertain_token.weight" in sd:
         dec = load_official_decoder_state_dict(sd, source=source)
-        base, base_source = _resolve_sam(sam_checkpoint, path, "an official PA-SAM decoder checkpoint")
+        base, base_source = _resolve_sam(
+            sam_checkpoint, path, "an official PA-SAM decoder checkpoint"
+        )
         variant = detect_variant(base, source=base_source)
         model = build_pasam(variant, adapter=True, guide_mode=guide_mode or "reference")
         merged = {k: v for k, v in base.items() if not k.startswith("mask_decoder.")}

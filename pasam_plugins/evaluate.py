@@ -22,6 +22,7 @@ import torch
 from .metrics import boundary_iou, mask_box, mask_iou
 from .modeling import PASam
 from .predictor import PASamPredictor
+from .segment import Segmenter, ZoomSettings
 
 SAM_NAME = "SAM"
 PASAM_NAME = "PA-SAM"
@@ -138,6 +139,7 @@ def evaluate_model(
     device: str | torch.device | None = None,
     chunk: int = 16,
     progress: bool | Callable[[int, int], None] = False,
+    zoom: ZoomSettings | None = None,
 ) -> EvalReport:
     """Evaluate ``model`` on datasets (:class:`pasam_plugins.train.datasets.Dataset`).
 
@@ -153,6 +155,8 @@ def evaluate_model(
       max_objects: evaluate at most this many objects per image (seeded choice).
       min_pixels: ignore objects smaller than this.
       progress: True for a tqdm bar, or ``callback(done, total)``.
+      zoom: zoom settings for a model whose metadata does not carry them yet (a model in
+        training); default: the model's own.
 
     Returns:
       EvalReport: per-object results (``.table()``, ``.write_csv()``).
@@ -160,15 +164,19 @@ def evaluate_model(
     if not use_box and num_points <= 0:
         raise ValueError("give a prompt: use_box=True and/or num_points > 0")
     t0 = time.perf_counter()
-    predictor = PASamPredictor(model, device=device)
-    variants: list[tuple[str, bool, PASamPredictor]] = []
+    segmenter = Segmenter(PASamPredictor(model, device=device), zoom=zoom)
+    variants: list[tuple[str, bool, Segmenter]] = []
     if model.has_adapter:
-        variants.append((adapter_name, True, predictor))
+        variants.append((adapter_name, True, segmenter))
         if compare_sam:
-            base = predictor if baseline is None else PASamPredictor(baseline, device=device)
+            base = (
+                segmenter
+                if baseline is None
+                else Segmenter(PASamPredictor(baseline, device=device), zoom=zoom)
+            )
             variants.insert(0, (SAM_NAME, False, base))
     else:
-        variants.append((SAM_NAME, False, predictor))
+        variants.append((SAM_NAME, False, segmenter))
     samples = [s for ds in datasets for s in ds.samples]
     report = EvalReport()
     bar = None
@@ -212,7 +220,7 @@ def _eval_image(
     image: np.ndarray,
     labels: np.ndarray,
     ids: list[int],
-    variants: list[tuple[str, bool, PASamPredictor]],
+    variants: list[tuple[str, bool, Segmenter]],
     report: EvalReport,
     *,
     num_points: int,
@@ -220,46 +228,24 @@ def _eval_image(
     rng: np.random.Generator,
     chunk: int,
 ) -> None:
-    predictors = list(dict.fromkeys(p for _, _, p in variants))
-    for p in predictors:
-        p.set_image(image)
-    size = predictors[0].original_size
-    transform = predictors[0].transform
+    for seg in dict.fromkeys(s for _, _, s in variants):
+        seg.set_image(image)
     masks = [labels == i for i in ids]
     boxes = np.stack([mask_box(m) for m in masks]) if use_box else None
     points = np.stack([sample_points(m, num_points, rng) for m in masks]) if num_points else None
-    for start in range(0, len(ids), chunk):
-        sl = slice(start, start + chunk)
-        box_t = coords_t = labels_t = None
-        if boxes is not None:
-            box_t = torch.as_tensor(
-                transform.apply_boxes(boxes[sl].astype(np.float64), size), dtype=torch.float
-            )
-        if points is not None:
-            coords_t = torch.as_tensor(
-                transform.apply_coords(points[sl].astype(np.float64), size), dtype=torch.float
-            )
-            labels_t = torch.ones(coords_t.shape[:2], dtype=torch.int)
-        for name, use_adapter, predictor in variants:
-            dev = predictor.device
-            pred = predictor.predict_torch(
-                None if coords_t is None else coords_t.to(dev),
-                None if labels_t is None else labels_t.to(dev),
-                None if box_t is None else box_t.to(dev),
-                None,
-                multimask_output=False,
-                use_adapter=use_adapter,
-            )
-            out = pred.masks[:, 0].cpu().numpy()  # logits > 0 at the image size
-            for j, obj in enumerate(ids[sl]):
-                gt = masks[start + j]
-                report.results.append(
-                    ObjectResult(
-                        dataset=sample.dataset or "data",
-                        image=sample.name,
-                        object_id=int(obj),
-                        model=name,
-                        iou=mask_iou(out[j], gt),
-                        boundary_iou=boundary_iou(out[j], gt),
-                    )
+    point_labels = None if points is None else np.ones(points.shape[:2], np.int64)
+    for name, use_adapter, seg in variants:
+        results = seg.segment_many(
+            boxes, points, point_labels, use_adapter=use_adapter, chunk=chunk
+        )
+        for obj, gt, res in zip(ids, masks, results, strict=True):
+            report.results.append(
+                ObjectResult(
+                    dataset=sample.dataset or "data",
+                    image=sample.name,
+                    object_id=int(obj),
+                    model=name,
+                    iou=mask_iou(res.mask, gt),
+                    boundary_iou=boundary_iou(res.mask, gt),
                 )
+            )

@@ -38,6 +38,9 @@ MASK_HEAD_TILE_BYTES = 8 << 20
 class DecoderOutput:
     """Everything the PA-SAM decoder computes for B prompt sets.
 
+    Shapes are given for the official 1024-px models, whose image embedding is a 64x64 grid
+    (G); for other input sizes read 64 as G and 256 as 4G.
+
     Attributes:
       masks: Bx1x256x256 low-res logits with the adapter (BxCx256x256 without).
       iou_predictions: Bx4 (single mask, adapter), Bx1 (multimask, adapter) or BxC (SAM).
@@ -61,7 +64,8 @@ class DecoderOutput:
 
 
 class GuidingConv(nn.Sequential):
-    """Dense prompt compensation: 4x256x256 guide input -> Cx64x64 guide (official layout)."""
+    """Dense prompt compensation: 4x4Gx4G guide input -> CxGxG guide (official layout; G = 64
+    for the 1024-px models)."""
 
     def __init__(self, *, transformer_dim: int = 256, in_chans: int = 4) -> None:
         super().__init__(
@@ -158,7 +162,7 @@ class PAMaskDecoder(MaskDecoder):
         return self.prompt_adapter is not None
 
     def encode_guide(self, guide_input: Tensor) -> Tensor:
-        """Bx4x256x256 guide input -> BxCx64x64 guide ``g``."""
+        """Bx4x4Gx4G guide input -> BxCxGxG guide ``g`` (G: the embedding grid)."""
         if self.guiding_conv is None:
             raise RuntimeError("this decoder has no PA-SAM adapter")
         return self.guiding_conv(guide_input)
@@ -679,6 +683,21 @@ class PASam(Sam):
     def has_adapter(self) -> bool:
         return self.mask_decoder.has_adapter
 
+    @property
+    def img_size(self) -> int:
+        """Side of the square model input in pixels (1024 for the official models)."""
+        return int(self.image_encoder.img_size)
+
+    @property
+    def embedding_grid(self) -> int:
+        """Image embedding cells on a side (64 for the official models)."""
+        return int(self.prompt_encoder.image_embedding_size[0])
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-res mask logits and mask prompts (256 for the official models)."""
+        return 4 * self.embedding_grid
+
     def point_label_embeddings(self) -> Tensor:
         """2xC: the prompt encoder's negative (row 0) and positive (row 1) point embeddings."""
         pe = self.prompt_encoder.point_embeddings
@@ -700,11 +719,12 @@ class PASam(Sam):
         """Prompt encoder + decoder for B prompt sets on one image.
 
         Arguments:
-          image_embeddings (Tensor): 1xCx64x64.
-          guide (Tensor): 1xCx64x64 guide (None without adapter).
-          points (tuple): BxNx2 coordinates in the 1024-px input frame and BxN labels.
-          boxes (Tensor): Bx4 boxes in the 1024-px input frame.
-          mask_input (Tensor): Bx1x256x256 low-res mask logits.
+          image_embeddings (Tensor): 1xCxGxG (G = :attr:`embedding_grid`, 64 at 1024 px).
+          guide (Tensor): 1xCxGxG guide (None without adapter).
+          points (tuple): BxNx2 coordinates in the model's input frame (:attr:`img_size`
+            px, 1024 for the official models) and BxN labels.
+          boxes (Tensor): Bx4 boxes in the same frame.
+          mask_input (Tensor): Bx1x4Gx4G low-res mask logits.
         """
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         return self.mask_decoder(
@@ -727,19 +747,41 @@ class PASam(Sam):
 
 @dataclass(frozen=True)
 class EncoderConfig:
+    """The architecture of a variant: SAM's ViT image encoder and the input size.
+
+    The input size is part of the variant: the image embedding is
+    ``img_size / patch_size`` cells on a side (64 for the official 1024-px models), the
+    low-res masks and mask prompts are 4x that, and the PA-SAM guide input is 4x that too.
+    """
+
     embed_dim: int
     depth: int
     num_heads: int
     global_attn_indexes: tuple[int, ...]
+    img_size: int = 1024
+    patch_size: int = 16
+    window_size: int = 14
+
+    @property
+    def grid(self) -> int:
+        """Image embedding cells on a side."""
+        return self.img_size // self.patch_size
 
 
 ENCODER_CONFIGS: dict[str, EncoderConfig] = {
     "vit_h": EncoderConfig(1280, 32, 16, (7, 15, 23, 31)),
     "vit_l": EncoderConfig(1024, 24, 16, (5, 11, 17, 23)),
     "vit_b": EncoderConfig(768, 12, 12, (2, 5, 8, 11)),
+    # the small-input family trained by this project (model/cards/pasam_micro.md): 256-px
+    # input, 16x16 embedding, 64x64 low-res masks; SAM's prompt encoder and mask decoder
+    "vit_s256": EncoderConfig(256, 6, 8, (2, 5), img_size=256, window_size=8),
     # small config for CPU tests: same code paths, 2 narrow blocks
     "vit_tiny": EncoderConfig(64, 2, 2, (1,)),
+    # the same at a small input size (tests of the non-1024 code paths)
+    "vit_tiny256": EncoderConfig(64, 2, 2, (1,), img_size=256, window_size=8),
 }
+#: the official SAM / PA-SAM variants (1024-px input); every other variant is this project's
+OFFICIAL_VARIANTS: tuple[str, ...] = ("vit_b", "vit_l", "vit_h")
 
 
 def _build(variant: str, *, adapter: bool, guide_mode: GuideMode) -> PASam:
@@ -747,9 +789,8 @@ def _build(variant: str, *, adapter: bool, guide_mode: GuideMode) -> PASam:
         raise ValueError(f"unknown variant {variant!r}; known: {sorted(ENCODER_CONFIGS)}")
     cfg = ENCODER_CONFIGS[variant]
     prompt_embed_dim = 256
-    image_size = 1024
-    vit_patch_size = 16
-    image_embedding_size = image_size // vit_patch_size
+    image_size = cfg.img_size
+    image_embedding_size = cfg.grid
     model = PASam(
         image_encoder=ImageEncoderViT(
             depth=cfg.depth,
@@ -758,11 +799,11 @@ def _build(variant: str, *, adapter: bool, guide_mode: GuideMode) -> PASam:
             mlp_ratio=4,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
             num_heads=cfg.num_heads,
-            patch_size=vit_patch_size,
+            patch_size=cfg.patch_size,
             qkv_bias=True,
             use_rel_pos=True,
             global_attn_indexes=cfg.global_attn_indexes,
-            window_size=14,
+            window_size=cfg.window_size,
             out_chans=prompt_embed_dim,
         ),
         prompt_encoder=PromptEncoder(
@@ -807,7 +848,5 @@ def build_pasam(
     return _build(variant, adapter=adapter, guide_mode=guide_mode)
 
 
-pasam_model_registry = {
-    name: partial(build_pasam, name) for name in ("vit_b", "vit_l", "vit_h", "vit_tiny")
-}
+pasam_model_registry = {name: partial(build_pasam, name) for name in ENCODER_CONFIGS}
 pasam_model_registry["default"] = pasam_model_registry["vit_h"]

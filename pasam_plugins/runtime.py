@@ -61,3 +61,18 @@ def retain_freed_memory() -> bool:
         )
     )
     return _applied
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products in hardware (AMX-BF16 or
+    AVX512-BF16, read from ``/proc/cpuinfo`` on Linux). On such CPUs bf16 autocast runs
+    SAM's encoder about 2x faster than float32; on others it is slower, so it stays off."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False

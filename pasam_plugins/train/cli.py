@@ -52,16 +52,53 @@ def _load_model(checkpoint: Path, sam_checkpoint: Path | None, device: str | Non
 def train_command(
     data: Annotated[list[str], typer.Argument(help=DATA_HELP, show_default=False, metavar="DATA")],
     checkpoint: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--checkpoint",
             "-c",
             help="Starting weights: a SAM checkpoint (a new adapter is initialized) or a "
-            "PA-SAM one (its adapter is trained further).",
+            "PA-SAM one (its adapter is trained further). Omit with --train sam --variant V "
+            "to train a SAM from scratch.",
             envvar="PASAM_CHECKPOINT",
             dir_okay=False,
         ),
-    ],
+    ] = None,
+    train: Annotated[
+        str,
+        typer.Option(
+            help="What to train: adapter (PA-SAM's set: the adapter and SAM's mask head; "
+            "SAM frozen), sam (the whole SAM, no adapter: stage-1 training from scratch or "
+            "further training) or head (SAM's mask head alone, no adapter: the control run)."
+        ),
+    ] = "adapter",
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            help="With --train sam and no checkpoint: the variant to build (e.g. vit_s256)."
+        ),
+    ] = None,
+    crops: Annotated[
+        bool,
+        typer.Option(
+            help="Zoomed-in examples: one object per crop around it, resized to the model "
+            "input, with microscopy augmentation; the saved model is used zoomed in."
+        ),
+    ] = False,
+    corrective_clicks: Annotated[
+        int, typer.Option(min=0, help="With --crops: corrective-click rounds per example.")
+    ] = 0,
+    epoch_steps: Annotated[
+        int | None, typer.Option(min=1, help="Steps per epoch (default: one pass over the images).")
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="adam (the paper) or adamw.")] = "adam",
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    schedule: Annotated[
+        str, typer.Option(help="step (x --lr-gamma every --lr-drop-epoch epochs) or cosine.")
+    ] = "step",
+    warmup_steps: Annotated[int, typer.Option(min=0)] = 0,
+    grad_clip: Annotated[
+        float, typer.Option(min=0.0, help="Clip the gradient norm (0: off).")
+    ] = 0.0,
     sam_checkpoint: Annotated[
         Path | None,
         typer.Option(
@@ -111,7 +148,12 @@ def train_command(
         int, typer.Option(min=64, max=1024, help="Loss resolution in the 1024-px frame.")
     ] = 1024,
     seed: Annotated[int, typer.Option()] = 0,
-    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
+    amp: Annotated[
+        bool,
+        typer.Option(
+            help="Mixed precision: bf16/fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16."
+        ),
+    ] = True,
     save_every: Annotated[
         int, typer.Option(min=0, help="Checkpoint every N steps (0: end only).")
     ] = 500,
@@ -153,9 +195,29 @@ def train_command(
         )
     if guide_mode not in ("image", "reference"):
         raise typer.BadParameter("use image or reference", param_hint="--guide-mode")
-    if not checkpoint.is_file():
+    from .trainer import TRAIN_PARTS
+
+    if train not in TRAIN_PARTS:
+        raise typer.BadParameter(f"use one of {', '.join(TRAIN_PARTS)}", param_hint="--train")
+    if optimizer not in ("adam", "adamw"):
+        raise typer.BadParameter("use adam or adamw", param_hint="--optimizer")
+    if schedule not in ("step", "cosine"):
+        raise typer.BadParameter("use step or cosine", param_hint="--schedule")
+    if checkpoint is None and not (train == "sam" and variant):
+        raise typer.BadParameter(
+            "give the starting weights (or --train sam --variant V for a new SAM)",
+            param_hint="--checkpoint",
+        )
+    if checkpoint is not None and not checkpoint.is_file():
         _err(f"{checkpoint}: no such checkpoint file")
         raise typer.Exit(2)
+    if variant is not None:
+        from ..modeling import ENCODER_CONFIGS
+
+        if variant not in ENCODER_CONFIGS:
+            raise typer.BadParameter(
+                f"unknown variant; known: {', '.join(ENCODER_CONFIGS)}", param_hint="--variant"
+            )
     with _readable_errors():
         from .trainer import STATE_NAME, TrainConfig, Trainer, with_adapter
 
@@ -169,9 +231,26 @@ def train_command(
         if not samples:
             _err("no usable training samples (see the skipped files above)")
             raise typer.Exit(1)
-        model, dev = _load_model(checkpoint, sam_checkpoint, device)
-        meta = getattr(model, "metadata", {}) or {}
-        model = with_adapter(model, guide_mode=guide_mode, seed=seed)
+        if checkpoint is None:
+            import torch
+
+            from ..modeling import build_pasam
+            from ..predictor import select_device
+
+            torch.manual_seed(seed)
+            model = build_pasam(variant, adapter=False, guide_mode=guide_mode)  # type: ignore[arg-type]
+            dev = select_device(device)
+            meta = {"untrained": False}
+        else:
+            model, dev = _load_model(checkpoint, sam_checkpoint, device)
+            meta = getattr(model, "metadata", {}) or {}
+        if train == "adapter":
+            model = with_adapter(model, guide_mode=guide_mode, seed=seed)
+        elif model.has_adapter:
+            raise typer.BadParameter(
+                f"--train {train} trains a SAM without adapter, but the checkpoint has one",
+                param_hint="--train",
+            )
         cfg = TrainConfig(
             out_dir=str(out_dir),
             epochs=epochs,
@@ -195,13 +274,22 @@ def train_command(
             max_steps=max_steps,
             adapter_only=not full_checkpoint,
             device=str(dev),
+            train=train,
+            crops=crops,
+            corrective_clicks=corrective_clicks,
+            epoch_steps=epoch_steps,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            warmup_steps=warmup_steps,
+            grad_clip=grad_clip,
         )
         # an adapter file loads on a complete model: the SAM base when one was given
         # (decoder-only / adapter inputs need it), else the starting checkpoint itself
         base_file = sam_checkpoint or meta.get("base_checkpoint") or checkpoint
         provenance = {
-            "base_checkpoint": str(Path(base_file).resolve()),
-            "start_checkpoint": str(checkpoint),
+            "base_checkpoint": str(Path(base_file).resolve()) if base_file else None,
+            "start_checkpoint": str(checkpoint) if checkpoint else f"new {variant} (seed {seed})",
             "sam_checkpoint": str(sam_checkpoint) if sam_checkpoint else None,
             "data": list(data),
             "validation": list(val or []),
@@ -217,12 +305,20 @@ def train_command(
             f"{trainer.total_steps} steps, device {dev}",
             err=True,
         )
+        import signal
+
+        def _terminate(signum, frame):  # SIGTERM (kill, schedulers): stop like Ctrl-C
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             result = trainer.run()
         except KeyboardInterrupt:
             path = trainer.save()
             _err(f"interrupted at step {trainer.step}; saved {path}; continue with --resume")
             raise typer.Exit(130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if trainer.skipped:
             typer.echo(
                 f"{len(trainer.skipped)} sample(s) failed to load and were skipped:", err=True

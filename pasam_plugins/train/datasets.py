@@ -738,30 +738,88 @@ def read_labelstudio(
 
 
 # ------------------------------------------------------------------------ dispatch
+_NUMBER = re.compile(r"^(\d+)")
+
+
+def parse_selection(text: str) -> Callable[[int], bool]:
+    """A file selection by the number a file's stem starts with (``12.png``, ``004_ab.png``).
+
+    ``0-19`` or ``0-15,18``: those numbers; ``%5=4``: numbers that are 4 modulo 5;
+    ``%5=0,1,2``: 0, 1 or 2 modulo 5. Raises :class:`DatasetError` for anything else.
+    """
+    text = text.strip()
+    m = re.fullmatch(r"%(\d+)=(\d+(?:,\d+)*)", text)
+    if m:
+        mod = int(m.group(1))
+        if mod < 1:
+            raise DatasetError(f"selection {text!r}: the modulus must be at least 1")
+        rest = {int(v) for v in m.group(2).split(",")}
+        return lambda n: n % mod in rest
+    if re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", text):
+        spans = []
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            spans.append((int(lo), int(hi or lo)))
+        return lambda n: any(lo <= n <= hi for lo, hi in spans)
+    raise DatasetError(
+        f"selection {text!r}: use number ranges like 0-19 or 0-15,18, or a residue like %5=4 "
+        f"or %5=0,1,2 (on the number a file name starts with)"
+    )
+
+
+def select_samples(ds: Dataset, selection: str) -> Dataset:
+    """The samples of ``ds`` whose file stem starts with a selected number (see
+    :func:`parse_selection`); samples without a leading number are left out."""
+    keep = parse_selection(selection)
+    out = Dataset(name=f"{ds.name}@{selection}", skipped=list(ds.skipped))
+    for sample in ds.samples:
+        stem = sample.name.rsplit("/", 1)[-1]
+        m = _NUMBER.match(stem)
+        if m and keep(int(m.group(1))):
+            out.samples.append(
+                Sample(name=sample.name, load=sample.load, dataset=sample.dataset or ds.name)
+            )
+    if not out.samples:
+        raise DatasetError(f"{ds.name}: no file matches the selection {selection!r}")
+    return out
+
+
 def read_source(
     spec: str, *, split: Literal["train", "val"] = "train", image_root: str | None = None
 ) -> list[Dataset]:
-    """Datasets from a command-line spec ``[kind:]path``.
+    """Datasets from a command-line spec ``[kind:]path[@selection]``.
 
-    Kinds: ``folder`` (default for folders), ``hqseg``, ``labelstudio`` (default for
-    ``.json`` files), ``napari``, ``components`` (a folder whose mask foreground's connected
+    Kinds: ``folder`` (default for folders), ``labels`` (a folder whose masks are instance
+    label maps, every value one object), ``hqseg``, ``labelstudio`` (default for ``.json``
+    files), ``napari``, ``components`` (a folder whose mask foreground's connected
     components are the objects, e.g. ``components:/data/isbi2012-em``).
+
+    ``@selection`` keeps the files whose name starts with a selected number
+    (:func:`parse_selection`): ``components:../shared/data/isbi2012-em@0-19`` is the ISBI
+    training split, ``labels:../shared/data/dsb2018-nuclei@%5=4`` the nuclei test split.
     """
     kind, _, path = spec.partition(":") if re.match(r"^[a-z]+:", spec) else ("", "", spec)
+    path, at, selection = path.rpartition("@") if "@" in path else (path, "", "")
     p = Path(path)
     if not kind:
         kind = "labelstudio" if p.suffix.lower() == ".json" else "folder"
     if kind == "folder":
-        return [read_folder(p)]
-    if kind == "components":
-        return [read_folder(p, instances="components")]
-    if kind == "napari":
-        return [read_napari(p)]
-    if kind == "hqseg":
-        return read_hqseg(p, split)
-    if kind == "labelstudio":
-        return [read_labelstudio(p, image_root=image_root)]
-    raise DatasetError(
-        f"unknown data kind {kind!r} in {spec!r}; use folder:, components:, napari:, hqseg: "
-        f"or labelstudio:"
-    )
+        out = [read_folder(p)]
+    elif kind == "labels":
+        out = [read_folder(p, instances="labels")]
+    elif kind == "components":
+        out = [read_folder(p, instances="components")]
+    elif kind == "napari":
+        out = [read_napari(p)]
+    elif kind == "hqseg":
+        out = read_hqseg(p, split)
+    elif kind == "labelstudio":
+        out = [read_labelstudio(p, image_root=image_root)]
+    else:
+        raise DatasetError(
+            f"unknown data kind {kind!r} in {spec!r}; use folder:, labels:, components:, "
+            f"napari:, hqseg: or labelstudio:"
+        )
+    if at:
+        out = [select_samples(ds, selection) for ds in out]
+    return out

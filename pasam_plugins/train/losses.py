@@ -135,3 +135,77 @@ def pasam_loss(out: DecoderOutput, gt: Tensor, *, band: Tensor | None = None) ->
         unc = F.binary_cross_entropy(u, band.float())
     total = mask_bce + mask_dice + coarse + refined + unc
     return LossTerms(total, mask_bce, mask_dice, coarse, refined, unc)
+
+
+def balanced_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """BCE with the object and the background weighted equally, per mask -> B.
+
+    Objects a zoomed-out crop or a whole microscopy frame holds are small: the plain mean
+    BCE drives every logit to background within a few dozen steps from scratch, after which
+    dice has no gradient left. Averaging the positive and the negative pixels separately
+    and taking the mean of the two keeps both sides heard.
+    """
+    x = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+    x, t = x.flatten(1), target.float().flatten(1)
+    pos = (x * t).sum(1) / t.sum(1).clamp_min(1.0)
+    neg = (x * (1 - t)).sum(1) / (1 - t).sum(1).clamp_min(1.0)
+    return 0.5 * (pos + neg)
+
+
+@dataclass
+class SamLossTerms:
+    """Loss of a decoder without adapter (stage-1 SAM training and the control run)."""
+
+    total: Tensor
+    mask_bce: Tensor
+    mask_dice: Tensor
+    iou_mse: Tensor
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(getattr(self, k).detach()) for k in self.__dataclass_fields__}
+
+
+def sam_loss(
+    masks: Tensor, iou_predictions: Tensor, gt: Tensor, *, balanced: bool = True
+) -> tuple[SamLossTerms, Tensor]:
+    """SAM's training loss for B prompt sets with C candidate masks each.
+
+    Arguments:
+      masks (Tensor): BxCxhxw low-res logits (upsampled to the ground truth's size here).
+      iou_predictions (Tensor): BxC predicted IoU.
+      gt (Tensor): Bx1xHxW {0, 1} ground truth in the model-input frame.
+      balanced (bool): per-mask class-balanced BCE (:func:`balanced_bce_loss`) instead of
+        the plain mean.
+
+    Returns:
+      The terms (means over the batch) and the B indices of the mask that was scored. The
+      mask loss is BCE + dice of the best of the C masks (SAM: only the lowest-loss mask of
+      an ambiguous prompt is trained); the IoU head learns the true IoU of every mask (MSE).
+    """
+    size = (int(gt.shape[-2]), int(gt.shape[-1]))
+    b, c = masks.shape[:2]
+    with torch.autocast(device_type=gt.device.type, enabled=False):
+        up = _up(masks, size)  # B x C x H x W
+        flat = up.reshape(b * c, 1, *size)
+        gt_rep = gt.float().repeat_interleave(c, dim=0)
+        if balanced:
+            bce = balanced_bce_loss(flat, gt_rep)
+        else:
+            x = F.binary_cross_entropy_with_logits(flat, gt_rep, reduction="none")
+            bce = x.flatten(1).mean(1)
+        p = torch.sigmoid(flat).flatten(1)
+        t = gt_rep.flatten(1)
+        dice = 1.0 - (2.0 * (p * t).sum(1) + 1.0) / (p.sum(1) + t.sum(1) + 1.0)
+        per = (bce + dice).view(b, c)
+        best = per.argmin(dim=1)
+        pick = best.view(b, 1)
+        with torch.no_grad():
+            hard = (flat > 0).float().flatten(1)
+            inter = (hard * t).sum(1)
+            union = hard.sum(1) + t.sum(1) - inter
+            true_iou = (inter / union.clamp_min(1.0)).view(b, c)
+        iou_mse = F.mse_loss(iou_predictions.float(), true_iou)
+        mask_bce = bce.view(b, c).gather(1, pick).mean()
+        mask_dice = dice.view(b, c).gather(1, pick).mean()
+    total = mask_bce + mask_dice + iou_mse
+    return SamLossTerms(total, mask_bce, mask_dice, iou_mse), best

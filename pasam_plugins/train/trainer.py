@@ -45,8 +45,16 @@ from ..guide import guide_input
 from ..imageio import normalize_image
 from ..metrics import mask_box
 from ..modeling import PASam, build_pasam
+from .crops import (
+    CropExample,
+    CropSampler,
+    corrective_click,
+    jitter_box,
+    load_samples,
+    sample_in,
+)
 from .datasets import Dataset, Sample, SampleError
-from .losses import pasam_loss
+from .losses import pasam_loss, sam_loss
 
 logger = logging.getLogger(__name__)
 
@@ -67,20 +75,40 @@ FINAL_NAME = "adapter.safetensors"
 
 
 # ---------------------------------------------------------------------------- model setup
-def trainable_names(model: PASam) -> list[str]:
-    """Names of the parameters PA-SAM trains (the adapter-file parts of the decoder)."""
+#: what ``pasam train --train`` can train
+TRAIN_PARTS: tuple[str, ...] = ("adapter", "sam", "head")
+#: SAM's mask head (trained by PA-SAM besides the adapter; the control run trains only it)
+HEAD_PREFIXES = ("output_upscaling.", "output_hypernetworks_mlps.", "mask_tokens.")
+
+
+def trainable_names(model: PASam, train: str = "adapter") -> list[str]:
+    """Names of the parameters a run trains.
+
+    ``adapter``: PA-SAM's set (the adapter-file parts of the decoder: the adapter plus
+    SAM's mask head). ``sam``: everything (stage-1 training of a SAM from scratch).
+    ``head``: SAM's mask head alone (``output_upscaling``, ``output_hypernetworks_mlps``,
+    ``mask_tokens``): the control run, PA-SAM's trainable decoder parameters without the
+    adapter.
+    """
+    if train == "sam":
+        return [n for n, _ in model.named_parameters()]
+    prefixes = {"adapter": ADAPTER_PREFIXES, "head": HEAD_PREFIXES}.get(train)
+    if prefixes is None:
+        raise ValueError(f"unknown training part {train!r}; use one of {TRAIN_PARTS}")
     return [
         n
         for n, _ in model.named_parameters()
-        if any(n.startswith(f"mask_decoder.{p}") for p in ADAPTER_PREFIXES)
+        if any(n.startswith(f"mask_decoder.{p}") for p in prefixes)
     ]
 
 
-def freeze_for_training(model: PASam) -> list[torch.nn.Parameter]:
+def freeze_for_training(model: PASam, train: str = "adapter") -> list[torch.nn.Parameter]:
     """Freeze everything but the trainable set; returns the trainable parameters."""
-    if not model.has_adapter:
+    if train == "adapter" and not model.has_adapter:
         raise ValueError("the model has no PA-SAM adapter to train (use with_adapter first)")
-    names = set(trainable_names(model))
+    if train in ("sam", "head") and model.has_adapter:
+        raise ValueError(f"--train {train} is for models without adapter (SAM)")
+    names = set(trainable_names(model, train))
     params = []
     for n, p in model.named_parameters():
         p.requires_grad_(n in names)
@@ -326,6 +354,138 @@ def image_loss(
     return pasam_loss(out, gt)
 
 
+#: initial prompt kinds of zoomed-in training (tight crops; wide crops start with clicks)
+CROP_PROMPT_KINDS: tuple[str, ...] = ("box", "points", "box+points", "mask")
+
+
+def _initial_prompts(
+    ex: CropExample, kind: str, rng: np.random.Generator, out: int
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """points (Nx2), labels (N), box (4), mask logits (LxL) for a crop's first prediction."""
+    parts = set(kind.split("+"))
+    pts = lab = box = mask = None
+    if "box" in parts:
+        box = jitter_box(ex.box, rng, limit=out)
+    if "points" in parts:
+        n_pos = int(rng.choice([1, 1, 1, 2, 3]))
+        pts = sample_in(ex.target, n_pos, rng)
+        lab = np.ones(n_pos, np.int64)
+        if rng.random() < 0.2 and (~ex.target).any():
+            pts = np.concatenate([pts, sample_in(~ex.target, 1, rng)])
+            lab = np.concatenate([lab, [0]])
+    if "mask" in parts:
+        low = out // 4
+        gt = torch.from_numpy(ex.target.astype(np.float32))[None, None]
+        gt = F.interpolate(gt, (low, low), mode="area")
+        noisy = noisy_mask((gt > 0.5).float(), rng)  # 0/255
+        mask = ((noisy / 255.0) * 2.0 - 1.0).numpy()[0] * 8.0  # logits of a confident mask
+        if box is None and pts is None:  # a mask alone is ambiguous: add one click
+            pts = sample_in(ex.target, 1, rng)
+            lab = np.ones(1, np.int64)
+    return pts, lab, box, mask
+
+
+def crop_losses(
+    model: PASam,
+    examples: Sequence[CropExample],
+    rng: np.random.Generator,
+    *,
+    train_encoder: bool,
+    corrective_clicks: int = 0,
+    prompt_kinds: Sequence[str] = CROP_PROMPT_KINDS,
+    mining: str = "off",
+    generator: torch.Generator | None = None,
+    autocast: Callable[[], Any] = nullcontext,
+    balanced: bool = True,
+) -> list[Any]:
+    """Losses of zoomed-in examples with interactive prompt simulation.
+
+    Each example gets an initial prompt (tight crops: one of ``prompt_kinds``; wide crops:
+    clicks), then ``corrective_clicks`` rounds in which a click drawn from the error region
+    of the previous prediction is added and the previous low-res logits are fed back as
+    mask prompt (SAM's and micro-sam's iterative training). Every round's loss counts. With
+    the adapter the loss is PA-SAM's (:func:`pasam_loss`), else SAM's (:func:`sam_loss`,
+    class-balanced BCE when ``balanced``). A single click without box or mask asks for
+    multimask output (SAM's rule for ambiguous prompts) on models without adapter.
+
+    Returns:
+      One loss-terms object per example and round.
+    """
+    n = model.img_size
+    dev = next(model.parameters()).device
+    images = np.stack([ex.image for ex in examples])
+    x = torch.as_tensor(images, device=dev).permute(0, 3, 1, 2).float()
+    x = model.preprocess(x)
+    grad_ctx = nullcontext() if train_encoder else torch.no_grad()
+    with grad_ctx, autocast():
+        emb = model.image_encoder(x)
+    emb = emb.float()
+    terms: list[Any] = []
+    for i, ex in enumerate(examples):
+        guide = None
+        if model.has_adapter:
+            gin = guide_input(model.guide_mode, x[i : i + 1], ex.image).float()
+            with autocast():
+                guide = model.mask_decoder.encode_guide(gin)
+        kind = "points" if ex.wide else prompt_kinds[int(rng.integers(len(prompt_kinds)))]
+        pts, lab, box, mask = _initial_prompts(ex, kind, rng, n)
+        gt = torch.as_tensor(ex.target, device=dev)[None, None].float()
+        rounds = 0 if ex.wide else corrective_clicks
+        for r in range(rounds + 1):
+            multimask = (
+                not model.has_adapter
+                and box is None
+                and mask is None
+                and pts is not None
+                and len(pts) == 1
+            )
+            points_t = None
+            if pts is not None:
+                points_t = (
+                    torch.as_tensor(pts[None], dtype=torch.float, device=dev),
+                    torch.as_tensor(lab[None], dtype=torch.int, device=dev),
+                )
+            box_t = (
+                None if box is None else torch.as_tensor(box[None], dtype=torch.float, device=dev)
+            )
+            mask_t = None
+            if mask is not None:
+                mask_t = torch.as_tensor(mask, dtype=torch.float, device=dev).reshape(
+                    1, 1, *mask.shape[-2:]
+                )
+            with autocast():
+                out = model.decode(
+                    emb[i : i + 1],
+                    guide=guide,
+                    points=points_t,
+                    boxes=box_t,
+                    mask_input=mask_t,
+                    multimask_output=multimask,
+                    mining=mining,  # type: ignore[arg-type]
+                    generator=generator,
+                )
+            if model.has_adapter:
+                t = pasam_loss(out, gt)
+                chosen = out.masks[:, :1]
+            else:
+                t, best = sam_loss(out.masks, out.iou_predictions, gt, balanced=balanced)
+                chosen = out.masks[:, int(best[0]) : int(best[0]) + 1]
+            terms.append(t)
+            if r == rounds:
+                break
+            with torch.no_grad():
+                low = chosen.detach().float()
+                up = F.interpolate(low, (n, n), mode="bilinear", align_corners=False)[0, 0] > 0
+            click = corrective_click(up.cpu().numpy(), ex.target, rng)
+            if click is None:
+                break
+            xy, positive = click
+            pts = xy[None] if pts is None else np.concatenate([pts, xy[None]])
+            lab = np.array([positive]) if lab is None else np.concatenate([lab, [positive]])
+            mask = low[0, 0].cpu().numpy()
+    return terms
+
+
 def pick_objects(prep: PreparedImage, n: int, rng: np.random.Generator) -> list[int]:
     """``n`` object indices (all when fewer), a seeded random choice."""
     k = len(prep.objects)
@@ -363,6 +523,26 @@ class TrainConfig:
     device: str | None = None
     #: keep encoder outputs per image and flip (only without jitter); None = when <= 300 images
     cache_embeddings: bool | None = None
+    #: what is trained (see :func:`trainable_names`): adapter, sam or head
+    train: str = "adapter"
+    #: zoomed-in examples (one object per crop, :mod:`.crops`) instead of whole frames
+    crops: bool = False
+    #: crop examples: corrective-click rounds after the first prediction
+    corrective_clicks: int = 0
+    #: crop examples: share of wide (click-centred, zoomed-out) crops
+    wide_fraction: float = 0.35
+    #: steps per epoch (default: one pass over the images; crop runs set it)
+    epoch_steps: int | None = None
+    #: "adam" (the paper) or "adamw"
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    #: "step" (x lr_gamma every lr_drop_epoch epochs, the paper) or "cosine" (to 0)
+    schedule: str = "step"
+    warmup_steps: int = 0
+    #: clip the gradient norm (0: off)
+    grad_clip: float = 0.0
+    #: class-balanced BCE in SAM's loss (models without adapter)
+    balanced_bce: bool = True
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -396,10 +576,31 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 def _autocast_factory(
     device: torch.device, amp: bool
 ) -> tuple[Callable[[], Any], torch.dtype | None]:
-    if not (amp and device.type == "cuda"):
+    """Mixed precision: bf16 (or fp16 with a gradient scaler) on CUDA; bf16 on CPUs that
+    compute it in hardware (:func:`pasam_plugins.runtime.cpu_has_fast_bf16`), where it is
+    about 2x faster and needs no loss scaling. Off otherwise."""
+    if not amp:
         return nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return (lambda: torch.autocast("cuda", dtype=dtype)), dtype
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return (lambda: torch.autocast("cuda", dtype=dtype)), dtype
+    if device.type == "cpu":
+        from ..runtime import cpu_has_fast_bf16
+
+        if cpu_has_fast_bf16():
+            return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), torch.bfloat16
+    return nullcontext, None
+
+
+def lr_factor(step: int, cfg: "TrainConfig", steps_per_epoch: int, total_steps: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then the paper's step decay
+    (``lr_gamma`` every ``lr_drop_epoch`` epochs) or a cosine to 0 over the run."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.schedule == "cosine":
+        progress = min(1.0, step / max(1, total_steps))
+        return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+    epoch = step // max(1, steps_per_epoch)
+    return warm * cfg.lr_gamma ** (epoch // max(1, cfg.lr_drop_epoch))
 
 
 class Trainer:
@@ -428,33 +629,59 @@ class Trainer:
         self.cfg = config
         self.device = select_device(config.device)
         self.model = model.to(self.device).eval()
-        self.params = freeze_for_training(self.model)
-        self.names = trainable_names(self.model)
+        self.params = freeze_for_training(self.model, config.train)
+        self.names = trainable_names(self.model, config.train)
         self.train_samples = list(train)
         self.val = list(val)
         self.provenance = dict(provenance or {})
         self.progress = progress
         self.out = Path(config.out_dir)
         self.autocast, amp_dtype = _autocast_factory(self.device, config.amp)
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(
-            self.optimizer, step_size=max(1, config.lr_drop_epoch), gamma=config.lr_gamma
-        )
+        if config.optimizer == "adamw":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                self.params, lr=config.lr, weight_decay=config.weight_decay
+            )
+        elif config.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(
+                self.params,
+                lr=config.lr,
+                betas=(0.9, 0.999),
+                eps=1e-8,
+                weight_decay=config.weight_decay,
+            )
+        else:
+            raise ValueError(f"unknown optimizer {config.optimizer!r}; use adam or adamw")
+        if config.schedule not in ("step", "cosine"):
+            raise ValueError(f"unknown schedule {config.schedule!r}; use step or cosine")
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.micro_per_step = max(1, config.grad_accum)
         per_step = config.batch_size * self.micro_per_step
-        self.steps_per_epoch = max(1, math.ceil(len(self.train_samples) / per_step))
+        self.steps_per_epoch = config.epoch_steps or max(
+            1, math.ceil(len(self.train_samples) / per_step)
+        )
         self.total_steps = self.steps_per_epoch * config.epochs
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(s, config, self.steps_per_epoch, self.total_steps),
+        )
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self.best_val: float | None = None  # derived from the history when first needed
         self.skipped: dict[str, str] = {}
+        self.crop_sampler: CropSampler | None = None
+        if config.crops:
+            loaded, skipped = load_samples(self.train_samples)
+            self.skipped.update(skipped)
+            self.crop_sampler = CropSampler(
+                loaded, out=self.model.img_size, wide_fraction=config.wide_fraction
+            )
         cache = config.cache_embeddings
         if cache is None:
-            cache = config.jitter is None and len(self.train_samples) <= 300
-        if cache and config.jitter is not None:
-            raise ValueError("embeddings can only be cached without large-scale jitter")
+            cache = config.jitter is None and len(self.train_samples) <= 300 and not config.crops
+        if cache and (config.jitter is not None or config.crops):
+            raise ValueError("embeddings can only be cached for whole frames without jitter")
         self.cache: dict[tuple[int, bool], PreparedImage | None] | None = {} if cache else None
 
     # -------------------------------------------------------------- state
@@ -491,6 +718,7 @@ class Trainer:
         random.setstate((py[0], tuple(int(v) for v in state["rng_python"]), py[2]))
         self.step = int(state["step"])
         self.history = json.loads(state.get("history") or "[]")
+        self.best_val = None
 
     def resume(self, path: str | Path | None = None) -> None:
         """Continue from ``train_state.pt`` (default: the one in ``out_dir``)."""
@@ -499,7 +727,16 @@ class Trainer:
             raise FileNotFoundError(f"{path}: no training state to resume from")
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved = state.get("config", {})
-        for key in ("batch_size", "grad_accum", "seed", "epochs", "prompt_kinds", "loss_size"):
+        for key in (
+            "batch_size",
+            "grad_accum",
+            "seed",
+            "epochs",
+            "prompt_kinds",
+            "loss_size",
+            "train",
+            "crops",
+        ):
             mine = self.cfg.to_json()[key]
             if key in saved and saved[key] != mine:
                 raise ValueError(
@@ -561,25 +798,38 @@ class Trainer:
         return prep
 
     # -------------------------------------------------------------- loop
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step (``grad_accum`` micro-batches)."""
+    def _crop_micro(self, step: int, micro: int, mining: str) -> list[Any]:
+        """Loss terms of one micro-batch of zoomed-in examples (seeded by step and micro)."""
         cfg = self.cfg
-        step = self.step
-        epoch = step // self.steps_per_epoch
-        mining = "gumbel" if epoch >= cfg.mining_start_epoch else "off"
-        self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        count = 0
-        for micro in range(self.micro_per_step):
-            losses = []
-            for slot, index in enumerate(self._micro_batch(step, micro)):
-                rng = np.random.default_rng([cfg.seed, step, micro, slot])
-                prep = self._prepare(index, rng)
-                if prep is None:
-                    continue
-                gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
-                objs = pick_objects(prep, cfg.objects_per_image, rng)
-                terms = image_loss(
+        assert self.crop_sampler is not None
+        rng = np.random.default_rng([cfg.seed, step, micro, 5])
+        examples = [self.crop_sampler.draw(rng) for _ in range(cfg.batch_size)]
+        gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+        return crop_losses(
+            self.model,
+            examples,
+            rng,
+            train_encoder=cfg.train == "sam",
+            corrective_clicks=cfg.corrective_clicks,
+            mining=mining,
+            generator=gen,
+            autocast=self.autocast,
+            balanced=cfg.balanced_bce,
+        )
+
+    def _frame_micro(self, step: int, micro: int, mining: str) -> list[Any]:
+        """Loss terms of one micro-batch of whole (augmented) frames."""
+        cfg = self.cfg
+        terms_list = []
+        for slot, index in enumerate(self._micro_batch(step, micro)):
+            rng = np.random.default_rng([cfg.seed, step, micro, slot])
+            prep = self._prepare(index, rng)
+            if prep is None:
+                continue
+            gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+            objs = pick_objects(prep, cfg.objects_per_image, rng)
+            terms_list.append(
+                image_loss(
                     self.model,
                     prep,
                     objs,
@@ -590,19 +840,38 @@ class Trainer:
                     generator=gen,
                     autocast=self.autocast,
                 )
-                losses.append(terms.total)
+            )
+        return terms_list
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step (``grad_accum`` micro-batches)."""
+        cfg = self.cfg
+        step = self.step
+        epoch = step // self.steps_per_epoch
+        mining = "gumbel" if epoch >= cfg.mining_start_epoch else "off"
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        count = 0
+        for micro in range(self.micro_per_step):
+            if self.crop_sampler is not None:
+                terms_list = self._crop_micro(step, micro, mining)
+            else:
+                terms_list = self._frame_micro(step, micro, mining)
+            for terms in terms_list:
                 for k, v in terms.as_dict().items():
                     sums[k] = sums.get(k, 0.0) + v
-                count += 1
-            if losses:
-                loss = torch.stack(losses).mean() / self.micro_per_step
+            count += len(terms_list)
+            if terms_list:
+                loss = torch.stack([t.total for t in terms_list]).mean() / self.micro_per_step
                 self.scaler.scale(loss).backward()
         if count:
+            if cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.step += 1
-        if self.step % self.steps_per_epoch == 0:
-            self.scheduler.step()
+        self.scheduler.step()
         out = {k: v / max(count, 1) for k, v in sums.items()}
         out.update(
             step=self.step,
@@ -616,6 +885,8 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         from ..evaluate import evaluate_model
 
+        from ..segment import ZoomSettings
+
         rep = evaluate_model(
             self.model,
             self.val,
@@ -623,6 +894,7 @@ class Trainer:
             max_objects=self.cfg.val_max_objects,
             seed=self.cfg.seed,
             device=self.device,
+            zoom=ZoomSettings() if self.cfg.crops else None,
         )
         miou, mbiou = rep.mean(rep.models[0]) if rep.results else (float("nan"),) * 2
         out = {"val_miou": miou, "val_mbiou": mbiou}
@@ -631,6 +903,13 @@ class Trainer:
             out[f"val_miou/{d}"], out[f"val_mbiou/{d}"] = m, b
         self.model.eval()
         return out
+
+    def _best_val(self) -> float:
+        """The best validation mIoU logged before the current step (resumes included)."""
+        if self.best_val is None:
+            vals = [h["val_miou"] for h in self.history[:-1] if h.get("val_miou") is not None]
+            self.best_val = max(vals) if vals else -math.inf
+        return self.best_val
 
     def _log(self, record: dict[str, Any]) -> None:
         record = {
@@ -641,8 +920,11 @@ class Trainer:
         with open(self.out / LOG_NAME, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    def save(self, *, final: bool = False) -> Path:
-        """Checkpoint (adapter format, with provenance) plus the resumable training state."""
+    def save(self, *, final: bool = False, best: bool = False) -> Path:
+        """Checkpoint (adapter format, with provenance) plus the resumable training state.
+
+        ``best``: only the checkpoint ``<part>-best.safetensors`` (the best validation so far).
+        """
         self.out.mkdir(parents=True, exist_ok=True)
         last_loss = next((h["total"] for h in reversed(self.history) if "total" in h), None)
         last_val = next((h for h in reversed(self.history) if "val_miou" in h), None)
@@ -663,12 +945,25 @@ class Trainer:
         if self.cfg.adapter_only and self.provenance.get("base_checkpoint"):
             # the complete model an adapter file loads on (read by the Label Studio backend)
             meta["base_checkpoint"] = self.provenance["base_checkpoint"]
-        name = FINAL_NAME if final else f"adapter-step{self.step:06d}.safetensors"
+        if self.cfg.crops:
+            # zoomed-in training: the model must be used zoomed in (pasam_plugins.segment)
+            from ..segment import ZoomSettings
+
+            meta["zoom"] = ZoomSettings().to_metadata()
+        adapter_only = self.cfg.adapter_only and self.model.has_adapter
+        stem = self.cfg.train
+        if best:
+            name = f"{stem}-best.safetensors"
+        elif final:
+            name = f"{stem}.safetensors" if stem != "adapter" else FINAL_NAME
+        else:
+            name = f"{stem}-step{self.step:06d}.safetensors"
         path = save_checkpoint(
-            self.model, self.out / name, metadata=meta, adapter_only=self.cfg.adapter_only
+            self.model, self.out / name, metadata=meta, adapter_only=adapter_only
         )
-        _atomic_torch_save(self.state_dict(), self.out / STATE_NAME)
-        plot_history(self.history, self.out / PLOT_NAME)
+        if not best:
+            _atomic_torch_save(self.state_dict(), self.out / STATE_NAME)
+            plot_history(self.history, self.out / PLOT_NAME)
         return path
 
     def run(
@@ -698,6 +993,10 @@ class Trainer:
             if self.val and val_due:
                 rec.update(self.validate())
             self._log(rec)
+            val = rec.get("val_miou")
+            if val is not None and not math.isnan(val) and val > self._best_val():
+                self.best_val = val
+                self.save(best=True)
             if on_step is not None:
                 on_step(rec)
             if bar is not None:
@@ -723,9 +1022,11 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path | 
     fig = Figure(figsize=(10, 4), dpi=100)
     ax1, ax2 = fig.subplots(1, 2)
     steps = [h["step"] for h in history if "total" in h]
-    for key in ("total", "mask_bce", "mask_dice", "coarse", "refined", "uncertainty"):
-        ys = [h[key] for h in history if "total" in h]
-        ax1.plot(steps, ys, label=key, linewidth=1.5 if key == "total" else 0.8)
+    for key in ("total", "mask_bce", "mask_dice", "coarse", "refined", "uncertainty", "iou_mse"):
+        ys = [h.get(key) for h in history if "total" in h]
+        if any(y is not None for y in ys):
+            ys = [float("nan") if y is None else y for y in ys]
+            ax1.plot(steps, ys, label=key, linewidth=1.5 if key == "total" else 0.8)
     ax1.set_xlabel("step")
     ax1.set_ylabel("training loss")
     ax1.set_yscale("log")

@@ -1,0 +1,497 @@
+"""Segmenting objects from pixel-space prompts: the one place where the rules live.
+
+Every front end (``pasam predict``, ``pasam eval``, the Label Studio backend, the napari
+plugin, 3D propagation) segments an object through :class:`Segmenter`; the rules are here
+and nowhere else:
+
+- **multimask:** a single positive click without box or mask is ambiguous, so the model
+  predicts 3 masks and the one with the highest predicted IoU is kept (SAM's rule; with
+  the adapter the decoder picks among masks 1..3 itself). Any other prompt gives one mask.
+- **positive click:** point prompts need at least one positive point, or a box.
+- **prompt mapping:** prompts are image pixels ``(x, y)``; they are mapped to the model's
+  input frame here (whole image resized, or a zoomed window, see below).
+- **zoom:** models trained zoomed in (``model.metadata["zoom"]``, this project's small
+  models) see a square window around the object, resized to their input
+  (:mod:`pasam_plugins.zoom`): a box gets the window ``box_context`` x its size; clicks
+  alone are first segmented in windows of a few sizes around them (the prediction with the
+  highest predicted IoU whose mask stays inside its window wins), then in the window around
+  that mask; a next click on the same object reuses the object's window and feeds the
+  previous low-res logits back as mask prompt. Official models see the whole image.
+- **summary:** predicted IoU, mean uncertainty inside the mask and over its boundary band;
+  an empty mask has no uncertainty summary (``None``).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .imageio import normalize_image
+from .metrics import mask_box, uncertainty_band
+from .predictor import BatchPrediction, PASamPredictor
+from .zoom import (
+    BOX_CONTEXT,
+    MIN_WINDOW,
+    Window,
+    crop,
+    paste,
+    window_around_box,
+    window_around_point,
+)
+
+#: window sides (image pixels) tried for clicks without a box on zoomed models
+POINT_WINDOWS: tuple[float, ...] = (48.0, 96.0, 192.0, 384.0)
+#: low-res logit for "certainly background" outside a zoomed object's window
+OUTSIDE_LOGIT = -20.0
+
+
+class PromptError(ValueError):
+    """Prompts that cannot segment an object; the message says why."""
+
+
+@dataclass(frozen=True)
+class ZoomSettings:
+    """How a zoomed model sees an object (stored as ``metadata["zoom"]`` with the model)."""
+
+    box_context: float = BOX_CONTEXT
+    point_windows: tuple[float, ...] = POINT_WINDOWS
+    min_window: float = MIN_WINDOW
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any] | None) -> "ZoomSettings | None":
+        if not meta or not isinstance(meta.get("zoom"), dict):
+            return None
+        z = meta["zoom"]
+        return cls(
+            box_context=float(z.get("box_context", BOX_CONTEXT)),
+            point_windows=tuple(float(v) for v in z.get("point_windows", POINT_WINDOWS)),
+            min_window=float(z.get("min_window", MIN_WINDOW)),
+        )
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {
+            "box_context": self.box_context,
+            "point_windows": list(self.point_windows),
+            "min_window": self.min_window,
+        }
+
+
+@dataclass
+class ObjectMask:
+    """One segmented object in the image frame.
+
+    Attributes:
+      mask: HxW bool.
+      score: predicted IoU of the mask.
+      low_res_logits: the model's low-res logits (4G x 4G) in the frame they were predicted
+        in (the whole image, or ``window``): pass the result as ``previous`` to refine.
+      window: the zoomed window (None for whole-image models).
+      uncertainty: HxW float32 in [0, 1] (None without adapter).
+      mined_points: 8x2 (x, y) image pixels, 4 positive then 4 negative; mined_labels: 8.
+      mean_uncertainty / boundary_uncertainty: mean of the uncertainty map inside the mask /
+        over its boundary band (None without adapter or for an empty mask).
+    """
+
+    mask: np.ndarray
+    score: float
+    low_res_logits: np.ndarray
+    window: Window | None = None
+    uncertainty: np.ndarray | None = None
+    mined_points: np.ndarray | None = None
+    mined_labels: np.ndarray | None = None
+    mean_uncertainty: float | None = None
+    boundary_uncertainty: float | None = None
+    points: np.ndarray | None = None
+    point_labels: np.ndarray | None = None
+    box: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def area(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+    @property
+    def empty(self) -> bool:
+        return not self.mask.any()
+
+
+def use_multimask(
+    points: np.ndarray | None, labels: np.ndarray | None, box: np.ndarray | None, has_mask: bool
+) -> bool:
+    """The multimask rule: one positive click and nothing else is ambiguous."""
+    return (
+        box is None
+        and not has_mask
+        and points is not None
+        and len(points) == 1
+        and labels is not None
+        and int(labels[0]) == 1
+    )
+
+
+def summarize(
+    mask: np.ndarray, uncertainty: np.ndarray | None
+) -> tuple[float | None, float | None]:
+    """(mean uncertainty inside the mask, mean over its boundary band); None for an empty
+    mask or without an uncertainty map."""
+    if uncertainty is None or not mask.any():
+        return None, None
+    inside = float(uncertainty[mask].mean())
+    band = uncertainty_band(mask)
+    return inside, float(uncertainty[band].mean()) if band.any() else inside
+
+
+def check_prompts(
+    points: Any, labels: Any, box: Any, size: tuple[int, int] | None = None
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Validate and convert prompts: Nx2 float points with N labels in {0, 1}, a 4-number
+    box with x0 <= x1 and y0 <= y1; at least one positive point or a box."""
+    pts = lab = bx = None
+    if points is not None and len(points):
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        if labels is None:
+            raise PromptError("point labels are missing (1 = positive, 0 = negative)")
+        lab = np.asarray(labels).reshape(-1).astype(np.int64)
+        if len(lab) != len(pts):
+            raise PromptError(f"{len(pts)} points but {len(lab)} labels")
+        if not np.isin(lab, (0, 1)).all():
+            raise PromptError("point labels must be 1 (positive) or 0 (negative)")
+        if not np.isfinite(pts).all():
+            raise PromptError("point coordinates must be finite numbers")
+    if box is not None:
+        bx = np.asarray(box, dtype=np.float64).reshape(-1)
+        if bx.size != 4 or not np.isfinite(bx).all():
+            raise PromptError("a box is 4 finite numbers x0, y0, x1, y1")
+        if bx[2] < bx[0] or bx[3] < bx[1]:
+            raise PromptError(f"box {bx.tolist()}: x1 must be >= x0 and y1 >= y0")
+    if bx is None and (lab is None or not (lab == 1).any()):
+        raise PromptError("give a box or at least one positive point")
+    return pts, lab, bx
+
+
+class Segmenter:
+    """Segments objects of one image at a time with a :class:`PASamPredictor`.
+
+    Arguments:
+      predictor: the model (and its embedding cache).
+      zoom: how a zoomed model sees objects; default from the model's metadata (None: the
+        whole image, as SAM).
+    """
+
+    def __init__(self, predictor: PASamPredictor, *, zoom: ZoomSettings | None = None) -> None:
+        self.predictor = predictor
+        model = predictor.model
+        self.zoom = zoom if zoom is not None else ZoomSettings.from_metadata(model.metadata)
+        self.rgb: np.ndarray | None = None
+        self.size: tuple[int, int] | None = None
+
+    @property
+    def model(self):
+        return self.predictor.model
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.predictor.model.has_adapter
+
+    # ------------------------------------------------------------------ image
+    def set_image(
+        self, image: np.ndarray, *, channel: int | None = None, image_format: str = "RGB"
+    ) -> None:
+        """Use this image (any dtype/channels; see :func:`normalize_image`). Whole-image
+        models embed it now (or take it from the cache); zoomed models embed windows when
+        prompts arrive."""
+        if self.zoom is None:
+            self.predictor.set_image(image, image_format, channel=channel)
+            self.rgb = None
+            self.size = self.predictor.original_size
+            return
+        rgb = normalize_image(image, channel=channel, percentiles=self.predictor.percentiles)
+        if image_format == "BGR":
+            rgb = np.ascontiguousarray(rgb[..., ::-1])
+        self.rgb = rgb
+        self.size = (int(rgb.shape[0]), int(rgb.shape[1]))
+
+    def _require_image(self) -> tuple[int, int]:
+        if self.size is None:
+            raise RuntimeError("set an image with .set_image(...) first")
+        return self.size
+
+    # ------------------------------------------------------------------ one object
+    def segment(
+        self,
+        points: Any = None,
+        labels: Any = None,
+        box: Any = None,
+        *,
+        previous: ObjectMask | None = None,
+        use_adapter: bool = True,
+    ) -> ObjectMask:
+        """Segment one object from prompts in image pixels.
+
+        Arguments:
+          points: Nx2 (x, y); labels: N (1 positive, 0 negative). box: x0, y0, x1, y1.
+          previous: this object's last result: its low-res logits are fed back as mask
+            prompt (a refinement click), in its window for zoomed models.
+          use_adapter: False runs plain SAM with the same weights.
+        """
+        size = self._require_image()
+        pts, lab, bx = check_prompts(points, labels, box, size)
+        if self.zoom is None:
+            mask_in = None if previous is None else previous.low_res_logits
+            return self._predict_whole([(pts, lab, bx, mask_in)], use_adapter)[0]
+        return self._segment_zoomed(pts, lab, bx, previous, use_adapter)
+
+    # ------------------------------------------------------------------ many objects
+    def segment_many(
+        self,
+        boxes: Any = None,
+        points: Any = None,
+        labels: Any = None,
+        *,
+        use_adapter: bool = True,
+        chunk: int = 16,
+    ) -> list[ObjectMask]:
+        """Segment B objects, each from its own prompts: ``boxes`` Bx4 and/or ``points``
+        BxNx2 with ``labels`` BxN (the same N for all). Whole-image models run the prompt
+        sets batched; zoomed models one window each."""
+        self._require_image()
+        n = len(boxes) if boxes is not None else (len(points) if points is not None else 0)
+        prompts = []
+        for i in range(n):
+            p = None if points is None else points[i]
+            lab = None if labels is None else labels[i]
+            b = None if boxes is None else boxes[i]
+            prompts.append((*check_prompts(p, lab, b), None))
+        if self.zoom is None:
+            out: list[ObjectMask] = []
+            for start in range(0, n, chunk):
+                out += self._predict_whole(prompts[start : start + chunk], use_adapter)
+            return out
+        return [self._segment_zoomed(p, lab, b, None, use_adapter) for p, lab, b, _ in prompts]
+
+    # ------------------------------------------------------------------ whole image
+    def _predict_whole(self, prompts: list, use_adapter: bool) -> list[ObjectMask]:
+        """Prompt sets with the same structure -> batched; otherwise one call each."""
+        pred = self.predictor
+        kinds = {
+            (p is None, None if p is None else len(p), b is None, m is None)
+            for p, _, b, m in prompts
+        }
+        if len(kinds) > 1:
+            return [r for one in prompts for r in self._predict_whole([one], use_adapter)]
+        size = pred.original_size
+        dev = pred.device
+        p0, l0, b0, m0 = prompts[0]
+        multimask = use_multimask(p0, l0, b0, m0 is not None)
+        coords = lab_t = boxes = masks = None
+        if p0 is not None:
+            coords = torch.as_tensor(
+                np.stack([pred.transform.apply_coords(p, size) for p, _, _, _ in prompts]),
+                dtype=torch.float,
+                device=dev,
+            )
+            lab_t = torch.as_tensor(np.stack([lab for _, lab, _, _ in prompts]), device=dev).int()
+        if b0 is not None:
+            boxes = torch.as_tensor(
+                np.stack([pred.transform.apply_boxes(b[None], size)[0] for _, _, b, _ in prompts]),
+                dtype=torch.float,
+                device=dev,
+            )
+        if m0 is not None:
+            masks = torch.as_tensor(
+                np.stack(
+                    [np.asarray(m, np.float32).reshape(1, *m.shape[-2:]) for *_, m in prompts]
+                ),
+                device=dev,
+            )
+        out = pred.predict_torch(
+            coords, lab_t, boxes, masks, multimask_output=multimask, use_adapter=use_adapter
+        )
+        results = []
+        for i, (p, lab, b, _) in enumerate(prompts):
+            best = int(torch.argmax(out.scores[i])) if out.scores.shape[1] > 1 else 0
+            results.append(self._result(out, i, best, p, lab, b, None))
+        return results
+
+    def _result(
+        self,
+        out: BatchPrediction,
+        i: int,
+        best: int,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        window: Window | None,
+    ) -> ObjectMask:
+        mask = out.masks[i, best].cpu().numpy().astype(bool)
+        unc = None if out.uncertainty is None else out.uncertainty[i].cpu().numpy()
+        mean_u, band_u = summarize(mask, unc)
+        return ObjectMask(
+            mask=mask,
+            score=float(out.scores[i, best]),
+            low_res_logits=out.low_res_logits[i, best : best + 1].cpu().numpy(),
+            window=window,
+            uncertainty=unc,
+            mined_points=None if out.mined_points is None else out.mined_points[i].cpu().numpy(),
+            mined_labels=None if out.mined_labels is None else out.mined_labels[i].cpu().numpy(),
+            mean_uncertainty=mean_u,
+            boundary_uncertainty=band_u,
+            points=points,
+            point_labels=labels,
+            box=box,
+        )
+
+    # ------------------------------------------------------------------ zoomed
+    def _window_prediction(
+        self,
+        window: Window,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        use_adapter: bool,
+        multimask: bool,
+    ) -> tuple[BatchPrediction, int]:
+        """Predict in one window: crop, embed (cached), decode. Returns the prediction (in
+        the crop's frame) and the index of the chosen mask."""
+        pred = self.predictor
+        n = pred.model.img_size
+        assert self.rgb is not None
+        pred.set_image(crop(self.rgb, window, n))
+        dev = pred.device
+        coords = lab_t = box_t = mask_t = None
+        if points is not None:
+            coords = torch.as_tensor(
+                window.to_input(points, n)[None], dtype=torch.float, device=dev
+            )
+            lab_t = torch.as_tensor(labels[None], device=dev).int()
+        if box is not None:
+            box_t = torch.as_tensor(
+                window.box_to_input(box, n)[None], dtype=torch.float, device=dev
+            )
+        if mask_input is not None:
+            mask_t = torch.as_tensor(
+                np.asarray(mask_input, np.float32).reshape(1, 1, *mask_input.shape[-2:]), device=dev
+            )
+        out = pred.predict_torch(
+            coords, lab_t, box_t, mask_t, multimask_output=multimask, use_adapter=use_adapter
+        )
+        best = int(torch.argmax(out.scores[0])) if out.scores.shape[1] > 1 else 0
+        return out, best
+
+    def _zoomed_result(
+        self,
+        out: BatchPrediction,
+        best: int,
+        window: Window,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+    ) -> ObjectMask:
+        h, w = self.size  # type: ignore[misc]
+        low = out.low_res_logits[0, best].cpu().numpy()
+        logits = paste(low, window, h, w, fill=OUTSIDE_LOGIT)
+        mask = logits > self.predictor.model.mask_threshold
+        unc = mined = mined_l = None
+        if out.decoder.uncertainty is not None:
+            unc = np.clip(
+                paste(out.decoder.uncertainty[0, 0].float().cpu().numpy(), window, h, w), 0, 1
+            )
+        if out.mined_points is not None:
+            n = self.predictor.model.img_size
+            mined = window.from_input(out.mined_points[0].cpu().numpy(), n).astype(np.float32)
+            mined[:, 0] = np.clip(mined[:, 0], 0, w - 1)
+            mined[:, 1] = np.clip(mined[:, 1], 0, h - 1)
+            mined_l = out.mined_labels[0].cpu().numpy()
+        mean_u, band_u = summarize(mask, unc)
+        return ObjectMask(
+            mask=mask,
+            score=float(out.scores[0, best]),
+            low_res_logits=low[None],
+            window=window,
+            uncertainty=unc,
+            mined_points=mined,
+            mined_labels=mined_l,
+            mean_uncertainty=mean_u,
+            boundary_uncertainty=band_u,
+            points=points,
+            point_labels=labels,
+            box=box,
+        )
+
+    def _fit_window(self, window: Window, points: np.ndarray | None) -> Window:
+        """``window`` grown (about its centre's box) until it holds every point."""
+        if points is None or window.contains(points):
+            return window
+        lo = np.minimum(points.min(0), [window.x0, window.y0])
+        hi = np.maximum(points.max(0) + 1, [window.x0 + window.size, window.y0 + window.size])
+        size = float(max(hi - lo)) + 2.0
+        c = (lo + hi) / 2.0
+        return Window(float(c[0]) - size / 2, float(c[1]) - size / 2, size)
+
+    def _segment_zoomed(
+        self,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        previous: ObjectMask | None,
+        use_adapter: bool,
+    ) -> ObjectMask:
+        z = self.zoom
+        assert z is not None
+        multimask = use_multimask(points, labels, box, False)
+        if (
+            previous is not None
+            and previous.window is not None
+            and (points is None or previous.window.contains(points))
+            and (box is None or previous.window.contains(np.reshape(box, (2, 2))))
+        ):
+            window = previous.window
+            out, best = self._window_prediction(
+                window, points, labels, box, previous.low_res_logits, use_adapter, False
+            )
+            return self._zoomed_result(out, best, window, points, labels, box)
+        if box is not None:
+            window = self._fit_window(
+                window_around_box(box, context=z.box_context, min_size=z.min_window), points
+            )
+            out, best = self._window_prediction(
+                window, points, labels, box, None, use_adapter, multimask
+            )
+            return self._zoomed_result(out, best, window, points, labels, box)
+        # clicks only: find the object's scale, then zoom in on it
+        assert points is not None and labels is not None
+        pos = points[labels == 1]
+        center = pos.mean(0)
+        h, w = self.size  # type: ignore[misc]
+        sides = [s for s in z.point_windows if s <= 2 * max(h, w)] or [min(z.point_windows)]
+        candidates = []
+        for side in sides:
+            win = self._fit_window(window_around_point(center, side), points)
+            out, best = self._window_prediction(
+                win, points, labels, None, None, use_adapter, multimask
+            )
+            low = out.low_res_logits[0, best]
+            inside = low > self.predictor.model.mask_threshold
+            touches = bool(
+                inside[0].any() or inside[-1].any() or inside[:, 0].any() or inside[:, -1].any()
+            )
+            score = float(out.scores[0, best])
+            candidates.append((not inside.any(), touches, -score, len(candidates), win, out, best))
+        candidates.sort(key=lambda c: c[:4])
+        _, _, _, _, win, out, best = candidates[0]
+        first = self._zoomed_result(out, best, win, points, labels, None)
+        if first.empty:
+            return first
+        mbox = mask_box(first.mask)
+        assert mbox is not None
+        window = self._fit_window(
+            window_around_box(mbox, context=z.box_context, min_size=z.min_window), points
+        )
+        out, best = self._window_prediction(
+            window, points, labels, None, None, use_adapter, multimask
+        )
+        result = self._zoomed_result(out, best, window, points, labels, None)
+        result.extra["scale_window"] = win.size
+        return result
