@@ -884,7 +884,6 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         from ..evaluate import evaluate_model
-
         from ..segment import ZoomSettings
 
         rep = evaluate_model(
