@@ -195,11 +195,10 @@ def _load_job(
         if variant not in pasam_model_registry:
             raise ValueError(f"unknown model {variant!r}; known: {sorted(pasam_model_registry)}")
         model = pasam_model_registry[variant](guide_mode=guide_mode or "reference")
-        untrained, label = True, f"{variant} with random weights (no checkpoint)"
-        model.metadata = {"untrained": True}  # carried into fine-tuned files
-        model.pasam_base_complete = False  # no file an adapter could name as its base
+        label = f"{variant} with random weights (no checkpoint)"
+        model.origin = model.origin.derived(untrained=True)  # carried into fine-tuned files
     else:
-        from pasam_plugins.checkpoint import load_model, read_metadata
+        from pasam_plugins.checkpoint import load_model
 
         path, label = source, source
         if source.startswith("registry:"):
@@ -213,16 +212,6 @@ def _load_job(
         model = load_model(
             path, device="cpu", sam_checkpoint=sam_checkpoint or None, guide_mode=guide_mode
         )
-        try:
-            meta = read_metadata(path)
-        except Exception:  # noqa: BLE001 - official files carry no metadata of ours
-            meta = {}
-        untrained = bool(meta.get("untrained", False))
-        # an adapter fine-tuned from this model can name the file as its base only when the
-        # file holds the whole model (not an official decoder loaded with a separate SAM)
-        model.pasam_base_complete = (
-            meta.get("contents", "full") == "full" if meta else not sam_checkpoint
-        )
     predictor = PASamPredictor(
         model,
         device=None if device == "auto" else device,
@@ -230,11 +219,11 @@ def _load_job(
     )
     info = ModelInfo(
         source=label,
-        variant=str(getattr(model, "variant", "?")),
+        variant=model.variant,
         has_adapter=bool(model.has_adapter),
         guide_mode=str(model.guide_mode),
         device=str(predictor.device),
-        untrained=untrained,
+        untrained=model.origin.untrained,
     )
     return predictor, info
 

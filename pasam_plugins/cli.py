@@ -1,6 +1,7 @@
 """The ``pasam`` command line.
 
-Commands: ``info``, ``download``, ``make-test-checkpoint``, ``predict``, ``serve`` (Label
+Commands: ``info``, ``download``, ``make-test-checkpoint``, ``pack-checkpoint``, ``predict``,
+``serve`` (Label
 Studio ML backend), ``train`` and ``eval``. Heavy modules (torch, the model core, the
 backends) are imported inside the commands so that ``pasam --help`` is instant.
 
@@ -129,20 +130,6 @@ def _fallback_checkpoint(cache_dir: Path) -> Path:
     return make_test_checkpoint(path, seed=FALLBACK_SEED, variant=FALLBACK_VARIANT)
 
 
-def _model_metadata(model: Any, path: Path) -> dict[str, Any]:
-    from .checkpoint import CheckpointError, read_metadata
-
-    meta = getattr(model, "metadata", None)
-    if isinstance(meta, dict):
-        return meta
-    if path.suffix == ".safetensors":
-        try:
-            return read_metadata(path)
-        except CheckpointError:
-            return {}
-    return {}
-
-
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"pasam-plugins {__version__}")
@@ -251,7 +238,7 @@ def _checkpoint_summary(path: Path, sam_checkpoint: Path | None) -> None:
     from .checkpoint import load_model
 
     model = load_model(path, sam_checkpoint=sam_checkpoint)
-    meta = _model_metadata(model, path)
+    meta = model.origin.metadata
     n_params = sum(p.numel() for p in model.parameters())
     typer.echo(f"checkpoint: {path}")
     typer.echo(f"  size        {path.stat().st_size / 2**20:.1f} MiB")
@@ -348,6 +335,67 @@ def make_test_checkpoint_cmd(
             )
         path = make_test_checkpoint(out, seed=seed, variant=variant, guide_mode=guide_mode)
         typer.echo(f"wrote {path} ({variant}, seed {seed}): random untrained weights, tests only")
+
+
+# ---------------------------------------------------------------------------- pack
+@app.command("pack-checkpoint")
+def pack_checkpoint_cmd(
+    src: Annotated[
+        Path, typer.Argument(help="A checkpoint of this project (.safetensors).", dir_okay=False)
+    ],
+    out: Annotated[Path, typer.Argument(help="Output file (.safetensors).", dir_okay=False)],
+    half: Annotated[
+        bool, typer.Option(help="Store the weights as float16 (half the size).")
+    ] = False,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            help="For adapter / head files: the base checkpoint to record, as a path relative "
+            "to OUT's folder (files shipped together) or absolute."
+        ),
+    ] = None,
+) -> None:
+    """Re-save a checkpoint for shipping: optionally float16, with its base named relative to it.
+
+    The metadata (variant, guide mode, zoom, training provenance) is kept; an adapter or head
+    file still needs its base, which --base names. The packed file is loaded once to check it.
+    """
+    with _readable_errors():
+        import torch
+
+        from .checkpoint import load_model, read_metadata, save_checkpoint
+
+        meta = read_metadata(src)
+        model = load_model(src)
+        keep = {
+            k: v
+            for k, v in meta.items()
+            if k
+            not in (
+                "variant",
+                "guide_mode",
+                "has_adapter",
+                "contents",
+                "version",
+                "created",
+                "stored_dtype",
+            )
+        }
+        if base is not None:
+            target = Path(base) if Path(base).is_absolute() else out.parent / base
+            if not target.is_file():
+                raise ValueError(f"--base {base}: {target} does not exist")
+            keep["base_checkpoint"] = base
+        keep.setdefault("provenance", {})["packed_from"] = src.name
+        path = save_checkpoint(
+            model,
+            out,
+            metadata=keep,
+            adapter_only=meta.get("contents") == "adapter",
+            dtype=torch.float16 if half else None,
+        )
+        load_model(path)  # the packed file loads (its base included)
+        typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 # ---------------------------------------------------------------------------- predict
@@ -515,8 +563,7 @@ def _run_prediction(
     from .viz import colorize_uncertainty, save_overlay_png, save_png
 
     model = load_model(checkpoint, sam_checkpoint=sam_checkpoint)
-    meta = _model_metadata(model, checkpoint)
-    untrained = bool(meta.get("untrained"))
+    untrained = model.origin.untrained
     predictor = PASamPredictor(model, device=device)
     predictor.set_image(arr, channel=channel)
     coords = labels = None

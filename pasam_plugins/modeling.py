@@ -23,6 +23,8 @@ from segment_anything.modeling.transformer import Attention
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .origin import ModelOrigin
+
 GuideMode = Literal["reference", "image"]
 MiningMode = Literal["topk", "gumbel", "off"]
 GUIDE_MODES: tuple[str, ...] = ("reference", "image")
@@ -648,7 +650,8 @@ class PASam(Sam):
     Attributes:
       guide_mode (str): how the guide input is built from the image (``"reference"`` for
         the official checkpoint, ``"image"`` for adapters trained with this project).
-      variant (str): the builder name (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``).
+      variant (str): the builder name (``vit_b``, ``vit_l``, ``vit_h``, ``vit_s256`` ...).
+      origin (ModelOrigin): where the weights came from (file, base, untrained, metadata).
     """
 
     mask_decoder: PAMaskDecoder
@@ -675,9 +678,13 @@ class PASam(Sam):
             raise ValueError(f"guide_mode must be one of {GUIDE_MODES}, got {guide_mode!r}")
         self.guide_mode = guide_mode
         self.variant = variant
-        #: where the weights came from and this project's checkpoint metadata ({} otherwise)
-        self.source: str | None = None
-        self.metadata: dict = {}
+        #: where the weights came from (set by the loaders; "built" for models made here)
+        self.origin = ModelOrigin(
+            kind="built",
+            variant=variant,
+            guide_mode=guide_mode,
+            has_adapter=mask_decoder.has_adapter,
+        )
 
     @property
     def has_adapter(self) -> bool:
@@ -833,18 +840,9 @@ def build_pasam(
     *,
     adapter: bool = True,
     guide_mode: GuideMode = "reference",
-    checkpoint: str | None = None,
 ) -> PASam:
-    """Build a PA-SAM model; with ``checkpoint`` load it through :func:`load_model`."""
-    if checkpoint is not None:
-        from .checkpoint import load_model
-
-        model = load_model(checkpoint)
-        if model.variant != variant:
-            raise ValueError(
-                f"{checkpoint}: holds a {model.variant} model, but {variant} was asked for"
-            )
-        return model
+    """Build a PA-SAM model with freshly initialized weights (load files with
+    :func:`pasam_plugins.checkpoint.load_model`)."""
     return _build(variant, adapter=adapter, guide_mode=guide_mode)
 
 

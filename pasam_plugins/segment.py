@@ -182,7 +182,7 @@ class Segmenter:
     def __init__(self, predictor: PASamPredictor, *, zoom: ZoomSettings | None = None) -> None:
         self.predictor = predictor
         model = predictor.model
-        self.zoom = zoom if zoom is not None else ZoomSettings.from_metadata(model.metadata)
+        self.zoom = zoom if zoom is not None else ZoomSettings.from_metadata(model.origin.metadata)
         self.rgb: np.ndarray | None = None
         self.size: tuple[int, int] | None = None
 
