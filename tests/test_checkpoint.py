@@ -39,7 +39,39 @@ def test_our_format_round_trip_with_metadata(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual mode, not mkstemp's 0600
-    assert loaded.metadata["provenance"] == {"steps": 7} and loaded.source == str(path)
+    origin = loaded.origin
+    assert origin.metadata["provenance"] == {"steps": 7} and origin.file == str(path)
+    assert origin.kind == "pasam-full" and origin.complete_base == str(path)
+    assert origin.variant == "vit_tiny" and origin.guide_mode == "image" and origin.has_adapter
+
+
+def test_origin_of_official_files_and_float16_packing(tmp_path):
+    model = make_test_model(seed=2)
+    sam_path = tmp_path / "sam_vit_tiny.pth"
+    torch.save(_sam_state_dict(model), sam_path)
+    sam = load_model(sam_path)
+    assert sam.origin.kind == "official-sam" and sam.origin.complete_base == str(sam_path)
+    assert not sam.origin.untrained and sam.origin.metadata == {}
+    # float16 storage halves the file and loads back to float32 within float16 rounding
+    full = save_checkpoint(model, tmp_path / "f32.safetensors")
+    half = save_checkpoint(model, tmp_path / "f16.safetensors", dtype=torch.float16)
+    assert os.path.getsize(half) < 0.6 * os.path.getsize(full)
+    assert read_metadata(half)["stored_dtype"] == "float16"
+    back = load_model(half)
+    for (k, a), b in zip(model.state_dict().items(), back.state_dict().values(), strict=True):
+        assert b.dtype == a.dtype, k
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), k
+    # an adapter file naming its base relative to itself loads from another working directory
+    adapter = save_checkpoint(
+        model,
+        tmp_path / "sub" / "adapter.safetensors",
+        adapter_only=True,
+        metadata={"base_checkpoint": "../f32.safetensors"},
+    )
+    loaded = load_model(adapter)
+    _assert_same_weights(model, loaded)
+    assert loaded.origin.kind == "pasam-adapter"
+    assert loaded.origin.base_file == str((tmp_path / "f32.safetensors").resolve())
 
 
 def test_adapter_only_file_needs_and_uses_the_base_sam(tmp_path):
