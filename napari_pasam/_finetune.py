@@ -9,7 +9,6 @@ Labels layer (0 background, every other value one object). Training is
 guiding conv, so cached embeddings of the old model are not reused).
 """
 
-import os
 import queue
 import re
 import threading
@@ -26,14 +25,11 @@ from .planes import PlaneGeometry
 
 
 def models_dir() -> Path:
-    """Where fine-tuned adapters are saved: ``$PASAM_MODEL_DIR``, else
-    ``$PASAM_CACHE_DIR/models`` (``~/.cache/pasam/models``), as the Label Studio backend."""
-    env = os.environ.get("PASAM_MODEL_DIR")
-    if env:
-        return Path(env).expanduser()
-    from pasam_plugins.download import default_cache_dir
+    """Where fine-tuned adapters are saved (:func:`pasam_plugins.paths.models_dir`:
+    ``$PASAM_MODEL_DIR``, else ``$PASAM_CACHE_DIR/models``), as the Label Studio backend."""
+    from pasam_plugins.paths import models_dir as core_models_dir
 
-    return default_cache_dir() / "models"
+    return core_models_dir()
 
 
 def output_path(directory: Path, image_name: str, steps: int) -> Path:

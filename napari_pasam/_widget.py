@@ -81,9 +81,9 @@ _shared_caches: dict = {}
 def embeddings_dir() -> str:
     """Where embeddings persist when the user asks for it: ``$PASAM_CACHE_DIR/embeddings``
     (``~/.cache/pasam/embeddings``), shared with the other pasam-plugins tools."""
-    from pasam_plugins.download import default_cache_dir
+    from pasam_plugins.paths import embeddings_dir
 
-    return str(default_cache_dir() / "embeddings")
+    return str(embeddings_dir())
 
 
 def shared_embedding_cache(*, on_disk: bool = False):
@@ -202,7 +202,7 @@ def _load_job(
 
         path, label = source, source
         if source.startswith("registry:"):
-            from model.registry import get_entry
+            from pasam_plugins.registry import get_entry
 
             entry = get_entry(source.split(":", 1)[1])
             path = _registry_file(entry)
@@ -542,7 +542,7 @@ class AnnotatorWidget(QWidget):
         """(name, label) of the entries of the model registry (``model/registry.json`` or
         ``$PASAM_REGISTRY``); empty, with a warning, when the registry cannot be read."""
         try:
-            from model.registry import load_registry
+            from pasam_plugins.registry import load_registry
 
             entries = load_registry()
         except Exception as exc:  # noqa: BLE001 - the widget works without a registry

@@ -215,7 +215,7 @@ def info(
     typer.echo(f"  mps     {'available' if mps and mps.is_available() else 'not available'}")
     typer.echo("  cpu     available")
     with _readable_errors():
-        from model.registry import load_registry
+        from pasam_plugins.registry import load_registry
 
         env_ckpt = os.environ.get("PASAM_CHECKPOINT")
         typer.echo(
@@ -277,7 +277,7 @@ def download(
     An already downloaded, verified file is reused. The printed path can be passed to --checkpoint (or --sam-checkpoint).
     """
     with _readable_errors():
-        from model.registry import get_entry, load_registry
+        from pasam_plugins.registry import get_entry, load_registry
 
         from .download import fetch
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from model.registry import RegistryError, get_entry, load_registry
+from pasam_plugins.registry import RegistryError, get_entry, load_registry
 from pasam_plugins.download import (
     DownloadError,
     default_cache_dir,

@@ -1,5 +1,9 @@
 """Registry of known checkpoints (``model/registry.json``) and their model cards.
 
+The data lives in the shipped ``model/`` folder (:func:`pasam_plugins.paths.model_data_dir`);
+this module is its reader (no top-level ``model`` package that a user's ``model.py`` could
+shadow).
+
 Pure standard library (no torch), so the CLI can list models instantly.
 
 The registry file can be replaced by a private one (a mirror, an internal model) with the
@@ -13,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REGISTRY_PATH = Path(__file__).with_name("registry.json")
-CARDS_DIR = Path(__file__).with_name("cards")
+from .paths import model_data_dir
+
+REGISTRY_PATH = model_data_dir() / "registry.json"
+CARDS_DIR = model_data_dir() / "cards"
 SCHEMA_VERSION = 1
 KINDS = ("sam", "pasam-decoder", "pasam")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
