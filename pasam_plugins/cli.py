@@ -432,10 +432,6 @@ def predict(
             "0 = background. Repeatable."
         ),
     ] = None,
-    multimask: Annotated[
-        bool,
-        typer.Option(help="Let the model choose among several masks (keeps the best)."),
-    ] = False,
     channel: Annotated[
         int | None,
         typer.Option(help="Channel to segment in a multichannel image (0-based)."),
@@ -523,7 +519,6 @@ def predict(
             sam_checkpoint=sam_checkpoint,
             box=box_xyxy,
             points=points,
-            multimask=multimask,
             channel=channel,
             device=dev,
             out_dir=out_dir,
@@ -548,7 +543,6 @@ def _run_prediction(
     sam_checkpoint: Path | None,
     box: tuple[float, float, float, float] | None,
     points: list[tuple[float, float, int]],
-    multimask: bool,
     channel: int | None,
     device: Any,
     out_dir: Path,
@@ -560,24 +554,21 @@ def _run_prediction(
 
     from .checkpoint import load_model
     from .predictor import PASamPredictor
+    from .segment import Segmenter, use_multimask
     from .viz import colorize_uncertainty, save_overlay_png, save_png
 
     model = load_model(checkpoint, sam_checkpoint=sam_checkpoint)
     untrained = model.origin.untrained
-    predictor = PASamPredictor(model, device=device)
-    predictor.set_image(arr, channel=channel)
+    segmenter = Segmenter(PASamPredictor(model, device=device))
+    segmenter.set_image(arr, channel=channel)
     coords = labels = None
     if points:
         coords = np.array([[x, y] for x, y, _ in points], dtype=np.float32)
         labels = np.array([lab for _, _, lab in points], dtype=np.int64)
-    pred = predictor.predict(
-        point_coords=coords,
-        point_labels=labels,
-        box=None if box is None else np.array(box, dtype=np.float32),
-        multimask_output=multimask,
-    )
-    best = int(np.argmax(pred.scores))
-    mask = np.asarray(pred.masks[best], dtype=bool)
+    box_arr = None if box is None else np.array(box, dtype=np.float32)
+    obj = segmenter.segment(coords, labels, box_arr)
+    mask = obj.mask
+    pred = obj  # uncertainty and mined points in the image frame
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = image.stem
@@ -622,15 +613,18 @@ def _run_prediction(
         "untrained": untrained,
         "variant": model.variant,
         "has_adapter": model.has_adapter,
-        "device": str(predictor.device),
+        "device": str(segmenter.predictor.device),
         "prompts": {
             "box": list(box) if box is not None else None,
             "points": [{"x": x, "y": y, "label": lab} for x, y, lab in points],
-            "multimask": multimask,
+            # the core's rule: one positive click alone -> best of 3 masks
+            "multimask": use_multimask(coords, labels, box_arr, False),
             "channel": channel,
         },
-        "score": float(pred.scores[best]),
-        "scores": [float(s) for s in pred.scores],
+        "score": obj.score,
+        "mean_uncertainty": obj.mean_uncertainty,
+        "boundary_uncertainty": obj.boundary_uncertainty,
+        "zoom_window": None if obj.window is None else [obj.window.x0, obj.window.y0, obj.window.size],
         "mask_pixels": int(mask.sum()),
         "mask_fraction": float(mask.mean()),
         "mined_points": mined,

@@ -189,20 +189,18 @@ def test_predict_writes_mask_uncertainty_and_overlay(tmp_path, em_image, tiny_ch
     # the CLI passes the prompts to the core exactly: same result as the Python API
     from pasam_plugins.checkpoint import load_model
     from pasam_plugins.predictor import PASamPredictor
+    from pasam_plugins.segment import Segmenter
 
-    predictor = PASamPredictor(load_model(tiny_checkpoint), device="cpu")
-    predictor.set_image(np.asarray(Image.open(em_image)))
-    pred = predictor.predict(
-        point_coords=np.array([[250, 270], [60, 60]]),
-        point_labels=np.array([1, 0]),
-        box=np.array([180, 200, 330, 340]),
-        multimask_output=False,
-    )
-    np.testing.assert_array_equal(mask == 255, pred.masks[0])
-    np.testing.assert_allclose(u, pred.uncertainty, atol=1e-6)
+    seg = Segmenter(PASamPredictor(load_model(tiny_checkpoint), device="cpu"))
+    seg.set_image(np.asarray(Image.open(em_image)))
+    obj = seg.segment([[250, 270], [60, 60]], [1, 0], [180, 200, 330, 340])
+    np.testing.assert_array_equal(mask == 255, obj.mask)
+    np.testing.assert_allclose(u, obj.uncertainty, atol=1e-6)
     np.testing.assert_allclose(
-        [[p["x"], p["y"]] for p in summary["mined_points"]], pred.mined_points
+        [[p["x"], p["y"]] for p in summary["mined_points"]], obj.mined_points
     )
+    assert summary["score"] == pytest.approx(obj.score)
+    assert summary["prompts"]["multimask"] is False  # a box: one mask
 
 
 def test_predict_without_checkpoint_falls_back_to_random_weights(tmp_path, em_image):
@@ -242,7 +240,7 @@ def test_predict_multichannel_uint16_tiff(tmp_path, tiny_checkpoint):
     out = tmp_path / "out"
     result = run(
         "predict", str(path), "-c", str(tiny_checkpoint), "--channel", "1",
-        "--box", "45,25,105,65", "--multimask", "--out-dir", str(out),
+        "--box", "45,25,105,65", "--out-dir", str(out),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert np.asarray(Image.open(out / "cells_mask.png")).shape == (96, 160)
@@ -250,7 +248,7 @@ def test_predict_multichannel_uint16_tiff(tmp_path, tiny_checkpoint):
     overlay = np.asarray(Image.open(out / "cells_overlay.png"))
     assert overlay.shape == (96, 160, 3)
     summary = json.loads((out / "cells_prediction.json").read_text())
-    assert summary["prompts"]["channel"] == 1 and summary["prompts"]["multimask"] is True
+    assert summary["prompts"]["channel"] == 1 and summary["prompts"]["multimask"] is False
 
 
 @pytest.mark.parametrize(
