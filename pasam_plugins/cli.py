@@ -624,7 +624,9 @@ def _run_prediction(
         "score": obj.score,
         "mean_uncertainty": obj.mean_uncertainty,
         "boundary_uncertainty": obj.boundary_uncertainty,
-        "zoom_window": None if obj.window is None else [obj.window.x0, obj.window.y0, obj.window.size],
+        "zoom_window": None
+        if obj.window is None
+        else [obj.window.x0, obj.window.y0, obj.window.size],
         "mask_pixels": int(mask.sum()),
         "mask_fraction": float(mask.mean()),
         "mined_points": mined,

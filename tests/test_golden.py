@@ -33,7 +33,9 @@ def test_golden_check_fails_on_a_wrong_implementation(golden_fixture, tmp_path, 
     """The check must be able to fail: perturb one adapter weight of the recorded decoder."""
     data = torch.load(golden_fixture, weights_only=True)
     sd = data["official_decoder_state_dict"]
-    sd["prompt_adapter.refined_mlp.layers.2.bias"] = sd["prompt_adapter.refined_mlp.layers.2.bias"] + 0.05
+    sd["prompt_adapter.refined_mlp.layers.2.bias"] = (
+        sd["prompt_adapter.refined_mlp.layers.2.bias"] + 0.05
+    )
     bad = tmp_path / "perturbed.pt"
     torch.save(data, bad)
     assert main([str(bad)]) == 1

@@ -244,6 +244,12 @@ def train_command(
         else:
             model, dev = _load_model(checkpoint, sam_checkpoint, device)
             meta = model.origin.metadata
+        if model.origin.untrained:
+            typer.echo(
+                f"WARNING: {checkpoint} has UNTRAINED RANDOM WEIGHTS (pasam "
+                "make-test-checkpoint): training on it shows the pipeline, not a useful model.",
+                err=True,
+            )
         if train == "adapter":
             model = with_adapter(model, guide_mode=guide_mode, seed=seed)
         elif model.has_adapter:
