@@ -681,14 +681,28 @@ def _lazy_command(
     return command
 
 
+#: entry-point group through which other packages add ``pasam`` sub-commands
+#: (``name = "module:function"``); this project's Label Studio backend registers ``serve``
+COMMAND_GROUP = "pasam.commands"
+
+
+def _plugin_commands() -> list[tuple[str, str, str, str, str]]:
+    """Sub-commands other installed packages register in :data:`COMMAND_GROUP`; an entry
+    point's extras name the optional dependencies it needs (``serve = "m:f [labelstudio]"``)."""
+    from importlib.metadata import entry_points
+
+    out = []
+    for ep in entry_points(group=COMMAND_GROUP):
+        module, _, attr = ep.value.partition(":")
+        attr = attr.split("[", 1)[0].strip()
+        origin = ep.dist.name if ep.dist else module.strip()
+        summary = f"Added by {origin} ({module.strip()}); run `pasam {ep.name} --help`."
+        extra = ",".join(ep.extras) or "all"
+        out.append((ep.name, module.strip(), attr, summary, extra))
+    return out
+
+
 for _name, _module, _attr, _summary, _extra in [
-    (
-        "serve",
-        "label_studio_backend.cli",
-        "serve",
-        "Serve PA-SAM to Label Studio as an ML backend (run `pasam serve --help` for options).",
-        "labelstudio",
-    ),
     (
         "train",
         "pasam_plugins.train.cli",
@@ -703,6 +717,7 @@ for _name, _module, _attr, _summary, _extra in [
         "Evaluate a checkpoint on images with reference masks (see `pasam eval --help`).",
         "train",
     ),
+    *_plugin_commands(),
 ]:
     app.command(
         _name,
