@@ -1,6 +1,6 @@
 """The ``pasam`` command line.
 
-Commands: ``info``, ``download``, ``make-test-checkpoint``, ``pack-checkpoint``, ``predict``,
+Commands: ``info``, ``download``, ``make-test-checkpoint``, ``pack-checkpoint``, ``embed``, ``predict``,
 ``serve`` (Label
 Studio ML backend), ``train`` and ``eval``. Heavy modules (torch, the model core, the
 backends) are imported inside the commands so that ``pasam --help`` is instant.
@@ -111,6 +111,13 @@ def parse_point(text: str) -> tuple[float, float, int]:
             )
         label = int(values[2])
     return values[0], values[1], label
+
+
+def _default_checkpoint() -> Path:
+    """The shipped model (registry DEFAULT_MODEL)."""
+    from .registry import bundled_checkpoint
+
+    return bundled_checkpoint()
 
 
 def _fallback_checkpoint(cache_dir: Path) -> Path:
@@ -396,6 +403,120 @@ def pack_checkpoint_cmd(
         )
         load_model(path)  # the packed file loads (its base included)
         typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+# ---------------------------------------------------------------------------- embed
+def _planes(path: Path, channel: int | None):
+    """(name, 2D array-like) of an image file; a TIFF stack (ZxHxW or ZxHxWxC) gives one per
+    plane, read lazily."""
+    from .tiling import open_image
+
+    arr = open_image(path)
+    shape = tuple(arr.shape)
+    stack = len(shape) == 4 or (len(shape) == 3 and shape[-1] > 4 and channel is None)
+    if not stack:
+        yield path.name, arr
+        return
+    for z in range(shape[0]):
+        yield f"{path.name}[z={z}]", arr[z]
+
+
+@app.command()
+def embed(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Images, TIFF stacks or folders of them.", show_default=False),
+    ],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="The model (default: the shipped model).",
+            envvar="PASAM_CHECKPOINT",
+            dir_okay=False,
+        ),
+    ] = None,
+    sam_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Base SAM weights for decoder-only files.", envvar="PASAM_SAM_CHECKPOINT"
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Embedding store (default $PASAM_CACHE_DIR/embeddings, shared by all tools)."
+        ),
+    ] = None,
+    channel: Annotated[int | None, typer.Option(help="Channel of multichannel images.")] = None,
+    tile: Annotated[
+        int | None, typer.Option(min=1, help="Tile core in px (default: input - 2 halo).")
+    ] = None,
+    halo: Annotated[
+        int | None, typer.Option(min=0, help="Tile halo in px (default: input / 8).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cuda, mps or cpu (default: the best).")
+    ] = None,
+) -> None:
+    """Precompute image embeddings (whole images, or the tiles of large ones) into the shared
+    store, so that pasam predict, the Label Studio backend and napari never run the encoder
+    for these images. Resumable: what is stored already is skipped.
+
+    Zoomed models (this project's small models) embed a window around each prompt when it
+    arrives (a few ms each); for them there is nothing to precompute per image.
+    """
+    with _readable_errors():
+        from tqdm.auto import tqdm
+
+        from .cache import EmbeddingCache
+        from .checkpoint import load_model
+        from .paths import embeddings_dir
+        from .predictor import PASamPredictor, select_device
+        from .segment import Segmenter
+        from .train.datasets import IMAGE_EXTS
+
+        files: list[Path] = []
+        for item in inputs:
+            if item.is_dir():
+                files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+            elif item.is_file():
+                files.append(item)
+            else:
+                raise ValueError(f"{item}: no such file or folder")
+        if not files:
+            raise ValueError("no image files found in " + ", ".join(map(str, inputs)))
+        ckpt = checkpoint or _default_checkpoint()
+        model = load_model(ckpt, sam_checkpoint=sam_checkpoint)
+        store = Path(cache_dir) if cache_dir else embeddings_dir()
+        cache = EmbeddingCache(max_bytes=256 << 20, disk_dir=store)
+        seg = Segmenter(
+            PASamPredictor(model, device=select_device(device), cache=cache), tile=tile, halo=halo
+        )
+        if seg.zoom is not None:
+            typer.echo(
+                f"{ckpt} is used zoomed in: it embeds a window around each prompt when the prompt "
+                "arrives; nothing to precompute per image."
+            )
+            return
+        ran = cached = 0
+        bar = tqdm(files, desc="embed", unit="image")
+        for path in bar:
+            for name, plane in _planes(path, channel):
+                bar.set_postfix_str(name[-40:])
+                runs = seg.predictor.encoder_runs
+                seg.set_image(plane, channel=channel)
+                windows = seg.windows()
+                if not windows:  # the whole image, embedded by set_image (or found stored)
+                    ran += seg.predictor.encoder_runs > runs
+                    cached += seg.predictor.encoder_runs == runs
+                for window in windows:
+                    if seg.embed_window(window):
+                        ran += 1
+                    else:
+                        cached += 1
+        typer.echo(f"{ran} embedding(s) computed, {cached} already stored, in {store}")
 
 
 # ---------------------------------------------------------------------------- predict

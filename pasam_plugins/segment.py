@@ -247,6 +247,22 @@ class Segmenter:
         if self.zoom is None:
             self.grid = TileGrid(*self.source.shape, tile=self.tile, halo=self.halo)
 
+    def windows(self) -> list[Window]:
+        """The windows ``embed_all`` embeds: every tile of a tiled image, none otherwise
+        (zoomed models embed a window around each prompt; whole images at set_image)."""
+        if self.grid is None:
+            return []
+        return [self.grid.window(i, j) for i, j in self.grid]
+
+    def embed_window(self, window: Window) -> bool:
+        """Embed one window of the current image into the cache; True when the encoder ran
+        (False: it was cached already)."""
+        assert self.source is not None
+        runs = self.predictor.encoder_runs
+        image = self.source.crop(window, self.model.img_size)
+        self.predictor.set_image(np.ascontiguousarray(image[..., ::-1]) if self.bgr else image)
+        return self.predictor.encoder_runs > runs
+
     def _require_image(self) -> tuple[int, int]:
         if self.size is None:
             raise RuntimeError("set an image with .set_image(...) first")

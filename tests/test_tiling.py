@@ -14,7 +14,13 @@ from pasam_plugins.zoom import Window
 
 @pytest.mark.parametrize(
     ("h", "w", "tile", "halo"),
-    [(1000, 1000, 192, 32), (701, 333, 192, 32), (100, 90, 192, 32), (257, 4000, 100, 7), (1, 1, 5, 0)],
+    [
+        (1000, 1000, 192, 32),
+        (701, 333, 192, 32),
+        (100, 90, 192, 32),
+        (257, 4000, 100, 7),
+        (1, 1, 5, 0),
+    ],
 )
 def test_tile_grid_covers_the_image_with_windows_inside_it(h, w, tile, halo):
     grid = TileGrid(h, w, tile=tile, halo=halo)
@@ -33,7 +39,12 @@ def test_tile_grid_covers_the_image_with_windows_inside_it(h, w, tile, halo):
         covered[core] += 1
         # the core lies inside its window with the halo around it (where the image allows)
         r0, r1, c0, c1 = win.pixel_bounds(h, w)
-        assert r0 <= core[0].start and core[0].stop <= r1 and c0 <= core[1].start and core[1].stop <= c1
+        assert (
+            r0 <= core[0].start
+            and core[0].stop <= r1
+            and c0 <= core[1].start
+            and core[1].stop <= c1
+        )
     assert (covered == 1).all()  # every pixel belongs to exactly one core
     assert len(grid) == grid.rows * grid.cols == -(-h // tile) * -(-w // tile)
 
@@ -101,7 +112,7 @@ def test_tiled_prediction_of_an_object_across_tiles_equals_the_prediction_on_its
     pred = ref.predict(box=box - np.array([c0, r0, c0, r0]), multimask_output=False)
     inside = obj.mask[r0 : r0 + 256, c0 : c0 + 256]
     assert mask_iou(inside, pred.masks[0]) >= 0.999  # stated tolerance: 0.1% of the object
-    assert not obj.mask[: r0].any() and not obj.mask[:, : c0].any()  # nothing outside the window
+    assert not obj.mask[:r0].any() and not obj.mask[:, :c0].any()  # nothing outside the window
     np.testing.assert_allclose(
         obj.uncertainty[r0 : r0 + 256, c0 : c0 + 256], pred.uncertainty, atol=1e-5
     )
@@ -124,3 +135,43 @@ def test_small_images_are_not_tiled_and_uint16_multichannel_tiles_work():
     obj = seg.segment(box=[300, 400, 359, 479])
     assert obj.mask.shape == (900, 700) and obj.uncertainty.shape == (900, 700)
     assert obj.mined_points is not None and (obj.mined_points[:, 0] < 700).all()
+
+
+def test_pasam_embed_precomputes_tiles_resumably_and_segmenting_then_runs_no_encoder(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pasam_plugins.cache import EmbeddingCache
+    from pasam_plugins.checkpoint import load_model
+    from pasam_plugins.cli import app
+    from pasam_plugins.testing import make_test_checkpoint
+
+    ckpt = make_test_checkpoint(tmp_path / "m.safetensors", seed=2, variant="vit_tiny256")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(_straddling_image(700, 640)).save(folder / "large.png")  # tiled: 4 x 4
+    Image.fromarray(_straddling_image(300, 200)).save(folder / "small.png")  # whole
+    store = tmp_path / "store"
+    args = ["embed", str(folder), "-c", str(ckpt), "--cache-dir", str(store)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "17 embedding(s) computed, 0 already stored" in res.output
+    files = sorted(store.glob("*.safetensors"))
+    assert len(files) == 17
+    files[0].unlink()  # an interrupted run: one missing
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and "1 embedding(s) computed, 16 already stored" in res.output
+    # the tools read the same store: no encoder run for a precomputed image
+    seg = Segmenter(
+        PASamPredictor(
+            load_model(ckpt), device="cpu", cache=EmbeddingCache(max_bytes=1 << 28, disk_dir=store)
+        )
+    )
+    seg.set_image(np.asarray(Image.open(folder / "large.png")))
+    seg.segment(box=[150, 150, 239, 259])
+    seg.segment(box=[560, 600, 620, 680])  # an edge tile
+    seg.set_image(np.asarray(Image.open(folder / "small.png")))
+    seg.segment(points=[[100, 100]], labels=[1])
+    assert seg.predictor.encoder_runs == 0
+    res = CliRunner().invoke(app, ["embed", str(tmp_path / "nothing"), "-c", str(ckpt)])
+    assert res.exit_code == 1 and "no such file or folder" in res.output
