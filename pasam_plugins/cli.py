@@ -1,8 +1,8 @@
 """The ``pasam`` command line.
 
 Commands: ``info``, ``download``, ``make-test-checkpoint``, ``predict``, ``serve`` (Label
-Studio ML backend), ``train`` and ``eval``. Heavy modules (torch, the model core, the
-backends) are imported inside the commands so that ``pasam --help`` is instant.
+Studio ML backend), ``train``, ``eval``, ``segment-all`` and ``convert``. Heavy modules
+(torch, the model core, the backends) are imported inside the commands so that ``pasam --help`` is instant.
 
 Expected failures (a bad checkpoint, an unreadable image, no network, malformed prompts)
 print one ``error: ...`` line and exit with status 1 (runtime problem) or 2 (bad usage);
@@ -658,6 +658,20 @@ for _name, _module, _attr, _summary, _extra in [
         "pasam_plugins.train.cli",
         "eval_command",
         "Evaluate a checkpoint on images with reference masks (see `pasam eval --help`).",
+        "train",
+    ),
+    (
+        "segment-all",
+        "pasam_plugins.automatic_cli",
+        "segment_all_command",
+        "Segment every object of an image or folder without prompts (label TIFF, CSV, overlay, COCO).",
+        "train",
+    ),
+    (
+        "convert",
+        "pasam_plugins.automatic_cli",
+        "convert_command",
+        "Convert a Label Studio JSON export to COCO and label images (see `pasam convert --help`).",
         "train",
     ),
 ]:
