@@ -32,7 +32,10 @@ import cv2
 import numpy as np
 
 #: default polygon simplification tolerance (pixels)
-POLYGON_TOLERANCE = 0.5
+POLYGON_TOLERANCE = 1.0
+#: a simplified polygon filled back must keep at least this IoU with its mask
+MIN_POLYGON_IOU = 0.95
+_NUDGES = tuple(np.array(v) for v in ([0.1, 0.1], [0.1, -0.1], [-0.1, 0.1], [-0.1, -0.1]))
 
 
 # ---------------------------------------------------------------------------- objects
@@ -227,6 +230,22 @@ def _clean_ring(ring: np.ndarray) -> np.ndarray:
     return r[cross != 0]
 
 
+def _simplify(ring: np.ndarray, tolerance: float) -> np.ndarray:
+    """Douglas-Peucker on the midpoints of the outline's unit steps: the pixel staircase of
+    a slanted edge becomes the straight line through the middle of its steps (instead of
+    one through its outer or inner corners), so simplifying costs small objects little."""
+    nxt = np.roll(ring, -1, axis=0)
+    steps = np.abs(nxt - ring).max(axis=1).astype(np.int64)
+    steps = np.maximum(steps, 1)
+    k = np.arange(int(steps.sum())) - np.repeat(np.cumsum(steps) - steps, steps)
+    start = np.repeat(ring, steps, axis=0)
+    direction = np.repeat((nxt - ring) / steps[:, None], steps, axis=0)
+    dense = start + direction * k[:, None]
+    mid = (dense + np.roll(dense, -1, axis=0)) / 2.0
+    out = cv2.approxPolyDP(mid.astype(np.float32).reshape(-1, 1, 2), tolerance, True)
+    return out.reshape(-1, 2).astype(np.float64)
+
+
 def _ring_area(ring: np.ndarray) -> float:
     x, y = ring[:, 0], ring[:, 1]
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
@@ -273,8 +292,7 @@ def mask_to_polygons(
         if len(ring) < 3:
             return None
         if tolerance > 0 and len(ring) > 4:
-            simple = cv2.approxPolyDP(ring.astype(np.float32).reshape(-1, 1, 2), tolerance, True)
-            simple = simple.reshape(-1, 2).astype(np.float64)
+            simple = _simplify(ring, tolerance)
             if len(simple) >= 3 and abs(_ring_area(simple)) > 0:
                 ring = simple
         return ring + np.array([ox, oy])
@@ -327,10 +345,33 @@ def mask_to_polygon(
     *,
     tolerance: float = POLYGON_TOLERANCE,
     offset: tuple[float, float] = (0.0, 0.0),
+    min_iou: float = MIN_POLYGON_IOU,
 ) -> np.ndarray | None:
     """A bool mask as one simplified keyhole ring (Nx2 float (x, y)), holes and separate
-    parts included; None for an empty mask."""
-    return polygons_to_ring(mask_to_polygons(mask, tolerance=tolerance, offset=offset))
+    parts included; None for an empty mask.
+
+    The outline is simplified to ``tolerance`` pixels, less where that would change the
+    mask: when the ring filled by pixel centre has IoU below ``min_iou`` with the mask (thin
+    slivers, objects of a few pixels), the tolerance is halved until it does (0: the exact
+    pixel outline, IoU 1)."""
+    m = np.asarray(mask, bool)
+    tol = float(tolerance)
+    while True:
+        ring = polygons_to_ring(mask_to_polygons(m, tolerance=tol))
+        if ring is None:
+            return None
+        if tol <= 0.0 or min_iou <= 0.0:
+            break
+        # judged with pixel centres nudged both ways: an edge through a pixel centre is a
+        # tie that other readers (pycocotools, Label Studio) may break the other way
+        ious = []
+        for nudge in _NUDGES:
+            back = ring_to_mask(ring + nudge, *m.shape)
+            ious.append(np.count_nonzero(back & m) / max(1, np.count_nonzero(back | m)))
+        if min(ious) >= min_iou:
+            break
+        tol = tol / 2.0 if tol > 0.2 else 0.0
+    return ring + np.array([offset[0], offset[1]], dtype=np.float64)
 
 
 def _shoelace_fill(ring: np.ndarray, height: int, width: int) -> np.ndarray:
