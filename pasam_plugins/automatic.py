@@ -29,7 +29,7 @@ The network is used through tensors only (``PASam.decode``); this module owns th
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -462,7 +462,6 @@ class AutomaticSegmenter:
             s.points_per_side, n_layers, s.crop_n_points_downscale_factor
         )
 
-    @torch.no_grad()
     def generate(
         self,
         image: np.ndarray,
@@ -475,6 +474,26 @@ class AutomaticSegmenter:
 
         ``progress(done, total)`` is called after each embedding and decoder batch;
         ``cancel()`` returning True stops early (returns what was found so far)."""
+        steps = self.steps(image, channel=channel, cancel=cancel)
+        while True:
+            try:
+                done, total = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            if progress is not None:
+                progress(done, total)
+
+    @torch.no_grad()
+    def steps(
+        self,
+        image: np.ndarray,
+        *,
+        channel: int | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> Generator[tuple[int, int], None, AutomaticResult]:
+        """:meth:`generate` as a generator: yields ``(done, total)`` after each embedding and
+        decoder batch (for thread workers with progress bars, which may stop between
+        steps) and returns the :class:`AutomaticResult`."""
         t0 = time.perf_counter()
         s = self.settings
         if s.max_boundary_uncertainty is not None and not (
@@ -494,7 +513,6 @@ class AutomaticSegmenter:
         found: list[Instance] = []
         prompts = 0
         before = 0  # masks that passed the filters, before NMS
-        tick = progress or (lambda d, t: None)
         pred = self.predictor
         for box, layer in zip(boxes, layers, strict=True):
             if cancel is not None and cancel():
@@ -503,7 +521,7 @@ class AutomaticSegmenter:
             crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
             pred.set_image(crop)  # the embedding cache makes a second run encoder-free
             done += 1
-            tick(done, total)
+            yield done, total
             points = grids[layer] * np.array(crop.shape[:2])[None, ::-1]
             in_window: list[Instance] = []
             for start in range(0, len(points), s.points_per_batch):
@@ -513,7 +531,7 @@ class AutomaticSegmenter:
                 in_window += _process_batch(self, batch, crop.shape[:2], box, (h, w))
                 prompts += len(batch)
                 done += 1
-                tick(done, total)
+                yield done, total
             before += len(in_window)
             if in_window:
                 # duplicates inside the window (SAM: box NMS by predicted IoU)
