@@ -147,7 +147,10 @@ class SegmentAllPanel(QGroupBox):
 
         per_plane = AutomaticSegmenter(a.predictor, settings).plan(*g.plane_shape)
         channel = a.channel_spin.value() if g.channel_axis is not None else None
+        from ._widget import _guarded
+
         worker = create_worker(
+            _guarded,
             _segment_job,
             a.predictor,
             a._level0(a.image_layer),
@@ -158,14 +161,19 @@ class SegmentAllPanel(QGroupBox):
             _progress={"total": per_plane * len(planes), "desc": "PA-SAM: segmenting all"},
         )
         worker.returned.connect(self._on_done)
-        worker.errored.connect(lambda exc: show_error(f"PA-SAM: segmentation failed: {exc}"))
         a._predictor_key = None  # the worker moves the predictor between windows
         a._start_worker(worker, f"Segmenting all objects on {len(planes)} plane(s)")
 
-    def _on_done(self, results: dict) -> None:
+    def _on_done(self, results: Any) -> None:
         from pasam_plugins.automatic import instance_attributes
 
+        from ._widget import _Failure
+
         a = self.annotator
+        if isinstance(results, _Failure):
+            a._set_status("Segment all failed")
+            show_error(f"PA-SAM: segmentation failed: {results.message}")
+            return
         a._ensure_layer(a.labels_layer)
         data = a.labels_layer.data
         next_id = a._next_label_id()
@@ -233,29 +241,27 @@ class SegmentAllPanel(QGroupBox):
         a = self.annotator
         nd = len(a.geometry.spatial_shape)
         coords = np.asarray(points, float).reshape(-1, nd)
-        if self.review_layer is None or self.review_layer not in a.viewer.layers:
-            scale, translate = a._spatial_transform()
-            h, w = a.geometry.plane_shape
-            self.review_layer = Points(
-                coords,
-                ndim=nd,
-                name=f"{a.image_layer.name} PA-SAM review first",
-                features=pd.DataFrame({"label": pd.Series(ids, dtype=int)}),
-                text={"string": "{label}", "color": REVIEW_COLOR, "anchor": "upper_left"},
-                face_color="transparent",
-                border_color=REVIEW_COLOR,
-                border_width=0.15,
-                size=max(12.0, round(max(h, w) / 30)),
-                scale=scale,
-                translate=translate,
-                metadata={"pasam_role": "review"},
-            )
-            a.viewer.add_layer(self.review_layer)
+        if self.review_layer is not None and self.review_layer in a.viewer.layers:
+            a.viewer.layers.remove(self.review_layer)  # a fresh layer: new points and texts
+        scale, translate = a._spatial_transform()
+        h, w = a.geometry.plane_shape
+        self.review_layer = Points(
+            coords,
+            ndim=nd,
+            name=f"{a.image_layer.name} PA-SAM review first",
+            features=pd.DataFrame({"label": pd.Series(ids, dtype=int)}),
+            text={"string": "{label}", "color": REVIEW_COLOR, "anchor": "upper_left"},
+            face_color="transparent",
+            border_color=REVIEW_COLOR,
+            border_width=0.15,
+            size=max(12.0, round(max(h, w) / 30)),
+            scale=scale,
+            translate=translate,
+            metadata={"pasam_role": "review"},
+        )
+        a.viewer.add_layer(self.review_layer)
+        if a.points_layer is not None and a.points_layer in a.viewer.layers:
             a.viewer.layers.selection.active = a.points_layer
-        else:
-            self.review_layer.data = coords
-            self.review_layer.features = pd.DataFrame({"label": pd.Series(ids, dtype=int)})
-            self.review_layer.text.refresh(self.review_layer.features)
 
     # ------------------------------------------------------------------ export
     def export(self, kind: str, path: str | None = None) -> str | None:
