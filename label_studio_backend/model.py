@@ -321,8 +321,10 @@ class PASamBackend:
         if regions is None and not any(
             isinstance(r, dict) and r.get("from_name") in config.prompts for r in regions_of(task)
         ):
-            # batch task without boxes or keypoints: empty prediction, no download
-            return {"result": [], "model_version": self.model_version}
+            # batch task without boxes or keypoints: every object, no prompts (issue 17)
+            from .automatic import predict_task
+
+            return predict_task(self, task, config, token)
         image = self.loader.load(
             data[config.image_key],
             task_id=task_id if isinstance(task_id, int) else None,

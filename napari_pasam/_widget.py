@@ -524,6 +524,11 @@ class AnnotatorWidget(QWidget):
         form.addRow(row)
         layout.addWidget(ft_box)
 
+        from ._automatic import SegmentAllPanel  # issue 17: segment all, export
+
+        self.segment_all_panel = SegmentAllPanel(self)
+        layout.addWidget(self.segment_all_panel)
+
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
