@@ -41,7 +41,7 @@ whole-image models.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -176,7 +176,9 @@ class ClickTrack:
     finished: bool = False
 
     def record(self, result: ObjectMask, gt: np.ndarray) -> None:
-        self.last = result
+        # keep what the next click needs (mask, logits, window, mined points), not the
+        # full-size uncertainty map of every object and annotator
+        self.last = replace(result, uncertainty=None)
         self.ious.append(mask_iou(result.mask, gt))
         self.scores.append(float(result.score))
 

@@ -510,11 +510,11 @@ def eval_command(
             typer.echo("\n" + report.click_table())
         if uncertainty:
             typer.echo("\n" + report.uncertainty_table())
-            targets = report.targets()
-            if targets:
-                typer.echo("\ntargets (issue 13, for the shipped model):")
-                for line in targets:
-                    typer.echo(f"  {line}")
+        targets = report.targets()
+        if targets:
+            typer.echo("\ntargets (issue 13, for the shipped model):")
+            for line in targets:
+                typer.echo(f"  {line}")
         paths = report.write_outputs(csv)
         typer.echo(f"\nper-object results: {paths[0]} ({report.seconds:.1f} s)")
         typer.echo("also written: " + ", ".join(str(p) for p in paths[1:]))
