@@ -56,7 +56,13 @@ def main() -> None:
     ap.add_argument("--min-pixels", type=int, default=20)
     ap.add_argument("--strategies", default="oracle,suggested,band")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a machine shared with other jobs, more threads stall at "
+        "their barriers whenever one is descheduled)",
+    )
     ap.add_argument("--out-dir", type=Path, default=Path("out/interactive"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

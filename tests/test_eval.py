@@ -158,6 +158,7 @@ def _three_images() -> Dataset:
     return Dataset("B", samples)
 
 
+@pytest.mark.slow
 def test_clicks_and_uncertainty_are_measured_on_the_model_s_own_predictions(tmp_path):
     # the 256-px tiny variant used on the whole image (16x16 embedding: a fast decoder)
     tiny_model = make_test_model(seed=0, variant="vit_tiny256")
@@ -261,6 +262,7 @@ def test_clicks_and_uncertainty_are_measured_on_the_model_s_own_predictions(tmp_
     )
 
 
+@pytest.mark.slow
 def test_zoomed_models_are_simulated_too():
     model = make_test_model(seed=0, variant="vit_tiny256")
     rep = evaluate_model(

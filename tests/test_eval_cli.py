@@ -39,6 +39,7 @@ def _run(*args):
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_eval_with_clicks_writes_tables_targets_and_files(folder, tmp_path, small_checkpoint):
     out = tmp_path / "out" / "em.csv"
     res = _run(

@@ -292,6 +292,7 @@ def test_mined_scores_rank_the_mined_points_by_the_mining_map(tiny_model):
     assert sugg[0] == pytest.approx((*obj.mined_points[best].tolist(), int(obj.mined_labels[best])))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["vit_tiny", "vit_tiny256"])
 def test_batched_simulation_equals_one_object_at_a_time(variant):
     """The loop's batched calls give what an annotator gets clicking each object alone
