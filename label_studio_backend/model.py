@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pasam_plugins.metrics import UNCERTAINTY_BAND_RATIO, erosion_iterations, uncertainty_band
+from pasam_plugins.metrics import UNCERTAINTY_BAND_RATIO, band_uncertainty_sum, erosion_iterations
+from pasam_plugins.metrics import task_score as core_task_score
 from pasam_plugins.predictor import PASamPredictor
 
 from .config import Settings
@@ -435,10 +436,7 @@ def _region_result(p: Prompt, mask: np.ndarray, score: float, unc: np.ndarray | 
     band_sum, band_n = 0.0, 0
     if unc is not None:
         mean_u = float(unc[mask].mean()) if area else float(unc.mean())
-        if area:
-            band = uncertainty_band(mask, d)
-            band_n = int(band.sum())
-            band_sum = float(unc[band].sum(dtype=np.float64))
+        band_sum, band_n = band_uncertainty_sum(mask, unc, d)
     return RegionResult(
         label=p.label,
         rle=mask_to_rle(mask),
@@ -452,25 +450,20 @@ def _region_result(p: Prompt, mask: np.ndarray, score: float, unc: np.ndarray | 
 
 
 def task_score(found: list[RegionResult]) -> float:
-    """Task-level score: 1 - mean uncertainty over the predicted objects' boundary bands
-    (pixel-weighted over all objects), so sorting by prediction score puts the least certain
-    tasks first. An object with an empty mask counts as fully uncertain. Without the adapter
-    (no uncertainty) it is the mean predicted IoU."""
-    if not found:
-        return 0.0
-    if all(r.mean_uncertainty is None for r in found):
-        return round(float(np.mean([r.score for r in found])), 6)
-    total = sum(r.band_uncertainty_sum for r in found)
-    pixels = sum(r.band_pixels for r in found)
-    empty = sum(1 for r in found if r.area == 0)
-    if pixels == 0:
-        return 0.0
-    mean_u = total / pixels
-    # empty masks: weight them as much as an average object, with uncertainty 1
-    if empty:
-        n = len(found) - empty
-        mean_u = (mean_u * n + empty) / len(found)
-    return round(float(1.0 - mean_u), 6)
+    """Task-level score (:func:`pasam_plugins.metrics.task_score`, the one definition that
+    ``pasam eval`` measures): 1 - mean uncertainty over the predicted objects' boundary
+    bands, so sorting by prediction score puts the least certain tasks first; without the
+    adapter the mean predicted IoU."""
+    has_u = any(r.mean_uncertainty is not None for r in found)
+    return round(
+        core_task_score(
+            [r.score for r in found],
+            [r.band_uncertainty_sum for r in found] if has_u else None,
+            [r.band_pixels for r in found],
+            [r.area for r in found],
+        ),
+        6,
+    )
 
 
 def _object(body: object, what: str) -> dict:
