@@ -207,6 +207,7 @@ class Segmenter:
             self.size = self.predictor.original_size
             return
         rgb = normalize_image(image, channel=channel, percentiles=self.predictor.percentiles)
+        self.predictor.check_image_size(*rgb.shape[:2])
         if image_format == "BGR":
             rgb = np.ascontiguousarray(rgb[..., ::-1])
         self.rgb = rgb
