@@ -249,6 +249,11 @@ class _GuardedSession(requests.Session):
         self.deadline.cancel()
         super().close()
 
+    def resolve_redirects(self, *args, **kwargs):  # type: ignore[override]
+        """Nothing: redirects are followed by :meth:`get`, each hop checked (requests would
+        otherwise prepare ``Response.next`` with its own URL parser)."""
+        return iter(())
+
     def _check(self, url: str) -> None:
         try:
             origin = url_origin(url)
