@@ -103,6 +103,7 @@ def create_app(
       max_request_bytes (int): larger request bodies get HTTP 413.
       body_timeout (float): seconds to receive a request body (else HTTP 408).
     """
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
@@ -155,7 +156,9 @@ def create_app(
     async def backend_error(request: Request, exc: BackendError):
         backend.count_error()
         message = _clean(exc.message)
-        logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, message)
+        logger.warning(
+            "%s %s -> %d: %s", request.method, request.url.path, exc.status_code, message
+        )
         return _error(exc.status_code, message)
 
     @app.exception_handler(CoreImageError)
@@ -182,7 +185,11 @@ def create_app(
     @app.get("/")
     @app.get("/health")
     async def health():
-        answer = {"status": "UP", "model_class": "PASamBackend", "model_version": backend.model_version}
+        answer = {
+            "status": "UP",
+            "model_class": "PASamBackend",
+            "model_version": backend.model_version,
+        }
         training = backend.training_status()
         if training is not None:
             answer["training"] = training

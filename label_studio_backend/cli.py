@@ -32,7 +32,10 @@ def serve(
         typer.Option(help="Label Studio URL images are downloaded from ($LABEL_STUDIO_URL)."),
     ] = None,
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Cache directory; embeddings persist in its embeddings/ ($PASAM_CACHE_DIR).")
+        Path | None,
+        typer.Option(
+            help="Cache directory; embeddings persist in its embeddings/ ($PASAM_CACHE_DIR)."
+        ),
     ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="DEBUG, INFO, WARNING ... ($LOG_LEVEL, default INFO).")

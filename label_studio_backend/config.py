@@ -116,8 +116,7 @@ class Settings:
             checkpoint=Path(ckpt) if ckpt else None,
             device=_env("DEVICE"),
             label_studio_url=_env("LABEL_STUDIO_URL") or _env("LABEL_STUDIO_HOST"),
-            label_studio_api_key=_env("LABEL_STUDIO_API_KEY")
-            or _env("LABEL_STUDIO_ACCESS_TOKEN"),
+            label_studio_api_key=_env("LABEL_STUDIO_API_KEY") or _env("LABEL_STUDIO_ACCESS_TOKEN"),
             local_files_root=Path(root) if root else None,
             cache_dir=Path(cache) if cache else None,
             cache_max_mb=_env_int("PASAM_CACHE_MAX_MB", cls.cache_max_mb),
@@ -135,7 +134,9 @@ class Settings:
             model_dir=Path(model_dir) if model_dir else None,
             train_steps=_env_int("PASAM_TRAIN_STEPS", cls.train_steps),
             train_lr=_env_float("PASAM_TRAIN_LR", cls.train_lr),
-            train_images_per_step=_env_int("PASAM_TRAIN_IMAGES_PER_STEP", cls.train_images_per_step),
+            train_images_per_step=_env_int(
+                "PASAM_TRAIN_IMAGES_PER_STEP", cls.train_images_per_step
+            ),
             train_objects_per_image=_env_int(
                 "PASAM_TRAIN_OBJECTS_PER_IMAGE", cls.train_objects_per_image
             ),
@@ -162,7 +163,9 @@ class Settings:
             return user, password
         if user or password:
             given, missing = (
-                ("BASIC_AUTH_USER", "BASIC_AUTH_PASS") if user else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
+                ("BASIC_AUTH_USER", "BASIC_AUTH_PASS")
+                if user
+                else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
             )
             raise ValueError(
                 f"{given} is set but {missing} is not: refusing to start without the "

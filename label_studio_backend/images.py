@@ -306,7 +306,9 @@ class _GuardedSession(requests.Session):
                     continue
                 break
             else:
-                raise ImageError(f"too many redirects downloading the image {url!r}", status_code=502)
+                raise ImageError(
+                    f"too many redirects downloading the image {url!r}", status_code=502
+                )
             return self._read(url, r)
         finally:
             _active.deadline = None
@@ -459,7 +461,9 @@ class ImageLoader:
         self.local_reads = 0
 
     # ------------------------------------------------------------------ public
-    def load(self, url: object, *, task_id: int | None = None, fallback_token: str | None = None) -> np.ndarray:
+    def load(
+        self, url: object, *, task_id: int | None = None, fallback_token: str | None = None
+    ) -> np.ndarray:
         """The image at a task's URL as HxWx3 uint8.
 
         Arguments:
@@ -474,7 +478,9 @@ class ImageLoader:
             Label Studio errors (502) or timeouts (504).
         """
         if not isinstance(url, str) or not url.strip():
-            raise ImageError(f"the task's image URL is empty or not a string: {url!r}", status_code=400)
+            raise ImageError(
+                f"the task's image URL is empty or not a string: {url!r}", status_code=400
+            )
         url = url.strip()
         local = self._local_path(url)
         if local is not None:
@@ -594,7 +600,9 @@ class ImageLoader:
         if not scheme and url.startswith(_LS_PATH_PREFIXES):
             parsed = _urlparse(url)
             if ".." in posixpath.normpath(parsed.path).split("/") or "\\" in url:
-                raise ImageError(f"refusing {url!r}: path traversal", status_code=403)
+                raise ImageError(
+                    f"refusing {url!r}: a backslash or path traversal", status_code=403
+                )
             return
         raise ImageError(
             f"unsupported image URL {url!r}: expected a Label Studio URL (/data/upload/..., "
@@ -702,7 +710,9 @@ class ImageLoader:
                 session.close()
             p = Path(path)
             if not p.resolve().is_relative_to(Path(tmp).resolve()):
-                raise ImageError(f"refusing {url!r}: not downloaded from Label Studio", status_code=403)
+                raise ImageError(
+                    f"refusing {url!r}: not downloaded from Label Studio", status_code=403
+                )
             data = p.read_bytes()
         self.downloads += 1
         logger.debug("downloaded %s (%d bytes)", url, len(data))
@@ -717,7 +727,9 @@ def _http_error(url: str, error: requests.HTTPError, attempts: list) -> ImageErr
     others = [a for a in attempts if a != 404 and not (isinstance(a, int) and a < 400)]
     if not others:
         if 404 in attempts or (error.response is not None and error.response.status_code == 404):
-            return ImageError(f"Label Studio answered HTTP 404 for the image {url!r}", status_code=404)
+            return ImageError(
+                f"Label Studio answered HTTP 404 for the image {url!r}", status_code=404
+            )
         code = error.response.status_code if error.response is not None else 0
         others = [code]
     last = others[-1]

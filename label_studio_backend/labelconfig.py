@@ -93,7 +93,7 @@ class ParsedConfig:
 
 REQUIRED = (
     "the labeling config needs an <Image>, a <BrushLabels toName=...> on it, and a "
-    "<KeyPointLabels smart=\"true\"> and/or <RectangleLabels smart=\"true\"> on the same image"
+    '<KeyPointLabels smart="true"> and/or <RectangleLabels smart="true"> on the same image'
 )
 
 
@@ -182,7 +182,7 @@ def _parse(config: str) -> ParsedConfig:
     image_key = value[1:] if value.startswith("$") else value
     if not image_key:
         raise LabelConfigError(
-            f"<Image name={image_name!r}> has no value=\"$key\" naming the task data field"
+            f'<Image name={image_name!r}> has no value="$key" naming the task data field'
         )
     return ParsedConfig(
         image_name=image_name,

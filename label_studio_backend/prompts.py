@@ -111,7 +111,9 @@ def parse_region(region: object, config: ParsedConfig, width: int, height: int) 
         )
     to_name = region.get("to_name")
     if to_name is not None and to_name != config.image_name:
-        raise InvalidPrompt(f"{where}: to_name {reprlib.repr(to_name)} is not the image {config.image_name!r}")
+        raise InvalidPrompt(
+            f"{where}: to_name {reprlib.repr(to_name)} is not the image {config.image_name!r}"
+        )
     value = region.get("value")
     if not isinstance(value, dict):
         raise InvalidPrompt(f"{where}: missing 'value' object with the region geometry")

@@ -330,7 +330,9 @@ class EmbeddingCache:
     def _reject(self, path: Path, why: str) -> None:
         with self._lock:
             self.disk_rejected += 1
-        logger.warning("embedding cache file %s is unusable (%s): deleted, recomputing", path.name, why)
+        logger.warning(
+            "embedding cache file %s is unusable (%s): deleted, recomputing", path.name, why
+        )
         self._unlink(path)
 
     def _read_disk(self, key: str, validate: Validator | None) -> CacheEntry | None:
