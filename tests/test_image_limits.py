@@ -119,3 +119,17 @@ def test_cli_predict_refuses_too_large_and_too_elongated_images(tmp_path, tiny_c
     assert r.exit_code == 1, r.output
     assert "aspect ratio 3000:1" in r.text and "at most 2048:1" in r.text
     assert "Traceback" not in r.output
+
+
+def test_fine_tuning_skips_a_too_elongated_image_as_a_bad_sample():
+    """Label Studio and napari fine-tuning prepare images with the same rule: an image the
+    model input cannot hold is a bad sample (skipped with a reason), not a crash."""
+    from pasam_plugins.train.datasets import SampleError
+    from pasam_plugins.train.trainer import prepare_image
+
+    model = make_test_model()
+    image = np.zeros((1, 3000, 3), np.uint8)
+    labels = np.zeros((1, 3000), np.int32)
+    labels[0, 10:50] = 1
+    with pytest.raises(SampleError, match="line.png.*aspect ratio 3000:1"):
+        prepare_image(model, image, labels, name="line.png")
