@@ -10,8 +10,10 @@ makes Label Studio send its regions to the backend while the annotator draws (in
 mode); any prompt tag on the image is read in batch mode (e.g. boxes from a detector).
 """
 
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from label_studio_sdk.label_interface import LabelInterface
 
@@ -97,20 +99,49 @@ class ParsedConfig:
 
 REQUIRED = (
     "the labeling config needs an <Image>, a <BrushLabels toName=...> on it, and a "
-    "<KeyPointLabels smart=\"true\"> and/or <RectangleLabels smart=\"true\"> on the same image "
+    '<KeyPointLabels smart="true"> and/or <RectangleLabels smart="true"> on the same image '
     "(or, for automatic pre-annotation without prompts, a <BrushLabels> or <PolygonLabels>)"
 )
 
 
-@lru_cache(maxsize=64)
+#: parsed configs kept (Label Studio sends the project's config with every request)
+CACHE_SIZE = 64
+#: longer configs are parsed every time (what a parsed config keeps, its names and labels,
+#: is at most this long, so the cache holds at most CACHE_SIZE x this)
+CACHE_MAX_CHARS = 256 << 10
+_cache: OrderedDict[bytes, ParsedConfig] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
 def parse_label_config(config: str) -> ParsedConfig:
     """Parse a labeling config (XML) with label-studio-sdk's ``LabelInterface``.
+
+    The last :data:`CACHE_SIZE` results of configs up to :data:`CACHE_MAX_CHARS` long are
+    kept, keyed by a SHA-256 digest (never the config text itself, which a request can make
+    megabytes long).
 
     Raises:
       LabelConfigError: invalid XML or missing tags; the message says what is missing.
     """
     if not isinstance(config, str) or not config.strip():
         raise LabelConfigError(f"no labeling config given: {REQUIRED}")
+    key = hashlib.sha256(config.encode("utf-8", "surrogatepass")).digest()
+    with _cache_lock:
+        parsed = _cache.get(key)
+        if parsed is not None:
+            _cache.move_to_end(key)
+            return parsed
+    parsed = _parse(config)
+    if len(config) > CACHE_MAX_CHARS:
+        return parsed
+    with _cache_lock:
+        _cache[key] = parsed
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return parsed
+
+
+def _parse(config: str) -> ParsedConfig:
     try:
         interface = LabelInterface(config)
     except Exception as e:  # the SDK raises several XML/validation error types
@@ -173,7 +204,7 @@ def parse_label_config(config: str) -> ParsedConfig:
     image_key = value[1:] if value.startswith("$") else value
     if not image_key:
         raise LabelConfigError(
-            f"<Image name={image_name!r}> has no value=\"$key\" naming the task data field"
+            f'<Image name={image_name!r}> has no value="$key" naming the task data field'
         )
     return ParsedConfig(
         image_name=image_name,

@@ -29,6 +29,7 @@ from .images import ImageLoader
 from .labelconfig import ParsedConfig, parse_label_config
 from .prompts import Prompt, interactive_prompt, regions_of, task_prompts
 from .rle import mask_to_rle
+from .validation import project_id
 
 logger = logging.getLogger(__name__)
 
@@ -249,11 +250,11 @@ class PASamBackend:
         hook = getattr(self.trainer, "train_tasks", None)
         if not callable(hook):
             return {"status": "no trainer configured"}, 201
-        project = _project_id(body.get("project"))
-        if not project.isdigit():
-            raise BadRequest("missing 'project' (the Label Studio project id)")
+        project = project_id(body.get("project"))
+        if project is None:
+            raise BadRequest("missing or invalid 'project' (the Label Studio project id)")
         config = body.get("label_config")
-        return hook(int(project), tasks, config if isinstance(config, str) else None), 201
+        return hook(project, tasks, config if isinstance(config, str) else None), 201
 
     def swap_predictor(self, predictor: PASamPredictor, model_version: str | None = None) -> str:
         """Serve another model from now on (under the model lock, so no request sees a mix);
