@@ -186,6 +186,8 @@ def train_command(
 
     Writes to OUT_DIR: adapter-stepNNNNNN.safetensors every --save-every steps,
     adapter.safetensors at the end, train_state.pt (for --resume), log.jsonl and curves.png.
+
+    Several GPUs: torchrun --nproc_per_node=N --no-python pasam train ... (DDP; the global batch is --batch-size x N x --grad-accum; rank 0 writes the outputs; --resume works with another N when the global batch stays the same). See docs/scaling.md.
     """
     kinds = tuple(k.strip() for k in prompts.split(",") if k.strip())
     bad = [k for k in kinds if not set(k.split("+")) <= {"box", "points", "mask"}]
