@@ -93,7 +93,9 @@ def test_helpers_in_a_single_process():
         assert dev == torch.device("cpu") and not distributed.active()
 
 
-def test_two_ranks_train_like_one_process_and_resume_on_one(folder, tmp_path, tiny_checkpoint):
+def test_two_ranks_train_like_one_process_and_resume_across_rank_counts(
+    folder, tmp_path, tiny_checkpoint
+):
     one, two = tmp_path / "one", tmp_path / "two"
     # one process, 2 micro-batches of 1 per step (global batch 2), 2 steps
     res = _cli(*_train_args(folder, tiny_checkpoint, one, accum=2, steps=2))
@@ -120,6 +122,20 @@ def test_two_ranks_train_like_one_process_and_resume_on_one(folder, tmp_path, ti
     assert res.exit_code == 0, res.output
     assert "resuming at step 1" in res.output
     _assert_same_weights(two / "adapter.safetensors", one / "adapter.safetensors")
+
+    # and the other way: one process stops after step 1, two ranks (DDP) finish the run
+    three = tmp_path / "three"
+    res = _cli(*_train_args(folder, tiny_checkpoint, three, accum=2, steps=1))
+    assert res.exit_code == 0, res.output
+    (three / "adapter.safetensors").unlink()  # (the finished run of 1 step)
+    proc = run(pasam_ranks(*_train_args(folder, tiny_checkpoint, three, accum=1, steps=2,
+                                        resume=True)))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.count("resuming at step 1 of 2") == 1  # rank 0 only
+    _assert_same_weights(three / "adapter.safetensors", one / "adapter.safetensors")
+    log_three = [json.loads(x) for x in (three / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_three] == [1, 2]
+    assert log_three[1]["total"] == pytest.approx(log_one[1]["total"], rel=1e-5)
 
 
 def test_sigterm_stops_every_rank_at_one_step_and_rank0_saves(folder, tmp_path, tiny_checkpoint):
