@@ -116,9 +116,6 @@ def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090, workers: 
     from .model import PASamBackend
     from .shared import STARTED_ENV
 
-    # every worker (also one its supervisor restarts later) counts fine-tuned models
-    # announced since this moment (label_studio_backend.shared)
-    os.environ.setdefault(STARTED_ENV, repr(time.time()))
     logging.basicConfig(
         level=getattr(logging, settings.log_level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -152,6 +149,9 @@ def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090, workers: 
         raise typer.Exit(2)
     if workers > 1:
         _export(settings)
+        # every worker (also one its supervisor restarts later) counts the fine-tuned models
+        # announced since this moment (label_studio_backend.shared)
+        os.environ.setdefault(STARTED_ENV, repr(time.time()))
         log.info(
             "PA-SAM ML backend: %d workers on %s at http://%s:%d (models dir %s)",
             workers,
