@@ -138,12 +138,16 @@ def test_two_ranks_train_like_one_process_and_resume_across_rank_counts(
     assert log_three[1]["total"] == pytest.approx(log_one[1]["total"], rel=1e-5)
 
 
-def test_sigterm_stops_every_rank_at_one_step_and_rank0_saves(folder, tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("how", ["SIGTERM to torchrun", "Ctrl-C in the terminal"])
+def test_a_stop_signal_stops_every_rank_at_one_step_and_rank0_saves(
+    folder, tmp_path, tiny_checkpoint, how
+):
     out = tmp_path / "run"
     args = _train_args(folder, tiny_checkpoint, out, accum=1, steps=500)
     args[args.index("--save-every") + 1] = "0"
     # a scheduler's SIGTERM goes to torchrun, which passes it to every rank and waits up to
-    # --shutdown-timeout for them before SIGKILL
+    # --shutdown-timeout for them before SIGKILL; Ctrl-C sends SIGINT to the whole
+    # foreground process group: torchrun and every rank at once (and torchrun passes it on)
     proc = subprocess.Popen(
         pasam_ranks(*args, options=("--shutdown-timeout=600",)),
         env=rank_env(),
@@ -160,7 +164,10 @@ def test_sigterm_stops_every_rank_at_one_step_and_rank0_saves(folder, tmp_path, 
             assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "no training step in time"
             time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
+        if how.startswith("SIGTERM"):
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
         output, _ = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
