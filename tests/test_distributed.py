@@ -210,7 +210,7 @@ def test_batch_work_split_across_ranks_equals_one_process(folder, tmp_path, tiny
         return [
             ["embed", images, "-c", tiny_checkpoint, "--cache-dir", out / "emb", "--device", "cpu"],
             ["eval", f"components:{folder}", "-c", tiny_checkpoint, "--csv", out / "eval.csv"]
-            + ["--max-objects", "2", "--device", "cpu"],
+            + ["--max-objects", "2", "--clicks", "2", "--device", "cpu"],
             ["segment-all", images, "-c", tiny_checkpoint, "--out-dir", out / "seg"]
             + ["--points-per-side", "4", "--no-progress", "--device", "cpu"],
         ]
@@ -233,7 +233,7 @@ def test_batch_work_split_across_ranks_equals_one_process(folder, tmp_path, tiny
         a, b = load_file(one / "emb" / n), load_file(two / "emb" / n)
         assert all(torch.equal(a[k], b[k]) for k in a)
     # eval: rank 0 merged the rows into the tables one process writes
-    for name in ("eval.csv", "eval-images.csv"):
+    for name in ("eval.csv", "eval-images.csv", "eval-clicks.csv"):
         assert (two / name).read_text() == (one / name).read_text(), name
     ja, jb = (json.loads((d / "eval.json").read_text()) for d in (one, two))
     ja.pop("seconds"), jb.pop("seconds")
