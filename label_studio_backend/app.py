@@ -185,6 +185,7 @@ def create_app(
     @app.get("/")
     @app.get("/health")
     async def health():
+        await run_in_threadpool(backend.refresh)  # (a model another worker fine-tuned)
         answer = {
             "status": "UP",
             "model_class": "PASamBackend",
@@ -198,7 +199,7 @@ def create_app(
     @app.post("/setup")
     async def setup(request: Request):
         body = await read_json(request)
-        return backend.setup(body)
+        return await run_in_threadpool(backend.setup, body)
 
     @app.post("/predict")
     async def predict(request: Request):

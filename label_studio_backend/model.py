@@ -8,6 +8,7 @@ RLE encoding run outside it).
 
 import hashlib
 import logging
+import os
 import statistics
 import threading
 import time
@@ -29,6 +30,7 @@ from .images import ImageLoader
 from .labelconfig import ParsedConfig, parse_label_config
 from .prompts import Prompt, interactive_prompt, regions_of, task_prompts
 from .rle import mask_to_rle
+from .shared import Announcements, server_started
 from .validation import project_id
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,10 @@ class PASamBackend:
         self.max_batch = max(1, int(max_batch))
         self.trainer: Trainer = trainer or no_trainer
         self.lock = threading.Lock()
+        #: the models directory other workers announce fine-tuned models in (see
+        #: :mod:`label_studio_backend.shared`); None: this process alone decides
+        self.announcements: Announcements | None = None
+        self._reload_lock = threading.Lock()
         self._image: np.ndarray | None = None
         self._image_key: str | None = None
         self._stats_lock = threading.Lock()
@@ -161,12 +167,53 @@ class PASamBackend:
             from .training import FineTuner
 
             backend.trainer = FineTuner(backend=backend, settings=settings)
+        # several workers (pasam serve --workers N, or one per GPU) share the models dir:
+        # a model fine-tuned by any of them is served by all
+        backend.announcements = Announcements(settings.models_dir, since=server_started())
         return backend
+
+    def refresh(self) -> str | None:
+        """Serve the model another worker announced after fine-tuning, if there is a new
+        one (checked at most once a second; see :mod:`label_studio_backend.shared`).
+        Returns the new model version, or None when nothing changed. Never raises: a
+        checkpoint that cannot be loaded is logged and the current model keeps serving."""
+        if self.announcements is None or not self._reload_lock.acquire(blocking=False):
+            return None  # (another thread is loading it: this request uses the old model)
+        try:
+            record = self.announcements.poll()
+            if record is None or record.get("model_version") == self.model_version:
+                return None
+            from pathlib import Path
+
+            from pasam_plugins.checkpoint import load_model
+
+            path = Path(record["checkpoint"])
+            try:
+                model = load_model(path, device="cpu")
+            except (ValueError, OSError) as e:  # CheckpointError is a ValueError
+                logger.error(
+                    "cannot load the announced model %s: %s; keeping %s",
+                    path,
+                    e,
+                    self.model_version,
+                )
+                return None
+            predictor = PASamPredictor(
+                model,
+                device=self.predictor.device,
+                cache=self.predictor.cache,
+                autocast_bf16=self.predictor.autocast_bf16,
+            )
+            logger.info("another worker fine-tuned %s: loading it", path)
+            return self.swap_predictor(predictor)
+        finally:
+            self._reload_lock.release()
 
     # ------------------------------------------------------------------ endpoints
     def setup(self, body: object) -> dict:
         """``POST /setup``: validate the labeling config, remember the project's token."""
         body = _object(body, "the /setup body")
+        self.refresh()
         schema = body.get("schema")
         if schema is None:
             raise BadRequest("missing 'schema' (the project's labeling config)")
@@ -181,6 +228,7 @@ class PASamBackend:
         """``POST /predict``: interactive (``params.context.result`` present) or batch."""
         t0 = time.perf_counter()
         body = _object(body, "the /predict body")
+        self.refresh()
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
             raise BadRequest("missing 'tasks' (a list of Label Studio tasks)")
@@ -286,6 +334,7 @@ class PASamBackend:
             counters = dict(self.counters)
         return {
             "model_version": self.model_version,
+            "pid": os.getpid(),  # which worker answered (pasam serve --workers N)
             "device": str(self.predictor.device),
             "uptime_s": round(time.time() - self.started, 1),
             "encoder_runs": int(self.predictor.encoder_runs),

@@ -32,6 +32,10 @@ def _images_of(source: Path) -> list[Path]:
     raise typer.BadParameter(f"{source}: no such image file or folder", param_hint="SOURCE")
 
 
+def _silent(*args, **kwargs) -> None:
+    """``typer.echo`` on the ranks other than 0."""
+
+
 def segment_all_command(
     source: Annotated[
         Path, typer.Argument(help="An image file, or a folder of images.", show_default=False)
@@ -111,6 +115,8 @@ def segment_all_command(
     """Segment every object of IMAGE (or of every image in FOLDER) without prompts.
 
     For each image STEM it writes to --out-dir: STEM_labels.tif (uint16/uint32 label image), STEM_objects.csv (one row per object: area, box, centroid, predicted IoU, stability, mean and boundary uncertainty, review rank) and STEM_overlay.png (objects in colour, the most uncertain outlined in red); plus coco.json with all images.
+
+    Under torchrun (torchrun --nproc_per_node=N --no-python pasam segment-all FOLDER ...) every rank segments its share of the images on its own GPU; rank 0 writes coco.json and summary.json for all of them, as one process would.
     """
     if nms not in ("mask", "box"):
         raise typer.BadParameter(f"{nms!r} is not mask or box", param_hint="--nms")
@@ -120,7 +126,9 @@ def segment_all_command(
         _err(f"{checkpoint}: no such checkpoint file")
         raise typer.Exit(2)
     files = _images_of(source)
-    with _readable_errors():
+    from . import distributed
+
+    with _readable_errors(), distributed.session(device) as rank_device:
         from tqdm import tqdm
 
         from .automatic import AutomaticSegmenter, AutomaticSettings, result_objects
@@ -137,16 +145,18 @@ def segment_all_command(
         from .predictor import PASamPredictor, select_device
         from .viz import instances_overlay, save_png
 
+        main = distributed.is_main()
+        say = typer.echo if main else _silent
         try:
-            dev = select_device(device)
+            dev = select_device(rank_device)
         except (ValueError, RuntimeError) as e:
             raise typer.BadParameter(str(e), param_hint="--device") from None
         if checkpoint is None:
-            checkpoint = _default_checkpoint()
+            checkpoint = _default_checkpoint(announce=main)
         model = load_model(checkpoint, sam_checkpoint=sam_checkpoint)
         untrained = model.origin.untrained
         if untrained:
-            typer.echo(UNTRAINED_WARNING, err=True)
+            say(UNTRAINED_WARNING, err=True)
         if max_uncertainty is not None and not (adapter and model.has_adapter):
             raise typer.BadParameter(
                 "the uncertainty filter needs the PA-SAM adapter: this model has none"
@@ -171,7 +181,8 @@ def segment_all_command(
         out_dir.mkdir(parents=True, exist_ok=True)
         coco_images = []
         summary: list[dict[str, Any]] = []
-        for path in files:
+        indices = distributed.shard(range(len(files)))  # all of them in a single process
+        for path in [files[i] for i in indices]:
             arr = read_image(path)
             rgb = normalize_image(arr, channel=channel)
             h, w = rgb.shape[:2]
@@ -179,7 +190,7 @@ def segment_all_command(
                 total=segmenter.plan(h, w),
                 desc=path.name,
                 unit="batch",
-                disable=not progress,
+                disable=not (progress and main),
                 leave=False,
             )
 
@@ -211,11 +222,19 @@ def segment_all_command(
                     "outputs": [str(tif), str(csv_path), str(png)],
                 }
             )
-            typer.echo(
+            say(
                 f"{path.name}: {len(objects)} objects ({len(review)} to review first), "
                 f"{result.prompts} prompts in {len(result.windows)} window(s), "
                 f"{result.seconds:.1f} s"
             )
+        parts = distributed.gather(list(zip(indices, coco_images, summary, strict=True)))
+        if parts is None:  # not rank 0: rank 0 writes the files of all images
+            return
+        if len(parts) > 1:  # back in file order, as one process writes them
+            done = sorted((item for part in parts for item in part), key=lambda t: t[0])
+            coco_images = [c for _, c, _ in done]
+            summary = [s for _, _, s in done]
+            typer.echo(f"{len(done)} images segmented by {len(parts)} ranks")
         coco = coco_dataset(coco_images, mode=coco_mode)
         coco["info"]["untrained_weights"] = untrained
         coco["info"]["checkpoint"] = str(checkpoint)

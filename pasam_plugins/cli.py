@@ -480,8 +480,13 @@ def embed(
 
     Zoomed models (this project's small models) embed a window around each prompt when it
     arrives (a few ms each); for them there is nothing to precompute per image.
+
+    Under torchrun (torchrun --nproc_per_node=N --no-python pasam embed ...) every rank
+    embeds its share of the files on its own GPU into the same store.
     """
-    with _readable_errors():
+    from . import distributed
+
+    with _readable_errors(), distributed.session(device) as rank_device:
         from tqdm.auto import tqdm
 
         from .cache import EmbeddingCache
@@ -501,21 +506,26 @@ def embed(
                 raise ValueError(f"{item}: no such file or folder")
         if not files:
             raise ValueError("no image files found in " + ", ".join(map(str, inputs)))
+        main = distributed.is_main()
+        files = distributed.shard(files)  # all of them in a single process
         ckpt = checkpoint or _default_checkpoint()
         model = load_model(ckpt, sam_checkpoint=sam_checkpoint)
         store = Path(cache_dir) if cache_dir else embeddings_dir()
         cache = EmbeddingCache(max_bytes=256 << 20, disk_dir=store)
         seg = Segmenter(
-            PASamPredictor(model, device=select_device(device), cache=cache), tile=tile, halo=halo
+            PASamPredictor(model, device=select_device(rank_device), cache=cache),
+            tile=tile,
+            halo=halo,
         )
         if seg.zoom is not None:
-            typer.echo(
-                f"{ckpt} is used zoomed in: it embeds a window around each prompt when the prompt "
-                "arrives; nothing to precompute per image."
-            )
+            if main:
+                typer.echo(
+                    f"{ckpt} is used zoomed in: it embeds a window around each prompt when the "
+                    "prompt arrives; nothing to precompute per image."
+                )
             return
         ran = cached = 0
-        bar = tqdm(files, desc="embed", unit="image")
+        bar = tqdm(files, desc="embed", unit="image", disable=not main)
         for path in bar:
             for name, plane in _planes(path, channel):
                 bar.set_postfix_str(name[-40:])
@@ -530,7 +540,12 @@ def embed(
                         ran += 1
                     else:
                         cached += 1
-        typer.echo(f"{ran} embedding(s) computed, {cached} already stored, in {store}")
+        counts = distributed.gather((ran, cached))
+        if counts is None:  # not rank 0
+            return
+        ran, cached = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        ranks = f" by {len(counts)} ranks" if len(counts) > 1 else ""
+        typer.echo(f"{ran} embedding(s) computed{ranks}, {cached} already stored, in {store}")
 
 
 # ---------------------------------------------------------------------------- predict

@@ -142,6 +142,9 @@ class EvalReport:
     roc: dict[tuple[str, str, str], RocCounts] = field(default_factory=dict)
     max_clicks: int = 0
     adapter_models: list[str] = field(default_factory=list)
+    #: per evaluated sample: (index among all samples, results, images, clicks, skipped
+    #: it added); lets :func:`merge_reports` put the parts of several ranks back in order
+    spans: list[tuple[int, int, int, int, int]] = field(default_factory=list, repr=False)
 
     @property
     def models(self) -> list[str]:
@@ -575,6 +578,7 @@ def evaluate_model(
     clicks: int = 0,
     strategies: Sequence[str] = STRATEGIES,
     uncertainty: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> EvalReport:
     """Evaluate ``model`` on datasets (:class:`pasam_plugins.train.datasets.Dataset`).
 
@@ -596,6 +600,9 @@ def evaluate_model(
       strategies: the annotators (:data:`pasam_plugins.interactive.STRATEGIES`); the SAM
         row runs the oracle only, PA-SAM rows all of them.
       uncertainty: measure uncertainty AUROC, calibration and the task score ranking.
+      shard: ``(rank, ranks)``: evaluate only samples ``rank, rank + ranks, ...`` (their
+        seeds are those of the whole run); :func:`merge_reports` joins the ranks' reports
+        into the report of the whole run.
 
     Returns:
       EvalReport: per-object results (``.table()``, ``.write_csv()``), and the click and
@@ -624,12 +631,20 @@ def evaluate_model(
     samples = [s for ds in datasets for s in ds.samples]
     report = EvalReport(max_clicks=clicks)
     report.adapter_models = [name for name, adapter, _ in variants if adapter]
+    mine = list(range(len(samples)))
+    if shard is not None:
+        rank, ranks = shard
+        if not 0 <= rank < ranks:
+            raise ValueError(f"shard {shard}: need 0 <= rank < ranks")
+        mine = mine[rank::ranks]
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(samples), desc="eval", unit="image")
-    for k, sample in enumerate(samples):
+        bar = tqdm(total=len(mine), desc="eval", unit="image")
+    for done, k in enumerate(mine):
+        sample = samples[k]
+        before = (len(report.results), len(report.images), len(report.clicks), len(report.skipped))
         try:
             image, labels = sample.load()
         except ValueError as exc:
@@ -660,14 +675,51 @@ def evaluate_model(
                     click_rng=np.random.default_rng([seed, k, 1]),
                     tick=tick,
                 )
+        report.spans.append(
+            (
+                k,
+                len(report.results) - before[0],
+                len(report.images) - before[1],
+                len(report.clicks) - before[2],
+                len(report.skipped) - before[3],
+            )
+        )
         if bar is not None:
             bar.update(1)
         elif callable(progress):
-            progress(k + 1, len(samples))
+            progress(done + 1, len(mine))
     if bar is not None:
         bar.close()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def merge_reports(parts: Sequence[EvalReport]) -> EvalReport:
+    """The report of the whole run from the reports of its shards (``evaluate_model(...,
+    shard=(r, n))`` for r = 0..n-1): rows in the order one process would have written
+    them, pooled ROC counts added; ``seconds`` is the slowest shard's."""
+    if not parts:
+        raise ValueError("no reports to merge")
+    first = parts[0]
+    out = EvalReport(max_clicks=first.max_clicks, adapter_models=list(first.adapter_models))
+    cursors = [[0, 0, 0, 0] for _ in parts]
+    order = sorted((span[0], i, span) for i, p in enumerate(parts) for span in p.spans)
+    for _, i, (k, n_res, n_img, n_clk, n_skip) in order:
+        p, c = parts[i], cursors[i]
+        out.results += p.results[c[0] : c[0] + n_res]
+        out.images += p.images[c[1] : c[1] + n_img]
+        out.clicks += p.clicks[c[2] : c[2] + n_clk]
+        out.skipped += p.skipped[c[3] : c[3] + n_skip]
+        for j, n in enumerate((n_res, n_img, n_clk, n_skip)):
+            c[j] += n
+        out.spans.append((k, n_res, n_img, n_clk, n_skip))
+    for p in parts:
+        for key, counts in p.roc.items():
+            if key not in out.roc:
+                out.roc[key] = RocCounts(counts.bins)
+            out.roc[key] += counts
+    out.seconds = max(p.seconds for p in parts)
+    return out
 
 
 def _eval_image(
