@@ -307,3 +307,25 @@ def test_train_hq_changes_only_hq_parts_and_lowers_the_loss(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(hq))
     assert result.checkpoint is not None and result.checkpoint.name == "hq.safetensors"
     assert read_metadata(result.checkpoint)["family"] == "hq-sam"
+
+
+def test_cli_predicts_with_hq_sam_and_says_it_has_no_uncertainty(tmp_path, isbi_dir):
+    import json
+
+    from typer.testing import CliRunner
+
+    from pasam_plugins.cli import app
+
+    ckpt = save_checkpoint(make_test_hq_model(seed=7), tmp_path / "hq.safetensors")
+    out = tmp_path / "out"
+    env = {"PASAM_CACHE_DIR": str(tmp_path / "cache")}
+    args = ["predict", str(isbi_dir / "image" / "5.png"), "-c", str(ckpt), "--box"]
+    args += ["180,200,330,340", "--out-dir", str(out), "--device", "cpu"]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "5_prediction.json").read_text())
+    assert record["model"] == "HQ-SAM (HQ output token; no uncertainty map or mined points)"
+    assert (out / "5_mask.png").is_file() and not (out / "5_uncertainty.tif").exists()
+    info = CliRunner().invoke(app, ["info", "--checkpoint", str(ckpt)], env=env)
+    assert info.exit_code == 0, info.output
+    assert "HQ-SAM" in info.output and "no uncertainty map" in info.output
