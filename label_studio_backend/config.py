@@ -71,6 +71,10 @@ class Settings:
       train_every_n_annotations: also fine-tune after every N ``ANNOTATION_CREATED`` /
         ``ANNOTATION_UPDATED`` webhook events of a project; 0 = off
         [PASAM_TRAIN_EVERY_N_ANNOTATIONS].
+      train_parts: what "Start Training" adapts on the frozen model [PASAM_TRAIN_PARTS]:
+        ``adapter`` (PA-SAM's adapter, the default), ``plm`` (a prompt learning module),
+        ``plm,pmm`` (with the point matching loss), ``adapter,plm``, ``hq`` (HQ-SAM's token)
+        (:func:`pasam_plugins.train.finetune.finetune_parts`).
     """
 
     checkpoint: Path | None = None
@@ -98,6 +102,7 @@ class Settings:
     train_objects_per_image: int = 4
     train_max_tasks: int = 200
     train_every_n_annotations: int = 0
+    train_parts: str = "adapter"
 
     def __post_init__(self) -> None:
         for key in ("checkpoint", "local_files_root", "cache_dir", "model_dir"):
@@ -144,6 +149,7 @@ class Settings:
             train_every_n_annotations=_env_int(
                 "PASAM_TRAIN_EVERY_N_ANNOTATIONS", cls.train_every_n_annotations
             ),
+            train_parts=_env("PASAM_TRAIN_PARTS", cls.train_parts) or cls.train_parts,
         )
         names = {f.name for f in fields(cls)}
         unknown = set(overrides) - names
@@ -192,6 +198,12 @@ class Settings:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name}={value} must be a positive number")
+        from pasam_plugins.train.finetune import finetune_parts
+
+        try:
+            finetune_parts(self.train_parts)
+        except ValueError as e:
+            raise ValueError(f"PASAM_TRAIN_PARTS={self.train_parts!r}: {e}") from None
 
     @property
     def models_dir(self) -> Path:

@@ -285,6 +285,7 @@ class FineTuner:
             device=backend.predictor.device,
             progress_callback=progress,
             should_stop=self._stop.is_set,
+            train=self.settings.train_parts,
         )
         report = result.report
         if self._stop.is_set() or report.steps == 0:
@@ -305,6 +306,7 @@ class FineTuner:
         report = result.report
         provenance = {
             "kind": "label studio fine-tuning",
+            "train": self.settings.train_parts,
             "project": project_id,
             "tasks": n_tasks,
             "images": report.images,

@@ -45,7 +45,13 @@ from qtpy.QtWidgets import (
 )
 
 from ._compat import avoid_triton_llvm_clash
-from ._finetune import FinetuneResult, FinetuneStep, finetune_job, labelled_planes
+from ._finetune import (
+    FinetuneResult,
+    FinetuneStep,
+    adapt_choices,
+    finetune_job,
+    labelled_planes,
+)
 from .planes import PlaneGeometry, box_on_slice, points_on_slice
 from .propagation import (
     PropagationRule,
@@ -110,9 +116,14 @@ class ModelInfo:
     device: str
     untrained: bool
     finetuned: str | None = None
+    #: the network in words (:meth:`pasam_plugins.origin.ModelOrigin.architecture`: says
+    #: when there is no uncertainty map or mined points)
+    architecture: str | None = None
 
     def describe(self) -> str:
-        kind = "SAM + PA-SAM adapter" if self.has_adapter else "SAM only (no adapter)"
+        kind = self.architecture or (
+            "SAM + PA-SAM adapter" if self.has_adapter else "SAM only (no adapter)"
+        )
         text = f"{kind} · {self.variant} · guide mode: {self.guide_mode} · {self.device}"
         if self.untrained:
             text += "\nuntrained (random weights): masks are arbitrary"
@@ -224,6 +235,7 @@ def _load_job(
         guide_mode=str(model.guide_mode),
         device=str(predictor.device),
         untrained=model.origin.untrained,
+        architecture=model.origin.architecture(),
     )
     return predictor, info
 
@@ -500,8 +512,16 @@ class AnnotatorWidget(QWidget):
         form.addRow(row)
         layout.addWidget(prop_box)
 
-        ft_box = QGroupBox("Fine-tune adapter")
+        ft_box = QGroupBox("Fine-tune")
         form = QFormLayout(ft_box)
+        self.adapt_combo = QComboBox()
+        self.adapt_combo.setToolTip(
+            "What to adapt on the frozen model: PA-SAM's adapter, a prompt learning module "
+            "(PLM, arXiv 2403.09199; with the point matching loss PMM in training), both, or "
+            "HQ-SAM's output token. The choices follow the loaded model."
+        )
+        self._fill_adapt_choices(None)
+        form.addRow("Adapt", self.adapt_combo)
         self.finetune_steps_spin = QSpinBox()
         self.finetune_steps_spin.setRange(1, 100_000)
         self.finetune_steps_spin.setValue(100)
@@ -509,14 +529,14 @@ class AnnotatorWidget(QWidget):
         row = QHBoxLayout()
         self.finetune_button = QPushButton("Fine-tune adapter")
         self.finetune_button.setToolTip(
-            "Train the model's PA-SAM adapter on the objects accepted into the labels layer "
+            "Train what 'Adapt' names on the objects accepted into the labels layer "
             "(every plane holding an object); the result replaces the model and is saved to "
             "$PASAM_MODEL_DIR (default $PASAM_CACHE_DIR/models, ~/.cache/pasam/models)"
         )
         self.finetune_button.clicked.connect(lambda: self.finetune())
         self.finetune_cancel_button = QPushButton("Stop")
         self.finetune_cancel_button.setToolTip(
-            "End fine-tuning after the current step; the adapter trained so far is used and saved"
+            "End fine-tuning after the current step; what was trained so far is used and saved"
         )
         self.finetune_cancel_button.clicked.connect(lambda: self.cancel())
         row.addWidget(self.finetune_button)
@@ -669,6 +689,7 @@ class AnnotatorWidget(QWidget):
         self.predictor, self.model_info = result
         self._predictor_key = None
         self.model_label.setText(self.model_info.describe())
+        self._fill_adapt_choices(self.predictor.model)
         self._set_status("Model loaded")
         if self.model_info.untrained:
             show_warning("PA-SAM: this model has random weights; its masks are arbitrary")
@@ -1197,7 +1218,21 @@ class AnnotatorWidget(QWidget):
         show_info(msg)
 
     # ------------------------------------------------------------------ fine-tune
-    def finetune(self, steps: int | None = None) -> None:
+    def _fill_adapt_choices(self, model) -> None:
+        """The 'Adapt' choices for ``model`` (all of them before a model is loaded); keeps
+        the current choice when it still fits."""
+        from ._finetune import ADAPT_CHOICES
+
+        current = self.adapt_combo.currentData()
+        choices = ADAPT_CHOICES if model is None else adapt_choices(model)
+        self.adapt_combo.clear()
+        for value, label in choices:
+            self.adapt_combo.addItem(label, value)
+        values = [v for v, _ in choices]
+        if current in values:
+            self.adapt_combo.setCurrentIndex(values.index(current))
+
+    def finetune(self, steps: int | None = None, train: str | None = None) -> None:
         """Fine-tune the model's adapter on the accepted objects (worker, progress bar,
         stoppable with :meth:`cancel`); the result becomes the widget's model and is saved
         into :func:`napari_pasam._finetune.models_dir`."""
@@ -1205,7 +1240,7 @@ class AnnotatorWidget(QWidget):
             show_info("PA-SAM: busy, try again when the current task has finished")
             return
         if self.predictor is None:
-            show_error("PA-SAM: load a model first, then fine-tune its adapter")
+            show_error("PA-SAM: load a model first, then fine-tune it")
             return
         planes = []
         if self.labels_layer is not None and self.geometry is not None:
@@ -1217,6 +1252,7 @@ class AnnotatorWidget(QWidget):
             )
             return
         steps = int(steps or self.finetune_steps_spin.value())
+        train = train or self.adapt_combo.currentData() or "adapter"
         data = self.labels_layer.data
         labels = {p: np.array(data[p]) for p in planes}  # snapshot: the user may keep editing
         n_objects = sum(len(np.setdiff1d(np.unique(lab), [0])) for lab in labels.values())
@@ -1234,7 +1270,8 @@ class AnnotatorWidget(QWidget):
             steps=steps,
             image_name=self.image_layer.name,
             stop=self._finetune_stop,
-            _progress={"total": steps, "desc": "PA-SAM: fine-tuning the adapter"},
+            train=train,
+            _progress={"total": steps, "desc": f"PA-SAM: fine-tuning ({train})"},
         )
         worker.yielded.connect(self._on_finetune_step)
         worker.returned.connect(self._on_finetune_returned)
@@ -1264,10 +1301,12 @@ class AnnotatorWidget(QWidget):
         self.model_info = replace(
             self.model_info,
             source=str(result.path),
-            has_adapter=True,
+            has_adapter=bool(result.predictor.model.has_adapter),
             guide_mode=str(result.predictor.model.guide_mode),
             finetuned=result.describe(),
+            architecture=result.predictor.model.origin.architecture(),
         )
+        self._fill_adapt_choices(result.predictor.model)
         self.model_label.setText(self.model_info.describe())
         self._set_status(f"Using the {result.describe()}")
         show_info(f"PA-SAM: {result.describe()}; saved to {result.path}")

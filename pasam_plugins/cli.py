@@ -240,6 +240,7 @@ def _checkpoint_summary(path: Path, sam_checkpoint: Path | None) -> None:
     typer.echo(f"checkpoint: {path}")
     typer.echo(f"  size        {path.stat().st_size / 2**20:.1f} MiB")
     typer.echo(f"  variant     {model.variant}")
+    typer.echo(f"  model       {model.origin.architecture()}")
     typer.echo(f"  adapter     {'yes (PA-SAM)' if model.has_adapter else 'no (plain SAM)'}")
     typer.echo(f"  guide mode  {model.guide_mode}")
     typer.echo(f"  parameters  {n_params / 1e6:.2f} M")
@@ -758,6 +759,8 @@ def _run_prediction(
         "untrained": untrained,
         "variant": model.variant,
         "has_adapter": model.has_adapter,
+        # what the network is, and that SAM and HQ-SAM give no uncertainty or mined points
+        "model": model.origin.architecture(),
         "device": str(segmenter.predictor.device),
         "prompts": {
             "box": list(box) if box is not None else None,

@@ -42,10 +42,12 @@ def model_signature(model: PASam) -> str:
     mode. Cheap even for ViT-H, and different for any two trained models.
     """
     h = hashlib.sha256()
-    h.update(f"{model.variant}|{model.guide_mode}|{model.has_adapter}".encode())
-    modules = [("image_encoder", model.image_encoder)]
-    if model.has_adapter:
-        modules.append(("guiding_conv", model.mask_decoder.guiding_conv))
+    family = getattr(model, "family", "pasam")
+    head = f"{model.variant}|{model.guide_mode}|{model.has_adapter}"
+    h.update((head if family == "pasam" else f"{head}|{family}").encode())
+    guide_modules = model.guide_modules()
+    modules = [("image_encoder", model.image_encoder), *guide_modules]
+    full_prefixes = tuple(f"{name}." for name, _ in guide_modules)
     tensors: list[tuple[str, Tensor]] = [
         ("pixel_mean", model.pixel_mean),
         ("pixel_std", model.pixel_std),
@@ -55,8 +57,9 @@ def model_signature(model: PASam) -> str:
     with torch.no_grad():
         for name, t in tensors:
             flat = t.detach().reshape(-1)
-            # the guiding conv is small and is what fine-tuning changes: hash all of it
-            full = name.startswith("guiding_conv.")
+            # the guide's modules (PA-SAM's guiding conv, HQ-SAM's fusion layers) are what
+            # fine-tuning changes: hash all of them
+            full = name.startswith(full_prefixes)
             step = 1 if full else max(1, flat.numel() // 4096)
             sample = flat[::step].float().cpu().numpy()
             h.update(f"{name}{tuple(t.shape)}".encode())
@@ -74,7 +77,7 @@ class Prediction:
       masks: CxHxW bool (or float logits with ``return_logits``).
       scores: C float32 predicted IoU.
       low_res_logits: Cx256x256 float32, usable as ``mask_input`` of the next call.
-      uncertainty: HxW float32 in [0, 1] (None without adapter).
+      uncertainty: HxW float32 in [0, 1] (None without adapter: SAM and HQ-SAM have none).
       mined_points: 8x2 float32 (x, y) pixels, 4 positive then 4 negative (None without adapter).
       mined_labels: 8 int64, 1 positive / 0 negative.
     """
@@ -223,13 +226,14 @@ class PASamPredictor:
         expected = (1, int(self.model.prompt_encoder.embed_dim), grid, grid)
         if tuple(entry.embedding.shape) != expected:
             return f"embedding shape {tuple(entry.embedding.shape)}, the model makes {expected}"
-        if self.model.has_adapter:
+        if self.model.uses_guide:
+            guide_shape = tuple(self.model.guide_shape)
             if entry.guide is None:
-                return "no guide, but the model has the PA-SAM adapter"
-            if tuple(entry.guide.shape) != expected:
-                return f"guide shape {tuple(entry.guide.shape)}, the model makes {expected}"
+                return "no guide, but the model needs one (PA-SAM adapter or HQ-SAM)"
+            if tuple(entry.guide.shape) != guide_shape:
+                return f"guide shape {tuple(entry.guide.shape)}, the model makes {guide_shape}"
         elif entry.guide is not None:
-            return "a guide, but the model has no adapter"
+            return "a guide, but the model uses none"
         if tuple(entry.original_size) != tuple(original_size):
             return f"image size {tuple(entry.original_size)}, the image is {tuple(original_size)}"
         target = self.transform.target_length
@@ -274,16 +278,17 @@ class PASamPredictor:
         self.input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
         x = self.model.preprocess(transformed_image.to(self.device).float())
         with self._autocast():
-            self.features = self.model.image_encoder(x).float()
+            features, early = self.model.encode_image(x)
+        self.features = features.float()
         self.encoder_runs += 1
-        if self.model.has_adapter:
+        if self.model.uses_guide:
             resized_u8 = None
-            if self.model.guide_mode == "image":
+            if self.model.has_adapter and self.model.guide_mode == "image":
                 resized_u8 = (
                     transformed_image[0].permute(1, 2, 0).round().clamp(0, 255).byte().cpu().numpy()
                 )
-            gin = guide_input(self.model.guide_mode, x, resized_u8)
-            self.guide = self.model.mask_decoder.encode_guide(gin)
+            gin = self.model.guide_input(x, resized_u8, None if early is None else early.float())
+            self.guide = self.model.encode_guide(gin, self.features)
         self.is_image_set = True
 
     def set_embedding(
@@ -295,7 +300,8 @@ class PASamPredictor:
         guide: Tensor | None = None,
     ) -> None:
         """Use a precomputed 1xCx64x64 embedding. With the adapter, give either the guide
-        (1xCx64x64) or the HxWx3 uint8 image it is computed from."""
+        (1xCx64x64) or the HxWx3 uint8 image it is computed from. HQ-SAM needs the guide (its
+        HQ features come from the encoder's early features, which an embedding lacks)."""
         self.check_image_size(int(original_size[0]), int(original_size[1]))
         self.reset_image()
         self.original_size = (int(original_size[0]), int(original_size[1]))
@@ -303,7 +309,14 @@ class PASamPredictor:
             *self.original_size, self.transform.target_length
         )
         self.features = embedding.to(self.device).float()
-        if self.model.has_adapter:
+        if self.model.uses_guide and not self.model.has_adapter:
+            if guide is None:
+                raise ValueError(
+                    f"{self.model.method_name} needs its per-image features (guide=) with a "
+                    "precomputed embedding; use set_image otherwise"
+                )
+            self.guide = guide.to(self.device)
+        elif self.model.has_adapter:
             if guide is None:
                 if image is None:
                     raise ValueError("the adapter needs the guide or the image it comes from")
