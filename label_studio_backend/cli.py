@@ -26,6 +26,21 @@ def serve(
     device: Annotated[
         str | None, typer.Option(help="cuda, cuda:1, mps or cpu (default: $DEVICE or the best).")
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="Image encoder number format: auto (bf16 where the CPU/GPU computes it "
+            "fast), float32 or bf16 ($PASAM_PRECISION, default auto)."
+        ),
+    ] = None,
+    compile: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="Also torch.compile the image encoder in the background; requests are "
+            "served by the eager encoder until it is ready ($PASAM_COMPILE).",
+        ),
+    ] = None,
     label_studio_url: Annotated[
         str | None,
         typer.Option(help="Label Studio URL images are downloaded from ($LABEL_STUDIO_URL)."),
@@ -49,6 +64,8 @@ def serve(
         settings = Settings.from_env(
             checkpoint=checkpoint,
             device=device,
+            precision=precision,
+            compile_encoder=compile,
             label_studio_url=label_studio_url,
             cache_dir=cache_dir,
             log_level=log_level.upper() if log_level else None,
@@ -88,10 +105,12 @@ def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090) -> None:
         auth = (settings.basic_auth_user, settings.basic_auth_pass)
     app = create_app(backend, basic_auth=auth, max_request_bytes=settings.max_request_bytes)
     log.info(
-        "PA-SAM ML backend %s on %s (device %s) at http://%s:%d",
+        "PA-SAM ML backend %s on %s (device %s, encoder %s%s) at http://%s:%d",
         backend.model_version,
         settings.checkpoint,
         backend.predictor.device,
+        backend.predictor.precision,
+        ", compiling in the background" if settings.compile_encoder else "",
         host,
         port,
     )

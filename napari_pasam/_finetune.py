@@ -227,12 +227,7 @@ def finetune_job(
     work.metadata = read_metadata(path)
     work.pasam_base_complete = work.metadata.get("contents", "full") == "full"
     result.path = path
-    result.predictor = PASamPredictor(
-        work,
-        device=predictor.device,
-        cache=predictor.cache,
-        autocast_bf16=predictor.autocast_bf16,
-        percentiles=predictor.percentiles,
-    )
+    # same device, cache, precision and encoder path as the predictor it replaces
+    result.predictor = PASamPredictor(work, **predictor.settings())
     result.seconds = time.perf_counter() - t0
     return result

@@ -84,6 +84,15 @@ def _finite(v: float) -> bool:
     return v == v and v not in (float("inf"), float("-inf"))
 
 
+def _parse_precision(text: str) -> str:
+    from .precision import check_precision
+
+    try:
+        return check_precision(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--precision") from None
+
+
 def parse_box(text: str) -> tuple[float, float, float, float]:
     """``"x0,y0,x1,y1"`` (image pixels) -> a box with x1 > x0 and y1 > y0."""
     x0, y0, x1, y1 = _parse_numbers(
@@ -395,6 +404,14 @@ def predict(
     device: Annotated[
         str | None, typer.Option(help="cuda, cuda:1, mps or cpu (default: the best available).")
     ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Image encoder number format: auto (bf16 where this CPU or GPU computes it "
+            "fast, else float32), float32 or bf16.",
+            envvar="PASAM_PRECISION",
+        ),
+    ] = "auto",
     out_dir: Annotated[
         Path, typer.Option(help="Directory for the outputs.", file_okay=False)
     ] = Path("pasam-output"),
@@ -425,6 +442,7 @@ def predict(
         raise typer.Exit(2)
     box_xyxy = parse_box(box) if box is not None else None
     points = [parse_point(p) for p in point or []]
+    precision = _parse_precision(precision)
     if box_xyxy is None and not points:
         raise typer.BadParameter("give a prompt: --box x0,y0,x1,y1 and/or --point x,y[,label]")
 
@@ -456,6 +474,12 @@ def predict(
             dev = select_device(device)
         except (ValueError, RuntimeError) as e:
             raise typer.BadParameter(str(e), param_hint="--device") from None
+        try:
+            from .precision import resolve_precision
+
+            resolve_precision(precision, dev)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--precision") from None
 
         fallback = checkpoint is None
         if fallback:
@@ -478,6 +502,7 @@ def predict(
             multimask=multimask,
             channel=channel,
             device=dev,
+            precision=precision,
             out_dir=out_dir,
             mask_format=mask_format,
         )
@@ -485,7 +510,8 @@ def predict(
             typer.echo(UNTRAINED_WARNING)
         typer.echo(
             f"mask: {result['mask_pixels']} pixels ({100 * result['mask_fraction']:.1f}% of "
-            f"{w}x{h}), predicted IoU {result['score']:.3f}, device {result['device']}"
+            f"{w}x{h}), predicted IoU {result['score']:.3f}, device {result['device']}, "
+            f"encoder {result['precision']}"
         )
         for key, path in result["outputs"].items():
             typer.echo(f"  {key:16s} {path}")
@@ -505,6 +531,7 @@ def _run_prediction(
     device: Any,
     out_dir: Path,
     mask_format: str,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Load the model, predict, write the outputs; returns the JSON summary."""
     import numpy as np
@@ -517,7 +544,7 @@ def _run_prediction(
     model = load_model(checkpoint, sam_checkpoint=sam_checkpoint)
     meta = _model_metadata(model, checkpoint)
     untrained = bool(meta.get("untrained"))
-    predictor = PASamPredictor(model, device=device)
+    predictor = PASamPredictor(model, device=device, precision=precision, fast_encoder=True)
     predictor.set_image(arr, channel=channel)
     coords = labels = None
     if points:
@@ -576,6 +603,7 @@ def _run_prediction(
         "variant": model.variant,
         "has_adapter": model.has_adapter,
         "device": str(predictor.device),
+        "precision": predictor.precision,
         "prompts": {
             "box": list(box) if box is not None else None,
             "points": [{"x": x, "y": y, "label": lab} for x, y, lab in points],

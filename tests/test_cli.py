@@ -190,7 +190,11 @@ def test_predict_writes_mask_uncertainty_and_overlay(tmp_path, em_image, tiny_ch
     from pasam_plugins.checkpoint import load_model
     from pasam_plugins.predictor import PASamPredictor
 
-    predictor = PASamPredictor(load_model(tiny_checkpoint), device="cpu")
+    # (the encoder path and precision the CLI chose: bf16 on CPUs with bf16 units)
+    assert summary["precision"] in ("float32", "bf16")
+    predictor = PASamPredictor(
+        load_model(tiny_checkpoint), device="cpu", precision=summary["precision"], fast_encoder=True
+    )
     predictor.set_image(np.asarray(Image.open(em_image)))
     pred = predictor.predict(
         point_coords=np.array([[250, 270], [60, 60]]),
@@ -203,6 +207,42 @@ def test_predict_writes_mask_uncertainty_and_overlay(tmp_path, em_image, tiny_ch
     np.testing.assert_allclose(
         [[p["x"], p["y"]] for p in summary["mined_points"]], pred.mined_points
     )
+
+
+def test_predict_float32_precision_reproduces_the_reference_encoder(
+    tmp_path, em_image, tiny_checkpoint
+):
+    """``--precision float32`` forces float32 on any CPU: the fast encoder path then gives
+    the float32 reference's result (SAM's own modules) up to float32 rounding."""
+    out = tmp_path / "out"
+    result = run(
+        "predict",
+        str(em_image),
+        "-c",
+        str(tiny_checkpoint),
+        "--box",
+        "180,200,330,340",
+        "--precision",
+        "float32",
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+    )
+    assert result.exit_code == 0, result.output
+    assert "encoder float32" in result.text
+    assert json.loads((out / "5_prediction.json").read_text())["precision"] == "float32"
+    from pasam_plugins.checkpoint import load_model
+    from pasam_plugins.predictor import PASamPredictor
+
+    reference = PASamPredictor(load_model(tiny_checkpoint), device="cpu")
+    assert reference.precision == "float32" and not reference.fast_encoder
+    reference.set_image(np.asarray(Image.open(em_image)))
+    pred = reference.predict(box=np.array([180, 200, 330, 340]), multimask_output=False)
+    mask = np.asarray(Image.open(out / "5_mask.png")) == 255
+    assert (mask == pred.masks[0]).mean() > 0.999
+    u = tifffile.imread(out / "5_uncertainty.tif")
+    np.testing.assert_allclose(u, pred.uncertainty, atol=1e-4)
 
 
 def test_predict_without_checkpoint_falls_back_to_random_weights(tmp_path, em_image):
@@ -267,6 +307,8 @@ def test_predict_multichannel_uint16_tiff(tmp_path, tiny_checkpoint):
         (["--point", "10,10", "--device", "banana"], 2, "--device"),
         (["--point", "10,10", "--mask-format", "jpg"], 2, "is not png or tif"),
         (["--point", "10,10", "--channel", "2"], 2, "channel 2 does not exist"),
+        (["--point", "10,10", "--precision", "half"], 2, "unknown precision 'half'"),
+        (["--point", "10,10", "--precision", "bf16", "--device", "meta"], 2, "--precision"),
     ],
 )
 def test_predict_usage_errors_are_readable(em_image, args, code, message):
