@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pasam_plugins.checkpoint import save_finetuned  # noqa: E402
 from pasam_plugins.evaluate import evaluate_model  # noqa: E402
 from pasam_plugins.train.datasets import Dataset, read_folder  # noqa: E402
 from pasam_plugins.train.finetune import finetune, prepare_samples  # noqa: E402
@@ -128,10 +129,12 @@ def main() -> None:
         objects_per_image=args.objects_per_image,
         seed=args.seed,
         progress_callback=progress,
-        save=args.save,
     )
+    if args.save:
+        save_finetuned(tuned.model, args.save, provenance={"kind": "benchmarks/finetune_isbi.py"})
+    rep = tuned.report
+    tuned = tuned.model
     train_s = time.perf_counter() - t1
-    rep = tuned.finetune_report
     print(
         f"fine-tuned {rep.steps} steps on {rep.images} images / {rep.objects} objects in "
         f"{train_s:.0f} s (encoding {rep.prepare_seconds:.0f} s)"

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"model {label}: {model.variant}, adapter {model.has_adapter}, zoom "
-        f"{(model.metadata or {}).get('zoom') is not None}; torch {torch.__version__}, "
+        f"{model.origin.zoom is not None}; torch {torch.__version__}, "
         f"device {args.device}; {len(samples)} images in {time.perf_counter() - t0:.0f} s"
     )
     print(report.format())

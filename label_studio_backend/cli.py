@@ -100,6 +100,12 @@ def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090) -> None:
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         typer.echo(f"error: cannot load the model: {e}", err=True)
         raise typer.Exit(2) from None
+    if backend.predictor.model.origin.untrained:
+        log.warning(
+            "%s has UNTRAINED RANDOM WEIGHTS (pasam make-test-checkpoint): its masks are "
+            "meaningless; use it for tests only",
+            settings.checkpoint,
+        )
     auth = None
     if settings.basic_auth_user and settings.basic_auth_pass:
         auth = (settings.basic_auth_user, settings.basic_auth_pass)

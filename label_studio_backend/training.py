@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from pasam_plugins.checkpoint import read_metadata, save_checkpoint
+from pasam_plugins.checkpoint import save_finetuned
 from pasam_plugins.predictor import PASamPredictor
 
 from .config import Settings
@@ -252,7 +252,7 @@ class FineTuner:
             self._update(step=step, steps=total, loss=round(float(info["loss"]), 6),
                          seconds=round(float(info["seconds"]), 1))
 
-        model = finetune(
+        result = finetune(
             self.base_model,
             ds.samples,
             steps=steps,
@@ -263,58 +263,33 @@ class FineTuner:
             progress_callback=progress,
             should_stop=self._stop.is_set,
         )
-        report = model.finetune_report
+        report = result.report
         if self._stop.is_set() or report.steps == 0:
             return None, None
         if report.skipped:
             self._update(skipped=[f"{w}: {r}" for w, r in report.skipped[:20]])
         self._update(phase="saving")
-        path = self._save(model, project_id, report, len(tasks))
+        path = self._save(result, project_id, len(tasks))
         # same device, cache, precision and encoder path as the predictor it replaces
-        predictor = PASamPredictor(model, **backend.predictor.settings())
+        predictor = PASamPredictor(result.model, **backend.predictor.settings())
         return backend.swap_predictor(predictor), path
 
-    def _save(self, model, project_id: int, report, n_tasks: int) -> Path:
-        base = self.base_model
-        base_file = self.settings.checkpoint
-        adapter_only = base_file is not None and _is_complete_checkpoint(base_file)
-        meta: dict[str, Any] = {
-            "provenance": {
-                "kind": "label studio fine-tuning",
-                "project": project_id,
-                "tasks": n_tasks,
-                "images": report.images,
-                "objects": report.objects,
-                "steps": report.steps,
-                "lr": self.settings.train_lr,
-                "first_loss": report.losses[0] if report.losses else None,
-                "final_loss": report.losses[-1] if report.losses else None,
-                "base": str(getattr(base, "source", "") or base_file or ""),
-            },
+    def _save(self, result, project_id: int, n_tasks: int) -> Path:
+        report = result.report
+        provenance = {
+            "kind": "label studio fine-tuning",
+            "project": project_id,
+            "tasks": n_tasks,
+            "images": report.images,
+            "objects": report.objects,
+            "steps": report.steps,
+            "lr": self.settings.train_lr,
+            "first_loss": report.losses[0] if report.losses else None,
+            "final_loss": report.losses[-1] if report.losses else None,
         }
-        if adapter_only:
-            meta["base_checkpoint"] = str(Path(base_file).resolve())  # type: ignore[arg-type]
-        if getattr(base, "metadata", {}).get("untrained"):
-            meta["untrained"] = True
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         path = self.settings.models_dir / f"labelstudio-project{project_id}-{stamp}-run{self.runs}.safetensors"
-        return save_checkpoint(model, path, metadata=meta, adapter_only=adapter_only)
-
-
-def _is_complete_checkpoint(path: Path) -> bool:
-    """True when ``path`` holds a whole model (so an adapter file can name it as its base):
-    this project's full format, or an official SAM / merged PA-SAM ``.pth`` (a decoder-only
-    file could only have been loaded with ``PASAM_SAM_CHECKPOINT``)."""
-    import os
-
-    path = Path(path)
-    if not path.is_file():
-        return False
-    try:
-        return read_metadata(path).get("contents", "full") == "full"
-    except ValueError:
-        pass
-    return path.suffix != ".safetensors" and not os.environ.get("PASAM_SAM_CHECKPOINT")
+        return save_finetuned(result.model, path, provenance=provenance)
 
 
 def _newest_annotated(tasks: Iterable, limit: int) -> list[dict]:

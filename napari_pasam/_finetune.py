@@ -9,7 +9,6 @@ Labels layer (0 background, every other value one object). Training is
 guiding conv, so cached embeddings of the old model are not reused).
 """
 
-import os
 import queue
 import re
 import threading
@@ -26,14 +25,11 @@ from .planes import PlaneGeometry
 
 
 def models_dir() -> Path:
-    """Where fine-tuned adapters are saved: ``$PASAM_MODEL_DIR``, else
-    ``$PASAM_CACHE_DIR/models`` (``~/.cache/pasam/models``), as the Label Studio backend."""
-    env = os.environ.get("PASAM_MODEL_DIR")
-    if env:
-        return Path(env).expanduser()
-    from pasam_plugins.download import default_cache_dir
+    """Where fine-tuned adapters are saved (:func:`pasam_plugins.paths.models_dir`:
+    ``$PASAM_MODEL_DIR``, else ``$PASAM_CACHE_DIR/models``), as the Label Studio backend."""
+    from pasam_plugins.paths import models_dir as core_models_dir
 
-    return default_cache_dir() / "models"
+    return core_models_dir()
 
 
 def output_path(directory: Path, image_name: str, steps: int) -> Path:
@@ -112,16 +108,6 @@ class FinetuneResult:
         return text + f", on {objects} in {planes}"
 
 
-def _base_is_complete(model) -> bool:
-    """True when an adapter-only file can name the model's base as a whole checkpoint: an
-    adapter file (it names its base) or a loaded full/official checkpoint that needed no
-    separate base SAM (``model.pasam_base_complete`` set by the loader)."""
-    meta = getattr(model, "metadata", None) or {}
-    if meta.get("contents") == "adapter" and meta.get("base_checkpoint"):
-        return True
-    return bool(getattr(model, "pasam_base_complete", False))
-
-
 def finetune_job(
     predictor,
     data,
@@ -141,7 +127,7 @@ def finetune_job(
     them as notifications).
     """
     avoid_triton_llvm_clash()
-    from pasam_plugins.checkpoint import read_metadata, save_checkpoint
+    from pasam_plugins.checkpoint import save_finetuned
     from pasam_plugins.predictor import PASamPredictor
     from pasam_plugins.train.finetune import finetune
 
@@ -151,7 +137,6 @@ def finetune_job(
     )
     objects = sum(len(np.setdiff1d(np.unique(lab), [0])) for _, lab in samples)
     model = predictor.model
-    adapter_only = _base_is_complete(model)
     directory = models_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -168,15 +153,13 @@ def finetune_job(
 
     def run() -> None:
         try:
-            outcome["model"] = finetune(
+            outcome["result"] = finetune(
                 model,
                 samples,
                 steps=steps,
                 device=predictor.device,
                 progress_callback=progress,
                 should_stop=stop.is_set,
-                save=path if adapter_only else None,
-                metadata=extra,
             )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
             outcome["error"] = exc
@@ -190,8 +173,8 @@ def finetune_job(
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
-    work = outcome["model"]
-    report = work.finetune_report
+    tuned = outcome["result"]
+    report = tuned.report
     result = FinetuneResult(
         predictor=None,
         steps=report.steps,
@@ -202,32 +185,20 @@ def finetune_job(
         objects=objects,
     )
     if report.steps == 0:  # stopped before the first step: nothing trained, nothing kept
-        path.unlink(missing_ok=True)
         result.seconds = time.perf_counter() - t0
         return result
-    if not adapter_only:
-        # no complete base file to name (random weights, or a decoder file loaded with a
-        # separate SAM): store the whole model so the file loads on its own
-        meta = dict(extra)
-        meta["provenance"] = {
-            "kind": "pasam finetune",
-            "base": str(getattr(model, "source", "") or ""),
-            "steps": report.steps,
-            "images": report.images,
-            "objects": report.objects,
-            "first_loss": report.losses[0],
-            "final_loss": report.losses[-1],
-            "stopped_early": report.stopped_early,
-        }
-        if (getattr(model, "metadata", None) or {}).get("untrained"):
-            meta["untrained"] = True
-        save_checkpoint(work, path, metadata=meta, adapter_only=False)
-    # the new model names its file, so a second round records the right base
-    work.source = str(path)
-    work.metadata = read_metadata(path)
-    work.pasam_base_complete = work.metadata.get("contents", "full") == "full"
-    result.path = path
+    provenance = {
+        "kind": "pasam finetune (napari)",
+        "steps": report.steps,
+        "images": report.images,
+        "objects": report.objects,
+        "first_loss": report.losses[0],
+        "final_loss": report.losses[-1],
+        "stopped_early": report.stopped_early,
+    }
+    # an adapter file naming its base when the model came from a complete file, else whole
+    result.path = save_finetuned(tuned.model, path, provenance=provenance, metadata=extra)
     # same device, cache, precision and encoder path as the predictor it replaces
-    result.predictor = PASamPredictor(work, **predictor.settings())
+    result.predictor = PASamPredictor(tuned.model, **predictor.settings())
     result.seconds = time.perf_counter() - t0
     return result

@@ -81,9 +81,9 @@ _shared_caches: dict = {}
 def embeddings_dir() -> str:
     """Where embeddings persist when the user asks for it: ``$PASAM_CACHE_DIR/embeddings``
     (``~/.cache/pasam/embeddings``), shared with the other pasam-plugins tools."""
-    from pasam_plugins.download import default_cache_dir
+    from pasam_plugins.paths import embeddings_dir
 
-    return str(default_cache_dir() / "embeddings")
+    return str(embeddings_dir())
 
 
 def shared_embedding_cache(*, on_disk: bool = False):
@@ -197,15 +197,14 @@ def _load_job(
         if variant not in pasam_model_registry:
             raise ValueError(f"unknown model {variant!r}; known: {sorted(pasam_model_registry)}")
         model = pasam_model_registry[variant](guide_mode=guide_mode or "reference")
-        untrained, label = True, f"{variant} with random weights (no checkpoint)"
-        model.metadata = {"untrained": True}  # carried into fine-tuned files
-        model.pasam_base_complete = False  # no file an adapter could name as its base
+        label = f"{variant} with random weights (no checkpoint)"
+        model.origin = model.origin.derived(untrained=True)  # carried into fine-tuned files
     else:
-        from pasam_plugins.checkpoint import load_model, read_metadata
+        from pasam_plugins.checkpoint import load_model
 
         path, label = source, source
         if source.startswith("registry:"):
-            from model.registry import get_entry
+            from pasam_plugins.registry import get_entry
 
             entry = get_entry(source.split(":", 1)[1])
             path = _registry_file(entry)
@@ -214,16 +213,6 @@ def _load_job(
             label = f"registry entry {entry.name}: {entry.title or entry.filename}\n{path}"
         model = load_model(
             path, device="cpu", sam_checkpoint=sam_checkpoint or None, guide_mode=guide_mode
-        )
-        try:
-            meta = read_metadata(path)
-        except Exception:  # noqa: BLE001 - official files carry no metadata of ours
-            meta = {}
-        untrained = bool(meta.get("untrained", False))
-        # an adapter fine-tuned from this model can name the file as its base only when the
-        # file holds the whole model (not an official decoder loaded with a separate SAM)
-        model.pasam_base_complete = (
-            meta.get("contents", "full") == "full" if meta else not sam_checkpoint
         )
     predictor = PASamPredictor(
         model,
@@ -234,11 +223,11 @@ def _load_job(
     )
     info = ModelInfo(
         source=label,
-        variant=str(getattr(model, "variant", "?")),
+        variant=model.variant,
         has_adapter=bool(model.has_adapter),
         guide_mode=str(model.guide_mode),
         device=str(predictor.device),
-        untrained=untrained,
+        untrained=model.origin.untrained,
     )
     return predictor, info
 
@@ -564,7 +553,7 @@ class AnnotatorWidget(QWidget):
         """(name, label) of the entries of the model registry (``model/registry.json`` or
         ``$PASAM_REGISTRY``); empty, with a warning, when the registry cannot be read."""
         try:
-            from model.registry import load_registry
+            from pasam_plugins.registry import load_registry
 
             entries = load_registry()
         except Exception as exc:  # noqa: BLE001 - the widget works without a registry

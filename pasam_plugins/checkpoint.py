@@ -33,6 +33,7 @@ from torch import Tensor
 
 from . import __version__
 from .modeling import ENCODER_CONFIGS, GUIDE_MODES, PASam, build_pasam
+from .origin import ModelOrigin
 
 FORMAT_NAME = "pasam-plugins"
 FORMAT_VERSION = "1"
@@ -202,6 +203,9 @@ def _resolve_sam(
     (when that file still exists). Returns the state dict and where it came from."""
     base = sam_checkpoint or os.environ.get("PASAM_SAM_CHECKPOINT")
     recorded = (meta or {}).get("base_checkpoint")
+    if isinstance(recorded, str) and not Path(recorded).is_absolute():
+        # a base named relative to the adapter file (shipped models travel together)
+        recorded = str(path.parent / recorded)
     if not base and isinstance(recorded, str) and Path(recorded).is_file():
         base = recorded
     if not base:
@@ -241,6 +245,7 @@ def load_model(
 
     sd = _torch_load(path)
     source = str(path)
+    base_source = None
     if "image_encoder.patch_embed.proj.weight" in sd:
         variant = detect_variant(sd, source=source)
         adapter = any(k.startswith("mask_decoder.prompt_adapter.") for k in sd)
@@ -268,8 +273,14 @@ def load_model(
             f"prompt_adapter.*) or a pasam-plugins .safetensors file; found keys like "
             f"{_fmt_keys(list(sd)[:_MAX_LISTED])}"
         )
-    model.source = source
-    model.metadata = {}
+    model.origin = ModelOrigin(
+        kind="official-pasam" if model.has_adapter else "official-sam",
+        file=source,
+        base_file=str(Path(base_source).resolve()) if base_source else None,
+        variant=variant,
+        guide_mode=model.guide_mode,
+        has_adapter=model.has_adapter,
+    )
     return model.to(device).eval()
 
 
@@ -286,6 +297,7 @@ def _load_ours(path: Path, *, sam_checkpoint: str | Path | None, guide_mode: str
         raise CheckpointError(f"{path}: cannot read tensors ({exc})") from exc
     model = build_pasam(variant, adapter=has_adapter, guide_mode=mode)
     contents = meta.get("contents", "full")
+    base_source = None
     if contents == "adapter":
         base, base_source = _resolve_sam(sam_checkpoint, path, "this adapter file", meta)
         base_variant = detect_variant(base, source=base_source)
@@ -304,8 +316,16 @@ def _load_ours(path: Path, *, sam_checkpoint: str | Path | None, guide_mode: str
     elif contents != "full":
         raise CheckpointError(f"{path}: unknown contents {contents!r} in metadata")
     _load_strict(model, sd, source=str(path), what=f"a pasam-plugins {variant} model")
-    model.source = str(path)
-    model.metadata = meta
+    model.origin = ModelOrigin(
+        kind="pasam-adapter" if contents == "adapter" else "pasam-full",
+        file=str(path),
+        base_file=str(Path(base_source).resolve()) if base_source else None,
+        variant=variant,
+        guide_mode=model.guide_mode,
+        has_adapter=model.has_adapter,
+        untrained=bool(meta.get("untrained", False)),
+        metadata=meta,
+    )
     return model
 
 
@@ -321,16 +341,18 @@ def save_checkpoint(
     *,
     metadata: Mapping[str, Any] | None = None,
     adapter_only: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Save in this project's format, atomically (temp file in the same directory + rename).
 
     Arguments:
-      adapter_only: store only the trained decoder parts (needs the base SAM to load).
+      adapter_only: store only the decoder parts PA-SAM trains (``ADAPTER_PREFIXES``: the
+        adapter when there is one, and SAM's mask head); loading needs the base SAM.
       metadata: extra entries (e.g. ``provenance``: dataset, steps, losses).
+      dtype: store floating-point tensors in this type (``torch.float16`` halves the file;
+        loading casts back to the model's float32).
     """
     path = Path(path)
-    if adapter_only and not model.has_adapter:
-        raise ValueError("adapter_only=True, but the model has no adapter")
     sd = model.state_dict()
     if adapter_only:
         sd = {
@@ -338,7 +360,13 @@ def save_checkpoint(
             for k, v in sd.items()
             if any(k.startswith(f"mask_decoder.{p}") for p in ADAPTER_PREFIXES)
         }
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+    tensors = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+        .detach()
+        .to("cpu")
+        .contiguous()
+        for k, v in sd.items()
+    }
     meta: dict[str, Any] = {
         "variant": model.variant,
         "guide_mode": model.guide_mode,
@@ -347,6 +375,8 @@ def save_checkpoint(
         "version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if dtype is not None:
+        meta["stored_dtype"] = str(dtype).removeprefix("torch.")
     if metadata:
         meta.update(metadata)
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "pasam": json.dumps(meta)}
@@ -362,4 +392,49 @@ def save_checkpoint(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def save_finetuned(
+    model: PASam,
+    path: str | Path,
+    *,
+    provenance: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save a fine-tuned model: the one rule every front end uses.
+
+    An adapter-only file naming its base when the model's origin has a complete base file
+    that still exists (``model.origin.complete_base``: an official SAM or merged file, a
+    full file of this project, the base of an adapter file); otherwise the whole model (random
+    weights built in memory, a decoder file loaded with a separate SAM). The untrained flag
+    and the zoom settings travel with it. Afterwards ``model.origin`` names the new file.
+
+    Arguments:
+      provenance: how it was trained (steps, data, losses), stored as ``provenance``.
+      metadata: extra top-level entries (e.g. the napari image it was trained on).
+    """
+    origin = model.origin
+    base = origin.complete_base
+    adapter_only = bool(base) and Path(base).is_file() and model.has_adapter
+    meta: dict[str, Any] = {"provenance": dict(provenance)}
+    meta["provenance"].setdefault(
+        "base", origin.file or base or f"{origin.variant} ({origin.kind})"
+    )
+    if origin.untrained:
+        meta["untrained"] = True
+    if origin.zoom is not None:
+        meta["zoom"] = origin.zoom
+    if adapter_only:
+        meta["base_checkpoint"] = str(Path(base).resolve())  # type: ignore[arg-type]
+    if metadata:
+        meta.update(metadata)
+    path = save_checkpoint(model, path, metadata=meta, adapter_only=adapter_only)
+    model.origin = origin.derived(
+        kind="finetuned" if adapter_only else "pasam-full",
+        file=str(path),
+        base_file=str(Path(base).resolve()) if adapter_only else None,  # type: ignore[arg-type]
+        has_adapter=model.has_adapter,
+        metadata=read_metadata(path),
+    )
     return path

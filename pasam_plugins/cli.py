@@ -1,6 +1,7 @@
 """The ``pasam`` command line.
 
-Commands: ``info``, ``download``, ``make-test-checkpoint``, ``predict``, ``serve`` (Label
+Commands: ``info``, ``download``, ``make-test-checkpoint``, ``pack-checkpoint``, ``embed``, ``predict``,
+``serve`` (Label
 Studio ML backend), ``train`` and ``eval``. Heavy modules (torch, the model core, the
 backends) are imported inside the commands so that ``pasam --help`` is instant.
 
@@ -121,6 +122,13 @@ def parse_point(text: str) -> tuple[float, float, int]:
     return values[0], values[1], label
 
 
+def _default_checkpoint() -> Path:
+    """The shipped model (registry DEFAULT_MODEL)."""
+    from .registry import bundled_checkpoint
+
+    return bundled_checkpoint()
+
+
 def _fallback_checkpoint(cache_dir: Path) -> Path:
     """The cached random-weight test model, created on first use (offline)."""
     from .checkpoint import CheckpointError, read_metadata
@@ -136,20 +144,6 @@ def _fallback_checkpoint(cache_dir: Path) -> Path:
             pass  # corrupted: write it again
     cache_dir.mkdir(parents=True, exist_ok=True)
     return make_test_checkpoint(path, seed=FALLBACK_SEED, variant=FALLBACK_VARIANT)
-
-
-def _model_metadata(model: Any, path: Path) -> dict[str, Any]:
-    from .checkpoint import CheckpointError, read_metadata
-
-    meta = getattr(model, "metadata", None)
-    if isinstance(meta, dict):
-        return meta
-    if path.suffix == ".safetensors":
-        try:
-            return read_metadata(path)
-        except CheckpointError:
-            return {}
-    return {}
 
 
 def _version_callback(value: bool) -> None:
@@ -237,7 +231,7 @@ def info(
     typer.echo(f"  mps     {'available' if mps and mps.is_available() else 'not available'}")
     typer.echo("  cpu     available")
     with _readable_errors():
-        from model.registry import load_registry
+        from pasam_plugins.registry import load_registry
 
         env_ckpt = os.environ.get("PASAM_CHECKPOINT")
         typer.echo(
@@ -260,7 +254,7 @@ def _checkpoint_summary(path: Path, sam_checkpoint: Path | None) -> None:
     from .checkpoint import load_model
 
     model = load_model(path, sam_checkpoint=sam_checkpoint)
-    meta = _model_metadata(model, path)
+    meta = model.origin.metadata
     n_params = sum(p.numel() for p in model.parameters())
     typer.echo(f"checkpoint: {path}")
     typer.echo(f"  size        {path.stat().st_size / 2**20:.1f} MiB")
@@ -299,7 +293,7 @@ def download(
     An already downloaded, verified file is reused. The printed path can be passed to --checkpoint (or --sam-checkpoint).
     """
     with _readable_errors():
-        from model.registry import get_entry, load_registry
+        from pasam_plugins.registry import get_entry, load_registry
 
         from .download import fetch
 
@@ -359,6 +353,181 @@ def make_test_checkpoint_cmd(
         typer.echo(f"wrote {path} ({variant}, seed {seed}): random untrained weights, tests only")
 
 
+# ---------------------------------------------------------------------------- pack
+@app.command("pack-checkpoint")
+def pack_checkpoint_cmd(
+    src: Annotated[
+        Path, typer.Argument(help="A checkpoint of this project (.safetensors).", dir_okay=False)
+    ],
+    out: Annotated[Path, typer.Argument(help="Output file (.safetensors).", dir_okay=False)],
+    half: Annotated[
+        bool, typer.Option(help="Store the weights as float16 (half the size).")
+    ] = False,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            help="For adapter / head files: the base checkpoint to record, as a path relative "
+            "to OUT's folder (files shipped together) or absolute."
+        ),
+    ] = None,
+) -> None:
+    """Re-save a checkpoint for shipping: optionally float16, with its base named relative to it.
+
+    The metadata (variant, guide mode, zoom, training provenance) is kept; an adapter or head
+    file still needs its base, which --base names. The packed file is loaded once to check it.
+    """
+    with _readable_errors():
+        import torch
+
+        from .checkpoint import load_model, read_metadata, save_checkpoint
+
+        meta = read_metadata(src)
+        model = load_model(src)
+        keep = {
+            k: v
+            for k, v in meta.items()
+            if k
+            not in (
+                "variant",
+                "guide_mode",
+                "has_adapter",
+                "contents",
+                "version",
+                "created",
+                "stored_dtype",
+            )
+        }
+        if base is not None:
+            target = Path(base) if Path(base).is_absolute() else out.parent / base
+            if not target.is_file():
+                raise ValueError(f"--base {base}: {target} does not exist")
+            keep["base_checkpoint"] = base
+        keep.setdefault("provenance", {})["packed_from"] = src.name
+        path = save_checkpoint(
+            model,
+            out,
+            metadata=keep,
+            adapter_only=meta.get("contents") == "adapter",
+            dtype=torch.float16 if half else None,
+        )
+        load_model(path)  # the packed file loads (its base included)
+        typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+# ---------------------------------------------------------------------------- embed
+def _planes(path: Path, channel: int | None):
+    """(name, 2D array-like) of an image file; a TIFF stack (ZxHxW or ZxHxWxC) gives one per
+    plane, read lazily."""
+    from .tiling import open_image
+
+    arr = open_image(path)
+    shape = tuple(arr.shape)
+    stack = len(shape) == 4 or (len(shape) == 3 and shape[-1] > 4 and channel is None)
+    if not stack:
+        yield path.name, arr
+        return
+    for z in range(shape[0]):
+        yield f"{path.name}[z={z}]", arr[z]
+
+
+@app.command()
+def embed(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Images, TIFF stacks or folders of them.", show_default=False),
+    ],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="The model (default: the shipped model).",
+            envvar="PASAM_CHECKPOINT",
+            dir_okay=False,
+        ),
+    ] = None,
+    sam_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Base SAM weights for decoder-only files.", envvar="PASAM_SAM_CHECKPOINT"
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Embedding store (default $PASAM_CACHE_DIR/embeddings, shared by all tools)."
+        ),
+    ] = None,
+    channel: Annotated[int | None, typer.Option(help="Channel of multichannel images.")] = None,
+    tile: Annotated[
+        int | None, typer.Option(min=1, help="Tile core in px (default: input - 2 halo).")
+    ] = None,
+    halo: Annotated[
+        int | None, typer.Option(min=0, help="Tile halo in px (default: input / 8).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cuda, mps or cpu (default: the best).")
+    ] = None,
+) -> None:
+    """Precompute image embeddings (whole images, or the tiles of large ones) into the shared
+    store, so that pasam predict, the Label Studio backend and napari never run the encoder
+    for these images. Resumable: what is stored already is skipped.
+
+    Zoomed models (this project's small models) embed a window around each prompt when it
+    arrives (a few ms each); for them there is nothing to precompute per image.
+    """
+    with _readable_errors():
+        from tqdm.auto import tqdm
+
+        from .cache import EmbeddingCache
+        from .checkpoint import load_model
+        from .paths import embeddings_dir
+        from .predictor import PASamPredictor, select_device
+        from .segment import Segmenter
+        from .train.datasets import IMAGE_EXTS
+
+        files: list[Path] = []
+        for item in inputs:
+            if item.is_dir():
+                files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+            elif item.is_file():
+                files.append(item)
+            else:
+                raise ValueError(f"{item}: no such file or folder")
+        if not files:
+            raise ValueError("no image files found in " + ", ".join(map(str, inputs)))
+        ckpt = checkpoint or _default_checkpoint()
+        model = load_model(ckpt, sam_checkpoint=sam_checkpoint)
+        store = Path(cache_dir) if cache_dir else embeddings_dir()
+        cache = EmbeddingCache(max_bytes=256 << 20, disk_dir=store)
+        seg = Segmenter(
+            PASamPredictor(model, device=select_device(device), cache=cache), tile=tile, halo=halo
+        )
+        if seg.zoom is not None:
+            typer.echo(
+                f"{ckpt} is used zoomed in: it embeds a window around each prompt when the prompt "
+                "arrives; nothing to precompute per image."
+            )
+            return
+        ran = cached = 0
+        bar = tqdm(files, desc="embed", unit="image")
+        for path in bar:
+            for name, plane in _planes(path, channel):
+                bar.set_postfix_str(name[-40:])
+                runs = seg.predictor.encoder_runs
+                seg.set_image(plane, channel=channel)
+                windows = seg.windows()
+                if not windows:  # the whole image, embedded by set_image (or found stored)
+                    ran += seg.predictor.encoder_runs > runs
+                    cached += seg.predictor.encoder_runs == runs
+                for window in windows:
+                    if seg.embed_window(window):
+                        ran += 1
+                    else:
+                        cached += 1
+        typer.echo(f"{ran} embedding(s) computed, {cached} already stored, in {store}")
+
+
 # ---------------------------------------------------------------------------- predict
 @app.command()
 def predict(
@@ -393,10 +562,6 @@ def predict(
             "0 = background. Repeatable."
         ),
     ] = None,
-    multimask: Annotated[
-        bool,
-        typer.Option(help="Let the model choose among several masks (keeps the best)."),
-    ] = False,
     channel: Annotated[
         int | None,
         typer.Option(help="Channel to segment in a multichannel image (0-based)."),
@@ -499,7 +664,6 @@ def predict(
             sam_checkpoint=sam_checkpoint,
             box=box_xyxy,
             points=points,
-            multimask=multimask,
             channel=channel,
             device=dev,
             precision=precision,
@@ -526,7 +690,6 @@ def _run_prediction(
     sam_checkpoint: Path | None,
     box: tuple[float, float, float, float] | None,
     points: list[tuple[float, float, int]],
-    multimask: bool,
     channel: int | None,
     device: Any,
     out_dir: Path,
@@ -539,25 +702,23 @@ def _run_prediction(
 
     from .checkpoint import load_model
     from .predictor import PASamPredictor
+    from .segment import Segmenter, use_multimask
     from .viz import colorize_uncertainty, save_overlay_png, save_png
 
     model = load_model(checkpoint, sam_checkpoint=sam_checkpoint)
-    meta = _model_metadata(model, checkpoint)
-    untrained = bool(meta.get("untrained"))
-    predictor = PASamPredictor(model, device=device, precision=precision, fast_encoder=True)
-    predictor.set_image(arr, channel=channel)
+    untrained = model.origin.untrained
+    segmenter = Segmenter(
+        PASamPredictor(model, device=device, precision=precision, fast_encoder=True)
+    )
+    segmenter.set_image(arr, channel=channel)
     coords = labels = None
     if points:
         coords = np.array([[x, y] for x, y, _ in points], dtype=np.float32)
         labels = np.array([lab for _, _, lab in points], dtype=np.int64)
-    pred = predictor.predict(
-        point_coords=coords,
-        point_labels=labels,
-        box=None if box is None else np.array(box, dtype=np.float32),
-        multimask_output=multimask,
-    )
-    best = int(np.argmax(pred.scores))
-    mask = np.asarray(pred.masks[best], dtype=bool)
+    box_arr = None if box is None else np.array(box, dtype=np.float32)
+    obj = segmenter.segment(coords, labels, box_arr)
+    mask = obj.mask
+    pred = obj  # uncertainty and mined points in the image frame
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = image.stem
@@ -602,16 +763,21 @@ def _run_prediction(
         "untrained": untrained,
         "variant": model.variant,
         "has_adapter": model.has_adapter,
-        "device": str(predictor.device),
-        "precision": predictor.precision,
+        "device": str(segmenter.predictor.device),
+        "precision": segmenter.predictor.precision,
         "prompts": {
             "box": list(box) if box is not None else None,
             "points": [{"x": x, "y": y, "label": lab} for x, y, lab in points],
-            "multimask": multimask,
+            # the core's rule: one positive click alone -> best of 3 masks
+            "multimask": use_multimask(coords, labels, box_arr, False),
             "channel": channel,
         },
-        "score": float(pred.scores[best]),
-        "scores": [float(s) for s in pred.scores],
+        "score": obj.score,
+        "mean_uncertainty": obj.mean_uncertainty,
+        "boundary_uncertainty": obj.boundary_uncertainty,
+        "zoom_window": None
+        if obj.window is None
+        else [obj.window.x0, obj.window.y0, obj.window.size],
         "mask_pixels": int(mask.sum()),
         "mask_fraction": float(mask.mean()),
         "mined_points": mined,
@@ -666,14 +832,28 @@ def _lazy_command(
     return command
 
 
+#: entry-point group through which other packages add ``pasam`` sub-commands
+#: (``name = "module:function"``); this project's Label Studio backend registers ``serve``
+COMMAND_GROUP = "pasam.commands"
+
+
+def _plugin_commands() -> list[tuple[str, str, str, str, str]]:
+    """Sub-commands other installed packages register in :data:`COMMAND_GROUP`; an entry
+    point's extras name the optional dependencies it needs (``serve = "m:f [labelstudio]"``)."""
+    from importlib.metadata import entry_points
+
+    out = []
+    for ep in entry_points(group=COMMAND_GROUP):
+        module, _, attr = ep.value.partition(":")
+        attr = attr.split("[", 1)[0].strip()
+        origin = ep.dist.name if ep.dist else module.strip()
+        summary = f"Added by {origin} ({module.strip()}); run `pasam {ep.name} --help`."
+        extra = ",".join(ep.extras) or "all"
+        out.append((ep.name, module.strip(), attr, summary, extra))
+    return out
+
+
 for _name, _module, _attr, _summary, _extra in [
-    (
-        "serve",
-        "label_studio_backend.cli",
-        "serve",
-        "Serve PA-SAM to Label Studio as an ML backend (run `pasam serve --help` for options).",
-        "labelstudio",
-    ),
     (
         "train",
         "pasam_plugins.train.cli",
@@ -688,6 +868,7 @@ for _name, _module, _attr, _summary, _extra in [
         "Evaluate a checkpoint on images with reference masks (see `pasam eval --help`).",
         "train",
     ),
+    *_plugin_commands(),
 ]:
     app.command(
         _name,

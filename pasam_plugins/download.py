@@ -27,7 +27,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.registry import RegistryEntry, get_entry
+from .paths import cache_dir
+from .registry import RegistryEntry, get_entry
 
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "pasam-plugins-download/1"
@@ -56,9 +57,8 @@ class DownloadResult:
 
 
 def default_cache_dir() -> Path:
-    """``$PASAM_CACHE_DIR`` if set, else ``~/.cache/pasam``."""
-    env = os.environ.get("PASAM_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pasam"
+    """``$PASAM_CACHE_DIR`` if set, else ``~/.cache/pasam`` (:func:`pasam_plugins.paths.cache_dir`)."""
+    return cache_dir()
 
 
 def sha256_file(path: str | Path) -> str:
@@ -145,7 +145,7 @@ def fetch(
     """Download ``entry`` into the cache (or reuse the cached copy); see the module docstring.
 
     Arguments:
-      entry: a registry entry (``model.registry.get_entry(name)``).
+      entry: a registry entry (``pasam_plugins.registry.get_entry(name)``).
       cache_dir: target directory; default :func:`default_cache_dir`.
       progress: show a tqdm progress bar on stderr.
       timeout: seconds to wait for the server to connect or send data.
@@ -262,7 +262,7 @@ def download(
       timeout: network timeout in seconds.
 
     Raises:
-      model.registry.RegistryError: unknown name.
+      pasam_plugins.registry.RegistryError: unknown name.
       DownloadError: see :func:`fetch`. Use :func:`fetch` to learn whether the file was
         verified (entries without a published sha256 are not).
     """

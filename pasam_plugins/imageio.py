@@ -52,34 +52,9 @@ def read_image(path: str | Path) -> np.ndarray:
     return arr
 
 
-def _scale_channel(ch: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    ch = ch.astype(np.float32, copy=False)
-    finite = np.isfinite(ch)
-    if not finite.all():
-        ch = np.where(finite, ch, 0.0)
-    lo, hi = np.percentile(ch, percentiles)
-    if hi <= lo:
-        return np.zeros(ch.shape, np.uint8)
-    out = (ch - lo) * (255.0 / (hi - lo))
-    return np.clip(out, 0, 255).round().astype(np.uint8)
-
-
-def normalize_image(
-    image: np.ndarray,
-    *,
-    channel: int | None = None,
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-) -> np.ndarray:
-    """Convert any 2D image array to HxWx3 uint8 RGB (see the module docstring for the rules).
-
-    Arguments:
-      image (np.ndarray): HxW or HxWxC, any numeric dtype.
-      channel (int or None): pick one channel of a multichannel image.
-      percentiles (tuple): low/high percentiles for non-uint8 scaling.
-
-    Returns:
-      np.ndarray: HxWx3 uint8, C-contiguous.
-    """
+def _select_channels(image: np.ndarray, channel: int | None) -> np.ndarray:
+    """The channels normalization works on: HxW (one channel) or HxWx3 (see the module
+    docstring's rules); bool becomes 0/255 uint8."""
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -103,13 +78,83 @@ def normalize_image(
             arr = arr[..., 0]
     elif channel not in (None, 0, -1):
         raise ImageError(f"channel {channel} does not exist: the image has 1 channel")
+    return arr
 
+
+def image_levels(
+    image: np.ndarray,
+    *,
+    channel: int | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    max_samples: int | None = None,
+) -> np.ndarray | None:
+    """The contrast levels :func:`normalize_image` uses: per selected channel, the low and
+    high percentiles (a Cx2 float64 array), or None for 8-bit images (passed unchanged).
+
+    ``max_samples``: estimate the percentiles from a regular subsample of at most this many
+    pixels (large or lazily read images: the whole image is never loaded); None: exact.
+    """
+    arr = _select_channels(image, channel)
     if arr.dtype == np.uint8:
+        return None
+    if max_samples is not None and arr.shape[0] * arr.shape[1] > max_samples:
+        step = int(np.ceil(np.sqrt(arr.shape[0] * arr.shape[1] / max_samples)))
+        arr = np.asarray(arr[::step, ::step])
+    chans = [arr] if arr.ndim == 2 else [arr[..., i] for i in range(arr.shape[-1])]
+    levels = []
+    for ch in chans:
+        ch = np.asarray(ch).astype(np.float32, copy=False)
+        finite = np.isfinite(ch)
+        if not finite.all():
+            ch = np.where(finite, ch, 0.0)
+        levels.append(np.percentile(ch, percentiles))
+    return np.asarray(levels, dtype=np.float64)
+
+
+def _scale_channel(ch: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    ch = ch.astype(np.float32, copy=False)
+    finite = np.isfinite(ch)
+    if not finite.all():
+        ch = np.where(finite, ch, 0.0)
+    if hi <= lo:
+        return np.zeros(ch.shape, np.uint8)
+    out = (ch - lo) * (255.0 / (hi - lo))
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def apply_levels(
+    image: np.ndarray, levels: np.ndarray | None, *, channel: int | None = None
+) -> np.ndarray:
+    """HxWx3 uint8 RGB of (a window of) an image with the given :func:`image_levels`."""
+    arr = _select_channels(image, channel)
+    if levels is None:
+        if arr.dtype != np.uint8:
+            raise ImageError(f"an image of dtype {arr.dtype} needs contrast levels")
         out = arr
     elif arr.ndim == 2:
-        out = _scale_channel(arr, percentiles)
+        out = _scale_channel(arr, *levels[0])
     else:
-        out = np.stack([_scale_channel(arr[..., i], percentiles) for i in range(3)], axis=-1)
+        out = np.stack([_scale_channel(arr[..., i], *levels[i]) for i in range(3)], axis=-1)
     if out.ndim == 2:
         out = np.repeat(out[..., None], 3, axis=-1)
     return np.ascontiguousarray(out)
+
+
+def normalize_image(
+    image: np.ndarray,
+    *,
+    channel: int | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> np.ndarray:
+    """Convert any 2D image array to HxWx3 uint8 RGB (see the module docstring for the rules).
+
+    Arguments:
+      image (np.ndarray): HxW or HxWxC, any numeric dtype.
+      channel (int or None): pick one channel of a multichannel image.
+      percentiles (tuple): low/high percentiles for non-uint8 scaling.
+
+    Returns:
+      np.ndarray: HxWx3 uint8, C-contiguous.
+    """
+    levels = image_levels(image, channel=channel, percentiles=percentiles)
+    return apply_levels(image, levels, channel=channel)

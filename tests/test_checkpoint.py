@@ -21,8 +21,11 @@ def _assert_same_weights(a, b):
 
 
 def _sam_state_dict(model):
-    return {k: v for k, v in model.state_dict().items()
-            if not k.startswith(("mask_decoder.guiding_conv", "mask_decoder.prompt_adapter"))}
+    return {
+        k: v
+        for k, v in model.state_dict().items()
+        if not k.startswith(("mask_decoder.guiding_conv", "mask_decoder.prompt_adapter"))
+    }
 
 
 def test_our_format_round_trip_with_metadata(tmp_path):
@@ -39,7 +42,39 @@ def test_our_format_round_trip_with_metadata(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual mode, not mkstemp's 0600
-    assert loaded.metadata["provenance"] == {"steps": 7} and loaded.source == str(path)
+    origin = loaded.origin
+    assert origin.metadata["provenance"] == {"steps": 7} and origin.file == str(path)
+    assert origin.kind == "pasam-full" and origin.complete_base == str(path)
+    assert origin.variant == "vit_tiny" and origin.guide_mode == "image" and origin.has_adapter
+
+
+def test_origin_of_official_files_and_float16_packing(tmp_path):
+    model = make_test_model(seed=2)
+    sam_path = tmp_path / "sam_vit_tiny.pth"
+    torch.save(_sam_state_dict(model), sam_path)
+    sam = load_model(sam_path)
+    assert sam.origin.kind == "official-sam" and sam.origin.complete_base == str(sam_path)
+    assert not sam.origin.untrained and sam.origin.metadata == {}
+    # float16 storage halves the file and loads back to float32 within float16 rounding
+    full = save_checkpoint(model, tmp_path / "f32.safetensors")
+    half = save_checkpoint(model, tmp_path / "f16.safetensors", dtype=torch.float16)
+    assert os.path.getsize(half) < 0.6 * os.path.getsize(full)
+    assert read_metadata(half)["stored_dtype"] == "float16"
+    back = load_model(half)
+    for (k, a), b in zip(model.state_dict().items(), back.state_dict().values(), strict=True):
+        assert b.dtype == a.dtype, k
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), k
+    # an adapter file naming its base relative to itself loads from another working directory
+    adapter = save_checkpoint(
+        model,
+        tmp_path / "sub" / "adapter.safetensors",
+        adapter_only=True,
+        metadata={"base_checkpoint": "../f32.safetensors"},
+    )
+    loaded = load_model(adapter)
+    _assert_same_weights(model, loaded)
+    assert loaded.origin.kind == "pasam-adapter"
+    assert loaded.origin.base_file == str((tmp_path / "f32.safetensors").resolve())
 
 
 def test_adapter_only_file_needs_and_uses_the_base_sam(tmp_path):
@@ -53,11 +88,17 @@ def test_adapter_only_file_needs_and_uses_the_base_sam(tmp_path):
         load_model(path)
     _assert_same_weights(model, load_model(path, sam_checkpoint=sam_path))
     # a base recorded in the metadata is used while it exists
-    path = save_checkpoint(model, tmp_path / "adapter2.safetensors", adapter_only=True,
-                           metadata={"base_checkpoint": str(sam_path)})
+    path = save_checkpoint(
+        model,
+        tmp_path / "adapter2.safetensors",
+        adapter_only=True,
+        metadata={"base_checkpoint": str(sam_path)},
+    )
     _assert_same_weights(model, load_model(path))
     sam_path.unlink()
-    with pytest.raises(CheckpointError, match="its metadata names .*sam_vit_tiny.pth, which does not exist"):
+    with pytest.raises(
+        CheckpointError, match="its metadata names .*sam_vit_tiny.pth, which does not exist"
+    ):
         load_model(path)
 
 
@@ -83,8 +124,18 @@ def test_official_pasam_decoder_and_merged_checkpoints(tmp_path):
     torch.save(_sam_state_dict(model), sam_path)
     dec_path = tmp_path / "epoch_20.pth"
     torch.save(model.mask_decoder.state_dict(), dec_path)
-    keys = json.load(open(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures",
-                                       "official_pasam_decoder_keys.json")))["parameters"]
+    keys = json.load(
+        open(
+            os.path.join(
+                os.path.dirname(__file__),
+                "..",
+                "..",
+                "shared",
+                "fixtures",
+                "official_pasam_decoder_keys.json",
+            )
+        )
+    )["parameters"]
     assert set(model.mask_decoder.state_dict()) == set(keys)
     with pytest.raises(CheckpointError, match="epoch_20.pth.*decoder weights"):
         load_model(dec_path)
@@ -115,7 +166,9 @@ def test_wrong_shapes_are_named(tmp_path):
     sd["mask_decoder.iou_token.weight"] = torch.zeros(1, 128)
     path = tmp_path / "x.pth"
     torch.save(sd, path)
-    with pytest.raises(CheckpointError, match=r"wrong shapes.*iou_token.weight \(1, 128\) != \(1, 256\)"):
+    with pytest.raises(
+        CheckpointError, match=r"wrong shapes.*iou_token.weight \(1, 128\) != \(1, 256\)"
+    ):
         load_model(path)
 
 
@@ -124,7 +177,10 @@ def test_decoder_checkpoint_with_missing_adapter_keys(tmp_path):
     del sd["prompt_adapter.refined_mlp.layers.0.weight"]
     path = tmp_path / "epoch_3.pth"
     torch.save(sd, path)
-    with pytest.raises(CheckpointError, match="official PA-SAM decoder layout.*missing keys: prompt_adapter.refined_mlp.layers.0.weight"):
+    with pytest.raises(
+        CheckpointError,
+        match="official PA-SAM decoder layout.*missing keys: prompt_adapter.refined_mlp.layers.0.weight",
+    ):
         load_model(path, sam_checkpoint=path)
 
 

@@ -189,24 +189,23 @@ def test_predict_writes_mask_uncertainty_and_overlay(tmp_path, em_image, tiny_ch
     # the CLI passes the prompts to the core exactly: same result as the Python API
     from pasam_plugins.checkpoint import load_model
     from pasam_plugins.predictor import PASamPredictor
+    from pasam_plugins.segment import Segmenter
 
     # (the encoder path and precision the CLI chose: bf16 on CPUs with bf16 units)
     assert summary["precision"] in ("float32", "bf16")
     predictor = PASamPredictor(
         load_model(tiny_checkpoint), device="cpu", precision=summary["precision"], fast_encoder=True
     )
-    predictor.set_image(np.asarray(Image.open(em_image)))
-    pred = predictor.predict(
-        point_coords=np.array([[250, 270], [60, 60]]),
-        point_labels=np.array([1, 0]),
-        box=np.array([180, 200, 330, 340]),
-        multimask_output=False,
-    )
-    np.testing.assert_array_equal(mask == 255, pred.masks[0])
-    np.testing.assert_allclose(u, pred.uncertainty, atol=1e-6)
+    seg = Segmenter(predictor)
+    seg.set_image(np.asarray(Image.open(em_image)))
+    obj = seg.segment([[250, 270], [60, 60]], [1, 0], [180, 200, 330, 340])
+    np.testing.assert_array_equal(mask == 255, obj.mask)
+    np.testing.assert_allclose(u, obj.uncertainty, atol=1e-6)
     np.testing.assert_allclose(
-        [[p["x"], p["y"]] for p in summary["mined_points"]], pred.mined_points
+        [[p["x"], p["y"]] for p in summary["mined_points"]], obj.mined_points
     )
+    assert summary["score"] == pytest.approx(obj.score)
+    assert summary["prompts"]["multimask"] is False  # a box: one mask
 
 
 def test_predict_float32_precision_reproduces_the_reference_encoder(
@@ -234,15 +233,17 @@ def test_predict_float32_precision_reproduces_the_reference_encoder(
     assert json.loads((out / "5_prediction.json").read_text())["precision"] == "float32"
     from pasam_plugins.checkpoint import load_model
     from pasam_plugins.predictor import PASamPredictor
+    from pasam_plugins.segment import Segmenter
 
     reference = PASamPredictor(load_model(tiny_checkpoint), device="cpu")
     assert reference.precision == "float32" and not reference.fast_encoder
-    reference.set_image(np.asarray(Image.open(em_image)))
-    pred = reference.predict(box=np.array([180, 200, 330, 340]), multimask_output=False)
+    seg = Segmenter(reference)
+    seg.set_image(np.asarray(Image.open(em_image)))
+    obj = seg.segment(box=[180, 200, 330, 340])
     mask = np.asarray(Image.open(out / "5_mask.png")) == 255
-    assert (mask == pred.masks[0]).mean() > 0.999
+    assert (mask == obj.mask).mean() > 0.999
     u = tifffile.imread(out / "5_uncertainty.tif")
-    np.testing.assert_allclose(u, pred.uncertainty, atol=1e-4)
+    np.testing.assert_allclose(u, obj.uncertainty, atol=1e-4)
 
 
 def test_predict_without_checkpoint_falls_back_to_random_weights(tmp_path, em_image):
@@ -282,7 +283,7 @@ def test_predict_multichannel_uint16_tiff(tmp_path, tiny_checkpoint):
     out = tmp_path / "out"
     result = run(
         "predict", str(path), "-c", str(tiny_checkpoint), "--channel", "1",
-        "--box", "45,25,105,65", "--multimask", "--out-dir", str(out),
+        "--box", "45,25,105,65", "--out-dir", str(out),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert np.asarray(Image.open(out / "cells_mask.png")).shape == (96, 160)
@@ -290,7 +291,7 @@ def test_predict_multichannel_uint16_tiff(tmp_path, tiny_checkpoint):
     overlay = np.asarray(Image.open(out / "cells_overlay.png"))
     assert overlay.shape == (96, 160, 3)
     summary = json.loads((out / "cells_prediction.json").read_text())
-    assert summary["prompts"]["channel"] == 1 and summary["prompts"]["multimask"] is True
+    assert summary["prompts"]["channel"] == 1 and summary["prompts"]["multimask"] is False
 
 
 @pytest.mark.parametrize(

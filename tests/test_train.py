@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pasam_plugins.checkpoint import load_model, read_metadata
+from pasam_plugins.checkpoint import load_model, read_metadata, save_finetuned
 from pasam_plugins.train.datasets import Dataset, Sample, SampleError
 from pasam_plugins.train.finetune import finetune, prepare_samples
 from pasam_plugins.train.trainer import (
@@ -73,7 +73,7 @@ def test_finetune_lowers_the_loss_and_changes_only_the_trainable_set(tiny_model)
     prepared = prepare_samples(tiny_model, samples)
     loss0 = _fixed_loss(tiny_model, prepared)
     seen = []
-    tuned = finetune(
+    result = finetune(
         tiny_model,
         samples,
         steps=4,
@@ -82,6 +82,7 @@ def test_finetune_lowers_the_loss_and_changes_only_the_trainable_set(tiny_model)
         progress_callback=lambda s, n, info: seen.append((s, n, info["loss"])),
     )
     assert [s for s, _, _ in seen] == [1, 2, 3, 4] and all(n == 4 for _, n, _ in seen)
+    tuned = result.model
     loss1 = _fixed_loss(tuned, prepared)
     assert loss1 < 0.8 * loss0, (loss0, loss1)
     # the caller's model is untouched
@@ -98,7 +99,7 @@ def test_finetune_lowers_the_loss_and_changes_only_the_trainable_set(tiny_model)
         "output_upscaling",
         "output_hypernetworks_mlps",
     }
-    report = tuned.finetune_report
+    report = result.report
     assert report.steps == 4 and report.images == 2 and report.objects == 6
 
 
@@ -108,7 +109,7 @@ def test_finetune_stops_when_asked_and_skips_bad_samples(tiny_model, tmp_path, t
 
     samples = [Sample("bad", broken), *_samples(1)]
     calls = []
-    tuned = finetune(
+    result = finetune(
         load_model(tiny_checkpoint),
         samples,
         steps=50,
@@ -116,20 +117,35 @@ def test_finetune_stops_when_asked_and_skips_bad_samples(tiny_model, tmp_path, t
         objects_per_image=1,
         should_stop=lambda: len(calls) >= 1,
         progress_callback=lambda s, n, info: calls.append(s),
-        save=tmp_path / "ft.safetensors",
     )
-    report = tuned.finetune_report
+    report = result.report
     assert report.stopped_early and report.steps == 1 and calls == [1]
     assert report.skipped == [("bad", "cannot decode")]
-    meta = read_metadata(tmp_path / "ft.safetensors")
+    tuned = result.model
+    assert tuned.origin.kind == "finetuned" and tuned.origin.untrained
+    path = save_finetuned(tuned, tmp_path / "ft.safetensors", provenance={"steps": report.steps})
+    meta = read_metadata(path)
     assert meta["contents"] == "adapter" and meta["provenance"]["steps"] == 1
     assert meta["untrained"] is True  # fine-tuned on a random-weight SAM: still flagged
     assert meta["base_checkpoint"] == str(tiny_checkpoint.resolve())
-    reloaded = load_model(tmp_path / "ft.safetensors", sam_checkpoint=tiny_checkpoint)
+    assert tuned.origin.file == str(path) and tuned.origin.complete_base == str(tiny_checkpoint.resolve())
+    reloaded = load_model(path)  # the base is found through the file's metadata
     for k, v in tuned.state_dict().items():
         assert torch.equal(reloaded.state_dict()[k], v), k
     with pytest.raises(ValueError, match="no usable training sample"):
         finetune(tiny_model, [Sample("bad", broken)], steps=1)
+
+
+def test_save_finetuned_saves_models_without_a_complete_base_whole(tiny_model, tmp_path):
+    # built in memory (random weights): no file to name as base -> the whole model
+    tuned = finetune(tiny_model, _samples(1), steps=1, images_per_step=1).model
+    path = save_finetuned(tuned, tmp_path / "whole.safetensors", provenance={"steps": 1})
+    meta = read_metadata(path)
+    assert meta["contents"] == "full" and "base_checkpoint" not in meta
+    again = load_model(path)
+    assert again.origin.kind == "pasam-full" and again.origin.complete_base == str(path)
+    for k, v in tuned.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
 
 
 def _trainer(model, out, **kw):

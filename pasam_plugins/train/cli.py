@@ -240,10 +240,16 @@ def train_command(
             torch.manual_seed(seed)
             model = build_pasam(variant, adapter=False, guide_mode=guide_mode)  # type: ignore[arg-type]
             dev = select_device(device)
-            meta = {"untrained": False}
+            meta: dict = {}
         else:
             model, dev = _load_model(checkpoint, sam_checkpoint, device)
-            meta = getattr(model, "metadata", {}) or {}
+            meta = model.origin.metadata
+        if model.origin.untrained:
+            typer.echo(
+                f"WARNING: {checkpoint} has UNTRAINED RANDOM WEIGHTS (pasam "
+                "make-test-checkpoint): training on it shows the pipeline, not a useful model.",
+                err=True,
+            )
         if train == "adapter":
             model = with_adapter(model, guide_mode=guide_mode, seed=seed)
         elif model.has_adapter:
@@ -293,7 +299,7 @@ def train_command(
             "sam_checkpoint": str(sam_checkpoint) if sam_checkpoint else None,
             "data": list(data),
             "validation": list(val or []),
-            "untrained_base": bool(meta.get("untrained", False)),
+            "untrained_base": bool(checkpoint is not None and model.origin.untrained),
         }
         trainer = Trainer(model, samples, config=cfg, val=val_sets, provenance=provenance)
         if resume:
@@ -402,7 +408,7 @@ def eval_command(
             _err("no usable samples to evaluate (see the skipped files above)")
             raise typer.Exit(1)
         model, dev = _load_model(checkpoint, sam_checkpoint, device)
-        meta = getattr(model, "metadata", {}) or {}
+        meta = model.origin.metadata
         base_model = None
         if baseline is None and meta.get("contents") == "adapter" and sam_checkpoint:
             baseline = sam_checkpoint
@@ -435,7 +441,7 @@ def eval_command(
         if not report.results:
             _err("no object was evaluated")
             raise typer.Exit(1)
-        if meta.get("untrained"):
+        if model.origin.untrained:
             typer.echo(
                 "WARNING: the checkpoint has UNTRAINED RANDOM WEIGHTS; the numbers are "
                 "meaningless.",

@@ -1,16 +1,18 @@
 """Fast task-specific fine-tuning of the PA-SAM adapter on a few annotated images.
 
-The frozen image encoder runs once per image (and once more for its mirror image when
-``flip=True``); the embeddings, guide inputs, targets and prompt pools are cached, so each
-step costs only the decoder (forward and backward) and the small ``guiding_conv``. On a
-2-core CPU with ``vit_tiny`` a step with 4 objects takes about a second or two.
+The same training step as ``pasam train`` (:class:`pasam_plugins.train.trainer.Trainer`), in
+memory. Whole-image models: the frozen image encoder runs once per image (and once more for
+its mirror image when ``flip=True``); the embeddings, guide inputs, targets and prompt pools
+are cached, so each step costs only the decoder (forward and backward) and the small
+``guiding_conv``. Zoomed models (this project's small models) train on crops around one
+object each, as they are used.
 
 Meant to be called from a background thread (Label Studio's ``/webhook`` START_TRAINING, a
 napari button): the caller's model is not modified (the returned model shares the frozen
 encoders with it and owns a trained copy of the decoder), ``progress_callback`` reports each
 step and ``should_stop()`` ends the run early (the model trained so far is returned). The
-caller saves the result (``save=`` here, or :func:`pasam_plugins.checkpoint.save_checkpoint`)
-and gives it a new model version.
+caller saves the result with :func:`pasam_plugins.checkpoint.save_finetuned` (which decides
+between an adapter file naming its base and a whole model) and gives it a new model version.
 """
 
 import copy
@@ -18,25 +20,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..checkpoint import save_checkpoint
 from ..modeling import PASam
 from ..predictor import select_device
 from .datasets import Sample, SampleError, samples_from_arrays
-from .trainer import (
-    PreparedImage,
-    _autocast_factory,
-    freeze_for_training,
-    image_loss,
-    pick_objects,
-    prepare_image,
-    with_adapter,
-)
+from .trainer import PreparedImage, _autocast_factory, prepare_image, with_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +38,7 @@ ProgressCallback = Callable[[int, int, dict[str, Any]], None]
 
 @dataclass
 class FinetuneReport:
-    """What happened during :func:`finetune` (also stored in ``model.finetune_report``)."""
+    """What happened during :func:`finetune`."""
 
     steps: int = 0
     images: int = 0
@@ -131,6 +123,15 @@ def prepare_samples(
     return prepared
 
 
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` returns: the trained model (its ``origin`` says what it was
+    trained from) and the report. Save it with :func:`pasam_plugins.checkpoint.save_finetuned`."""
+
+    model: PASam
+    report: FinetuneReport
+
+
 def finetune(
     model: PASam,
     samples: Iterable[Sample | tuple[np.ndarray, np.ndarray]],
@@ -149,10 +150,13 @@ def finetune(
     device: str | torch.device | None = None,
     progress_callback: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
-    save: str | Path | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> PASam:
+) -> FinetuneResult:
     """Fine-tune the adapter on a few annotated images; returns a new model.
+
+    The same training step as ``pasam train --train adapter``
+    (:class:`pasam_plugins.train.trainer.Trainer`), run in memory: whole frames with cached
+    embeddings for whole-image models, zoomed-in crops (one object each, as the model is
+    used) for zoomed models.
 
     Arguments:
       model (PASam): the starting point (with or without adapter; a model without one gets a
@@ -161,119 +165,102 @@ def finetune(
         pairs (labels: HxW ints, 0 background, each other value one object; a ZxHxW[xC]
         stack with ZxHxW labels counts as its labelled slices, e.g. napari layers).
       steps (int): optimizer steps (Adam, ``lr``).
-      images_per_step, objects_per_image: each step draws this many cached images and up to
-        this many objects of each.
-      prompt_kinds: drawn per image and step ("box", "points", "mask" and "+" combinations).
+      images_per_step, objects_per_image: each step draws this many images (zoomed models:
+        crops) and up to this many objects of each whole image.
+      prompt_kinds: drawn per image and step ("box", "points", "mask" and "+" combinations;
+        whole-image models).
       mining: ``"gumbel"`` (training-time point mining) or ``"off"``; on from
         ``mining_from_step``.
-      flip (bool): also train on mirror images (encoder runs twice per image).
-      loss_size (int): loss resolution in the padded 1024 frame (256: fast; 1024: the paper's).
+      flip (bool): also train on mirror images (whole-image models: the encoder runs twice
+        per image; zoomed models always flip and rotate their crops).
+      loss_size (int): loss resolution in the padded input frame (whole-image models).
       progress_callback: ``callback(step, steps, {"loss": ..., "seconds": ...})`` after
         every step (from the calling thread).
       should_stop: polled before every step; True ends training early.
-      save: write the result there (adapter-only file in this project's format).
 
     Returns:
-      PASam: the fine-tuned model (in eval mode), with ``finetune_report`` attached.
+      FinetuneResult: the model (eval mode) and the :class:`FinetuneReport`.
 
     Raises:
       ValueError: no usable sample.
     """
+    from .trainer import TrainConfig, Trainer
+
     t0 = time.perf_counter()
     report = FinetuneReport()
     dev = select_device(device)
     base = model.to(dev)
-    untrained = bool(getattr(model, "metadata", {}).get("untrained", False))
     work = training_copy(base) if base.has_adapter else with_adapter(base, seed=seed)
-    params = freeze_for_training(work)
+    work.origin = base.origin.derived(
+        kind="finetuned", file=None, base_file=base.origin.complete_base, has_adapter=True
+    )
     items = _as_samples(samples)
-    prepared = prepare_samples(
-        work,
-        items,
+    if not items:
+        raise ValueError("no usable training sample among 0")
+    zoomed = base.origin.zoom is not None
+    cfg = TrainConfig(
+        out_dir=None,
+        train="adapter",
+        crops=zoomed,
+        epochs=max(1, steps),
+        epoch_steps=1,
+        max_steps=steps,
+        # zoomed models see one object per crop: as many crops as whole-image objects
+        batch_size=images_per_step * (objects_per_image if zoomed else 1),
+        lr=lr,
+        lr_drop_epoch=10**9,
+        mining_start_epoch=mining_from_step if mining == "gumbel" else 10**9,
+        prompt_kinds=tuple(prompt_kinds),
+        num_points=num_points,
+        objects_per_image=objects_per_image,
         flip=flip,
+        jitter=None,
         loss_size=loss_size,
         seed=seed,
-        should_stop=should_stop,
-        report=report,
+        save_every=0,
+        device=str(dev),
+        cache_embeddings=not zoomed,
+        corrective_clicks=2 if zoomed else 0,
     )
+    try:
+        trainer = Trainer(work, items, config=cfg, progress=False)
+    except ValueError as exc:  # zoomed: no sample with an object
+        raise ValueError(f"no usable training sample among {len(items)} ({exc})") from None
+    usable = trainer.prepare_all(should_stop)
+    report.skipped = list(trainer.skipped.items())
     report.prepare_seconds = time.perf_counter() - t0
-    if not prepared and not report.stopped_early:
+    stopped_before = should_stop is not None and should_stop()
+    if usable == 0 and not stopped_before:
         why = "; ".join(f"{n}: {w}" for n, w in report.skipped[:5])
         raise ValueError(
             f"no usable training sample among {len(items)}" + (f" ({why})" if why else "")
         )
-    report.images = len({p.name for p in prepared})
-    report.objects = sum(len(p.objects) for p in prepared) // max(1, 2 if flip else 1)
-    optimizer = torch.optim.Adam(params, lr=lr)
-    autocast, amp_dtype = _autocast_factory(dev, True)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    kinds = tuple(prompt_kinds)
-    for step in range(steps if prepared else 0):
-        if should_stop is not None and should_stop():
-            report.stopped_early = True
-            break
-        rng = np.random.default_rng([seed, step, 3])
-        pick = rng.choice(len(prepared), min(images_per_step, len(prepared)), replace=False)
-        optimizer.zero_grad(set_to_none=True)
-        losses = []
-        for j in pick:
-            prep = prepared[int(j)]
-            gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2**62)))
-            terms = image_loss(
-                work,
-                prep,
-                pick_objects(prep, objects_per_image, rng),
-                rng,
-                prompt_kinds=kinds,
-                num_points=num_points,
-                mining=mining if step >= mining_from_step else "off",
-                generator=gen,
-                autocast=autocast,
-            )
-            losses.append(terms.total)
-        loss = torch.stack(losses).mean()
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        report.steps = step + 1
-        report.losses.append(float(loss.detach()))
+    report.images = usable
+    report.objects = _count_objects(trainer)
+
+    def on_step(rec: dict[str, Any]) -> None:
+        report.steps = int(rec["step"])
+        report.losses.append(float(rec.get("total", float("nan"))))
         if progress_callback is not None:
             progress_callback(
-                step + 1,
+                report.steps,
                 steps,
                 {"loss": report.losses[-1], "seconds": time.perf_counter() - t0},
             )
+
+    if not stopped_before:
+        trainer.run(should_stop=should_stop, on_step=on_step)
+    report.stopped_early = report.steps < steps
     for p in work.parameters():
         p.requires_grad_(False)
     work.eval()
     report.seconds = time.perf_counter() - t0
-    work.finetune_report = report  # type: ignore[attr-defined]
-    if save is not None:
-        meta: dict[str, Any] = {
-            "provenance": {
-                "kind": "pasam finetune",
-                "base": str(getattr(model, "source", "")),
-                "steps": report.steps,
-                "images": report.images,
-                "objects": report.objects,
-                "lr": lr,
-                "seed": seed,
-                "first_loss": report.losses[0] if report.losses else None,
-                "final_loss": report.losses[-1] if report.losses else None,
-                "stopped_early": report.stopped_early,
-            }
-        }
-        if untrained:
-            meta["untrained"] = True
-        src_meta = getattr(model, "metadata", None) or {}
-        base_file = (
-            src_meta.get("base_checkpoint")
-            if src_meta.get("contents") == "adapter"
-            else getattr(model, "source", None)
-        )
-        if base_file:
-            meta["base_checkpoint"] = str(Path(base_file).resolve())
-        if metadata:
-            meta.update(metadata)
-        save_checkpoint(work, save, metadata=meta, adapter_only=True)
-    return work
+    return FinetuneResult(work, report)
+
+
+def _count_objects(trainer) -> int:
+    if trainer.crop_sampler is not None:
+        return sum(len(s.objects) for s in trainer.crop_sampler.samples)
+    if trainer.cache is None:
+        return 0
+    return sum(len(p.objects) for (_, flipped), p in trainer.cache.items() if p and not flipped)

@@ -499,7 +499,8 @@ def pick_objects(prep: PreparedImage, n: int, rng: np.random.Generator) -> list[
 class TrainConfig:
     """Settings of a training run (the defaults are the paper's protocol)."""
 
-    out_dir: str = "pasam-train"
+    #: output folder; None: nothing is written (in-process fine-tuning)
+    out_dir: str | None = "pasam-train"
     epochs: int = 21
     batch_size: int = 4
     grad_accum: int = 1
@@ -635,7 +636,7 @@ class Trainer:
         self.val = list(val)
         self.provenance = dict(provenance or {})
         self.progress = progress
-        self.out = Path(config.out_dir)
+        self.out = Path(config.out_dir) if config.out_dir else None
         self.autocast, amp_dtype = _autocast_factory(self.device, config.amp)
         if config.optimizer == "adamw":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -681,7 +682,10 @@ class Trainer:
         if cache is None:
             cache = config.jitter is None and len(self.train_samples) <= 300 and not config.crops
         if cache and (config.jitter is not None or config.crops):
-            raise ValueError("embeddings can only be cached for whole frames without jitter")
+            raise ValueError(
+                "embeddings can only be cached without large-scale jitter (and for whole "
+                "frames, not zoomed-in crops)"
+            )
         self.cache: dict[tuple[int, bool], PreparedImage | None] | None = {} if cache else None
 
     # -------------------------------------------------------------- state
@@ -722,7 +726,9 @@ class Trainer:
 
     def resume(self, path: str | Path | None = None) -> None:
         """Continue from ``train_state.pt`` (default: the one in ``out_dir``)."""
-        path = Path(path) if path is not None else self.out / STATE_NAME
+        if path is None and self.out is None:
+            raise ValueError("no training state to resume from: the run has no out_dir")
+        path = Path(path) if path is not None else self.out / STATE_NAME  # type: ignore[operator]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no training state to resume from")
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -744,6 +750,13 @@ class Trainer:
                     f"resume needs the same setting"
                 )
         self.load_state_dict(state)
+        # the log holds what the interrupted run did after its last checkpoint: keep only
+        # the records the resumed run will not write again
+        log = self.out / LOG_NAME if self.out is not None else None
+        if log is not None and log.is_file():
+            tmp = log.with_name(f".{LOG_NAME}.tmp")
+            tmp.write_text("".join(json.dumps(h) + "\n" for h in self.history), encoding="utf-8")
+            os.replace(tmp, log)
 
     # -------------------------------------------------------------- data
     def _epoch_order(self, epoch: int) -> np.ndarray:
@@ -762,39 +775,65 @@ class Trainer:
     def _prepare(self, index: int, rng: np.random.Generator) -> PreparedImage | None:
         """The augmented, encoded sample ``index``. Without jitter the only augmentation is
         the flip, and both variants are cached (the encoder runs once per image and flip)."""
+        flipped = bool(self.cfg.flip and rng.random() < 0.5)
+        if self.cache is not None:
+            key = (index, flipped)
+            if key not in self.cache:
+                self.cache[key] = self._prepare_cached(index, flipped)
+            return self.cache[key]
+        loaded = self._load(index)
+        if loaded is None:
+            return None
+        image, labels = loaded
+        if flipped:
+            image, labels = image[:, ::-1], labels[:, ::-1]
+        image, labels = augment(image, labels, rng, flip=False, jitter=self.cfg.jitter)
+        return self._encode(index, image, labels, rng, cached=False)
+
+    def _prepare_cached(self, index: int, flipped: bool) -> PreparedImage | None:
+        loaded = self._load(index)
+        if loaded is None:
+            return None
+        image, labels = loaded
+        if flipped:
+            image, labels = image[:, ::-1], labels[:, ::-1]
+        pool_rng = np.random.default_rng([self.cfg.seed, index, int(flipped), 11])
+        return self._encode(index, image, labels, pool_rng, cached=True)
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
         sample = self.train_samples[index]
         if sample.name in self.skipped:
             return None
-        flipped = bool(self.cfg.flip and rng.random() < 0.5)
-        key = (index, flipped)
-        if self.cache is not None and key in self.cache:
-            return self.cache[key]
         try:
-            image, labels = sample.load()
+            return sample.load()
         except (SampleError, ValueError, OSError) as exc:
             self.skipped[sample.name] = str(exc)
             logger.warning("skipping %s: %s", sample.name, exc)
             return None
-        if flipped:
-            image, labels = image[:, ::-1], labels[:, ::-1]
-        if self.cache is not None:
-            pool_rng = np.random.default_rng([self.cfg.seed, index, int(flipped), 11])
-        else:
-            pool_rng = rng
-            image, labels = augment(image, labels, rng, flip=False, jitter=self.cfg.jitter)
+
+    def _encode(
+        self,
+        index: int,
+        image: np.ndarray,
+        labels: np.ndarray,
+        rng: np.random.Generator,
+        *,
+        cached: bool,
+    ) -> PreparedImage | None:
+        sample = self.train_samples[index]
         prep = prepare_image(
             self.model,
             np.ascontiguousarray(image),
             np.ascontiguousarray(labels),
             name=sample.name,
             loss_size=self.cfg.loss_size,
-            rng=pool_rng,
+            rng=rng,
             autocast=self.autocast,
         )
         if not prep.objects:
-            prep = None
-        if self.cache is not None:
-            self.cache[key] = prep
+            if cached:  # the image itself has no usable object (not just this augmentation)
+                self.skipped.setdefault(sample.name, "no object (all empty or too small)")
+            return None
         return prep
 
     # -------------------------------------------------------------- loop
@@ -915,6 +954,8 @@ class Trainer:
             k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()
         }
         self.history.append(record)
+        if self.out is None:
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / LOG_NAME, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -924,6 +965,8 @@ class Trainer:
 
         ``best``: only the checkpoint ``<part>-best.safetensors`` (the best validation so far).
         """
+        if self.out is None:
+            raise ValueError("this run has no out_dir to save to")
         self.out.mkdir(parents=True, exist_ok=True)
         last_loss = next((h["total"] for h in reversed(self.history) if "total" in h), None)
         last_val = next((h for h in reversed(self.history) if "val_miou" in h), None)
@@ -949,7 +992,8 @@ class Trainer:
             from ..segment import ZoomSettings
 
             meta["zoom"] = ZoomSettings().to_metadata()
-        adapter_only = self.cfg.adapter_only and self.model.has_adapter
+        # a whole-SAM run saves the whole model; the others only what they trained
+        adapter_only = self.cfg.adapter_only and self.cfg.train != "sam"
         stem = self.cfg.train
         if best:
             name = f"{stem}-best.safetensors"
@@ -995,18 +1039,45 @@ class Trainer:
             val = rec.get("val_miou")
             if val is not None and not math.isnan(val) and val > self._best_val():
                 self.best_val = val
-                self.save(best=True)
+                if self.out is not None:
+                    self.save(best=True)
             if on_step is not None:
                 on_step(rec)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec.get('total', float('nan')):.3f}", lr=f"{rec['lr']:.1e}")
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
+            if (
+                self.out is not None
+                and cfg.save_every
+                and self.step % cfg.save_every == 0
+                and self.step < self.total_steps
+            ):
                 checkpoint = self.save()
         if bar is not None:
             bar.close()
-        checkpoint = self.save(final=True)
+        if self.out is not None:
+            checkpoint = self.save(final=True)
         return TrainResult(self.model, self.step, checkpoint, self.history)
+
+    def prepare_all(self, should_stop: Callable[[], bool] | None = None) -> int:
+        """Encode every cached whole-frame sample now (instead of at its first step), so
+        that unusable samples are known before training; returns how many are usable.
+        Zoomed-in runs load their samples when the trainer is made."""
+        if self.crop_sampler is not None:
+            return len(self.crop_sampler.samples)
+        if self.cache is None:
+            return len(self.train_samples)
+        usable = 0
+        for index in range(len(self.train_samples)):
+            if should_stop is not None and should_stop():
+                break
+            flips = (False, True) if self.cfg.flip else (False,)
+            for flipped in flips:
+                key = (index, flipped)
+                if key not in self.cache:
+                    self.cache[key] = self._prepare_cached(index, flipped)
+            usable += self.cache[(index, False)] is not None
+        return usable
 
 
 def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
