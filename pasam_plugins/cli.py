@@ -468,6 +468,15 @@ def embed(
     device: Annotated[
         str | None, typer.Option(help="cuda, mps or cpu (default: the best).")
     ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Image encoder number format, as the tools that will use the embeddings run "
+            "it (stored per precision): auto (bf16 where this CPU or GPU computes it fast), "
+            "float32 or bf16.",
+            envvar="PASAM_PRECISION",
+        ),
+    ] = "auto",
 ) -> None:
     """Precompute image embeddings (whole images, or the tiles of large ones) into the shared
     store, so that pasam predict, the Label Studio backend and napari never run the encoder
@@ -500,9 +509,14 @@ def embed(
         model = load_model(ckpt, sam_checkpoint=sam_checkpoint)
         store = Path(cache_dir) if cache_dir else embeddings_dir()
         cache = EmbeddingCache(max_bytes=256 << 20, disk_dir=store)
-        seg = Segmenter(
-            PASamPredictor(model, device=select_device(device), cache=cache), tile=tile, halo=halo
+        predictor = PASamPredictor(
+            model,
+            device=select_device(device),
+            cache=cache,
+            precision=_parse_precision(precision),
+            fast_encoder=True,
         )
+        seg = Segmenter(predictor, tile=tile, halo=halo)
         if seg.zoom is not None:
             typer.echo(
                 f"{ckpt} is used zoomed in: it embeds a window around each prompt when the prompt "

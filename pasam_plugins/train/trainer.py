@@ -41,6 +41,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..checkpoint import ADAPTER_PREFIXES, save_checkpoint
+from ..fast_encoder import FastImageEncoder
 from ..guide import guide_input
 from ..imageio import normalize_image
 from ..metrics import mask_box
@@ -213,7 +214,7 @@ def prepare_image(
     x = torch.as_tensor(resized, device=device).permute(2, 0, 1)[None].float()
     x = model.preprocess(x)
     with autocast():
-        embedding = model.image_encoder(x).float()
+        embedding = FastImageEncoder(model.image_encoder)(x).float()
     gin = guide_input(model.guide_mode, x, resized).float()
     input_size = resized.shape[:2]
     target = _labels_to_frame(labels, input_size, loss_size, img)
@@ -418,7 +419,7 @@ def crop_losses(
     x = model.preprocess(x)
     grad_ctx = nullcontext() if train_encoder else torch.no_grad()
     with grad_ctx, autocast():
-        emb = model.image_encoder(x)
+        emb = FastImageEncoder(model.image_encoder)(x)  # SAM's encoder, fused attention
     emb = emb.float()
     terms: list[Any] = []
     for i, ex in enumerate(examples):
@@ -578,17 +579,18 @@ def _autocast_factory(
     device: torch.device, amp: bool
 ) -> tuple[Callable[[], Any], torch.dtype | None]:
     """Mixed precision: bf16 (or fp16 with a gradient scaler) on CUDA; bf16 on CPUs that
-    compute it in hardware (:func:`pasam_plugins.runtime.cpu_has_fast_bf16`), where it is
-    about 2x faster and needs no loss scaling. Off otherwise."""
+    compute it in hardware and measure faster with it (the rule of ``precision="auto"`` at
+    inference, :func:`pasam_plugins.precision.cpu_bf16_is_fast`): no loss scaling is needed
+    for bf16. Off otherwise."""
     if not amp:
         return nullcontext, None
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return (lambda: torch.autocast("cuda", dtype=dtype)), dtype
     if device.type == "cpu":
-        from ..runtime import cpu_has_fast_bf16
+        from ..precision import cpu_bf16_is_fast
 
-        if cpu_has_fast_bf16():
+        if cpu_bf16_is_fast():
             return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), torch.bfloat16
     return nullcontext, None
 
