@@ -230,6 +230,15 @@ def info(
     mps = getattr(torch.backends, "mps", None)
     typer.echo(f"  mps     {'available' if mps and mps.is_available() else 'not available'}")
     typer.echo("  cpu     available")
+    from .precision import resolve_precision
+    from .runtime import cpu_flags
+
+    bf16_flags = sorted((cpu_flags() or frozenset()) & {"amx_bf16", "avx512_bf16"})
+    typer.echo(
+        f"encoder precision auto: cpu -> {resolve_precision('auto', 'cpu')} "
+        f"(bf16 units: {', '.join(bf16_flags) or 'none found'})"
+        + (f", cuda -> {resolve_precision('auto', 'cuda')}" if torch.cuda.is_available() else "")
+    )
     with _readable_errors():
         from pasam_plugins.registry import load_registry
 

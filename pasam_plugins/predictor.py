@@ -207,6 +207,7 @@ class PASamPredictor:
         #: ``off``, ``compiling``, ``ready`` or ``failed: <reason>``
         self.compile_state = "off"
         self._compile_thread: threading.Thread | None = None
+        self._compile_requested = False
         self.encoder_runs = 0
         self.reset_image()
         if compile_encoder:
@@ -230,7 +231,7 @@ class PASamPredictor:
             "cache": self.cache,
             "precision": self.requested_precision,
             "fast_encoder": self.fast_encoder,
-            "compile_encoder": self.compile_state != "off",
+            "compile_encoder": self._compile_requested,
             "decoder_precision": self.decoder_precision,
             "percentiles": self.percentiles,
         }
@@ -269,13 +270,14 @@ class PASamPredictor:
         """
         if self._compile_thread is not None and self._compile_thread.is_alive():
             return self._compile_thread
+        self._compile_requested = True
         if not self.fast_encoder:
             self.fast_encoder = True
             self._encoder = FastImageEncoder(self.model.image_encoder)
         if backend == "inductor" and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-            from .download import default_cache_dir
+            from .paths import cache_dir
 
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(default_cache_dir() / "inductor")
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
         self.compile_state = "compiling"
         encoder = self._encoder
         size = self.model.image_encoder.img_size

@@ -77,7 +77,7 @@ def test_rule_and_helpers():
     assert not r.passes()
     assert not AgreementReport("ref", "cand").passes()  # nothing compared: no claim
     m = np.zeros((9, 12), bool)
-    m[2:7, 3:10] = True
-    assert deepest_point(m).tolist() == [[6.0, 4.0]]
+    m[2:7, 3:8] = True  # a 5x5 square: its centre is the one deepest pixel
+    assert deepest_point(m).tolist() == [[5.0, 4.0]]
     with pytest.raises(ValueError, match="prompts must be among"):
         compare_segmenters(None, None, [], prompts=["scribble"])

@@ -132,6 +132,9 @@ def test_make_test_checkpoint_and_info(tmp_path):
         assert expected in info.text, expected
     assert "vit_b sam_vit_b_01ec64.pth not downloaded" in info.text
     assert "PASAM_CHECKPOINT: not set" in info.text
+    from pasam_plugins.precision import resolve_precision
+
+    assert f"encoder precision auto: cpu -> {resolve_precision('auto', 'cpu')}" in info.text
 
 
 def test_info_rejects_a_file_that_is_not_a_checkpoint(tmp_path, em_image):
