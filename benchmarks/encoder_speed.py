@@ -101,6 +101,7 @@ def ratio_line(name: str, ours, theirs, target: float | None = None) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per side")
+    ap.add_argument("--variant", default="vit_b", help="the large model (vit_tiny: a smoke test)")
     ap.add_argument("--precision", default="auto", help="fast path: auto, float32 or bf16")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--em-dir", type=Path, default=DEFAULT_EM)
@@ -114,15 +115,16 @@ def main() -> int:
     sections = [
         np.asarray(Image.open(args.em_dir / "image" / f"{i}.png")) for i in range(args.slices + 2)
     ]
-    model = make_test_model(seed=0, variant="vit_b")
+    model = make_test_model(seed=0, variant=args.variant)
     no_cache = {"cache": EmbeddingCache(max_bytes=0), "device": dev}
     ref = PASamPredictor(model, **no_cache)
     fast = PASamPredictor(model, precision=args.precision, fast_encoder=True, **no_cache)
     fast32 = PASamPredictor(model, precision="float32", fast_encoder=True, **no_cache)
     sam = sam_predictor(model, dev)
     print(
-        f"torch {torch.__version__}, device {dev}, {torch.get_num_threads()} threads; ViT-B "
-        f"random weights; fast path precision {args.precision!r} -> {fast.precision}"
+        f"torch {torch.__version__}, device {dev}, {torch.get_num_threads()} threads; "
+        f"{args.variant} random weights; fast path precision {args.precision!r} -> "
+        f"{fast.precision}"
     )
 
     # ------------------------------------------------------------- 1. ViT-B set_image
@@ -151,7 +153,8 @@ def main() -> int:
             if compiled.compile_state == "ready":
                 fns[compiled_name] = lambda: compiled.set_image(img)
         t = timer.paired(fns, args.repeats)
-    print(f"\n1. ViT-B set_image, median of {args.repeats} (1024x1024 input)")
+    size = model.image_encoder.img_size
+    print(f"\n1. {args.variant} set_image, median of {args.repeats} ({size}x{size} input)")
     for k, v in t.items():
         print(f"  {k:<44} {fmt(v)}")
     base = t["SamPredictor float32"]
@@ -267,7 +270,9 @@ def main() -> int:
             },
             1,
         )
-    print(f"\n3. napari, ViT-B: slice change (embed + box prompt), median of {args.repeats}")
+    print(
+        f"\n3. napari, {args.variant}: slice change (embed + box prompt), median of {args.repeats}"
+    )
     for k, v in t_slice.items():
         print(f"  {k:<44} {fmt(v)}")
     before, after = t_slice.values()
