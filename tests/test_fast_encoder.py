@@ -112,6 +112,7 @@ def test_attention_on_windows_of_a_batch():
         )
 
 
+@pytest.mark.slow  # two ViT-B forwards at 1024 px: ~20 s CPU
 def test_vit_b_sized_random_weights_bf16_embedding_within_one_percent():
     """Issue 20: on ViT-B-sized random weights (relative position tables filled in), the
     fast path under bf16 autocast gives the float32 reference embedding within 1e-2
