@@ -44,7 +44,10 @@ def main() -> int:
         f"{'whole frames' if args.frames else 'zoomed-in crops'}"
     )
     for what in [w.strip() for w in args.train.split(",") if w.strip()]:
-        base = make_test_model(seed=0, variant=args.variant, guide_mode="image")
+        # stage 1 (--train sam/head) trains a model without adapter; stage 2 adds one
+        base = make_test_model(
+            seed=0, variant=args.variant, guide_mode="image", adapter=what == "adapter"
+        )
         trainers = {}
         for amp in (True, False):
             cfg = TrainConfig(
