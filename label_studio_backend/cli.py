@@ -6,6 +6,7 @@ Options default to the environment (``PASAM_CHECKPOINT``, ``DEVICE``, ``LABEL_ST
 ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``, ``HOST``/``PORT``).
 """
 
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -46,7 +47,10 @@ def serve(
         typer.Option(help="Label Studio URL images are downloaded from ($LABEL_STUDIO_URL)."),
     ] = None,
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Cache directory; embeddings persist in its embeddings/ ($PASAM_CACHE_DIR).")
+        Path | None,
+        typer.Option(
+            help="Cache directory; embeddings persist in its embeddings/ ($PASAM_CACHE_DIR)."
+        ),
     ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="DEBUG, INFO, WARNING ... ($LOG_LEVEL, default INFO).")
@@ -81,11 +85,26 @@ def serve(
     run_server(settings, host=host, port=port)
 
 
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090) -> None:
-    """Load the model from ``settings`` and serve it with uvicorn until interrupted."""
+    """Load the model from ``settings`` and serve it with uvicorn until interrupted.
+
+    Refuses to start (exit status 2, one ``error:`` line) on unusable settings, e.g. only
+    one of ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` or a ``LABEL_STUDIO_URL`` with user info,
+    and warns when it listens beyond loopback without authentication.
+    """
     import uvicorn
 
     from .app import create_app
+    from .images import ImageLoader
     from .model import PASamBackend
 
     logging.basicConfig(
@@ -95,6 +114,20 @@ def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090) -> None:
     log = logging.getLogger("label_studio_backend")
     if settings.checkpoint is None:
         raise typer.BadParameter("no checkpoint: pass --checkpoint or set PASAM_CHECKPOINT")
+    try:  # settings first: a typo must not cost a model load, nor be hidden by one
+        settings.validate()
+        auth = settings.basic_auth()
+        ImageLoader(label_studio_url=settings.label_studio_url)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if auth is None and not _is_loopback(host):
+        log.warning(
+            "serving on %s without authentication: anyone who can reach port %d can run "
+            "predictions and start fine-tuning; set BASIC_AUTH_USER and BASIC_AUTH_PASS",
+            host,
+            port,
+        )
     try:
         backend = PASamBackend.from_settings(settings)
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
@@ -106,10 +139,12 @@ def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090) -> None:
             "meaningless; use it for tests only",
             settings.checkpoint,
         )
-    auth = None
-    if settings.basic_auth_user and settings.basic_auth_pass:
-        auth = (settings.basic_auth_user, settings.basic_auth_pass)
-    app = create_app(backend, basic_auth=auth, max_request_bytes=settings.max_request_bytes)
+    app = create_app(
+        backend,
+        basic_auth=auth,
+        max_request_bytes=settings.max_request_bytes,
+        body_timeout=settings.body_timeout,
+    )
     log.info(
         "PA-SAM ML backend %s on %s (device %s, encoder %s%s) at http://%s:%d",
         backend.model_version,
@@ -120,6 +155,7 @@ def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090) -> None:
         host,
         port,
     )
+    log.info("%s", backend.predictor.cache.describe())
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
 
 

@@ -36,6 +36,7 @@ from pasam_plugins.predictor import PASamPredictor
 from .config import Settings
 from .errors import BackendError
 from .labelconfig import parse_label_config
+from .validation import project_id
 
 if TYPE_CHECKING:
     from .model import PASamBackend
@@ -384,12 +385,9 @@ def project_id_of(payload: dict) -> int | None:
         if isinstance(obj, dict):
             candidates.append(obj.get("project"))
     for c in candidates:
-        if isinstance(c, bool):
-            continue
-        if isinstance(c, int):
-            return c
-        if isinstance(c, str) and c.split(".", 1)[0].isdigit():
-            return int(c.split(".", 1)[0])
+        pid = project_id(c)
+        if pid is not None:
+            return pid
     return None
 
 

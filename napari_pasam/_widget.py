@@ -535,6 +535,11 @@ class AnnotatorWidget(QWidget):
         form.addRow(row)
         layout.addWidget(ft_box)
 
+        from ._automatic import SegmentAllPanel  # issue 17: segment all, export
+
+        self.segment_all_panel = SegmentAllPanel(self)
+        layout.addWidget(self.segment_all_panel)
+
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
@@ -594,10 +599,16 @@ class AnnotatorWidget(QWidget):
     def _on_disk_cache_toggled(self, on: bool) -> None:
         if self.predictor is not None and not self.busy:
             try:
-                self.predictor.cache = shared_embedding_cache(on_disk=bool(on))
+                cache = shared_embedding_cache(on_disk=bool(on))
             except OSError as exc:
                 show_error(f"PA-SAM: cannot use the embeddings directory: {_message(exc)}")
                 self.disk_cache_check.setChecked(False)
+                return
+            if on and not cache.disk_writable:  # read-only or full: memory only
+                show_warning(f"PA-SAM: cannot write embeddings to {cache.disk_dir}; kept in memory")
+                self.disk_cache_check.setChecked(False)
+                return
+            self.predictor.cache = cache
         elif self.busy:
             show_info("PA-SAM: the cache setting applies to the next model load")
 

@@ -1,8 +1,8 @@
 """The ``pasam`` command line.
 
-Commands: ``info``, ``download``, ``make-test-checkpoint``, ``pack-checkpoint``, ``embed``, ``predict``,
-``serve`` (Label
-Studio ML backend), ``train`` and ``eval``. Heavy modules (torch, the model core, the
+Commands: ``info``, ``download``, ``make-test-checkpoint``, ``pack-checkpoint``, ``embed``,
+``predict``, ``segment-all``, ``convert``, ``train``, ``eval``, and the commands adapters
+register (``serve``: the Label Studio ML backend). Heavy modules (torch, the model core, the
 backends) are imported inside the commands so that ``pasam --help`` is instant.
 
 Expected failures (a bad checkpoint, an unreadable image, no network, malformed prompts)
@@ -889,6 +889,20 @@ for _name, _module, _attr, _summary, _extra in [
         "pasam_plugins.train.cli",
         "eval_command",
         "Evaluate a checkpoint on images with reference masks (see `pasam eval --help`).",
+        "train",
+    ),
+    (
+        "segment-all",
+        "pasam_plugins.automatic_cli",
+        "segment_all_command",
+        "Segment every object of an image or folder without prompts (label TIFF, CSV, overlay, COCO).",
+        "train",
+    ),
+    (
+        "convert",
+        "pasam_plugins.automatic_cli",
+        "convert_command",
+        "Convert a Label Studio JSON export to COCO and label images (see `pasam convert --help`).",
         "train",
     ),
     *_plugin_commands(),

@@ -19,6 +19,12 @@ and nowhere else:
   previous low-res logits back as mask prompt. Official models see the whole image.
 - **summary:** predicted IoU, mean uncertainty inside the mask and over its boundary band;
   an empty mask has no uncertainty summary (``None``).
+- **suggestions:** the 8 mined points are ranked by how strongly they were mined
+  (``mined_scores``: ``U x (sigmoid(R) - sigmoid(Mc))`` at the point for the 4 positive ones,
+  its negative for the 4 negative ones); :meth:`ObjectMask.suggestions` lists them best
+  first: the "next click" a user who follows the overlay takes.
+- **task score:** :func:`task_score_of` (an image's objects -> one score,
+  :func:`pasam_plugins.metrics.task_score`), the Label Studio backend's queue order.
 """
 
 from dataclasses import dataclass, field
@@ -27,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .metrics import mask_box, uncertainty_band
+from .metrics import band_uncertainty_sum, mask_box, task_score, uncertainty_band
+from .modeling import DecoderOutput
 from .predictor import BatchPrediction, PASamPredictor
 from .tiling import ImageSource, TileGrid
 from .zoom import (
@@ -88,6 +95,7 @@ class ObjectMask:
       window: the zoomed window (None for whole-image models).
       uncertainty: HxW float32 in [0, 1] (None without adapter).
       mined_points: 8x2 (x, y) image pixels, 4 positive then 4 negative; mined_labels: 8.
+      mined_scores: 8 mining strengths (higher: mined more strongly; see the module doc).
       mean_uncertainty / boundary_uncertainty: mean of the uncertainty map inside the mask /
         over its boundary band (None without adapter or for an empty mask).
     """
@@ -99,6 +107,7 @@ class ObjectMask:
     uncertainty: np.ndarray | None = None
     mined_points: np.ndarray | None = None
     mined_labels: np.ndarray | None = None
+    mined_scores: np.ndarray | None = None
     mean_uncertainty: float | None = None
     boundary_uncertainty: float | None = None
     points: np.ndarray | None = None
@@ -113,6 +122,59 @@ class ObjectMask:
     @property
     def empty(self) -> bool:
         return not self.mask.any()
+
+    def suggestions(self) -> list[tuple[float, float, int]]:
+        """The mined points as suggested next clicks, strongest first: ``(x, y, label)``
+        with label 1 (the model suggests adding) or 0 (removing). Empty without adapter."""
+        if self.mined_points is None or self.mined_labels is None:
+            return []
+        n = len(self.mined_points)
+        scores = self.mined_scores if self.mined_scores is not None else np.zeros(n)
+        order = sorted(range(n), key=lambda i: -float(scores[i]))  # stable: ties keep order
+        return [
+            (
+                float(self.mined_points[i][0]),
+                float(self.mined_points[i][1]),
+                int(self.mined_labels[i]),
+            )
+            for i in order
+        ]
+
+
+def mining_scores(decoder: DecoderOutput, i: int) -> np.ndarray | None:
+    """How strongly each mined point of prompt set ``i`` was mined: the mining map
+    ``phi = U x (sigmoid(R) - sigmoid(Mc))`` at the point for the positive ones (top-k of
+    phi) and ``-phi`` for the negative ones (top-k of -phi). None without mined points."""
+    if decoder.mined_indices is None or decoder.uncertainty is None:
+        return None
+    u = decoder.uncertainty[i].float().flatten()
+    r = decoder.refined_mask[i].float().flatten()  # type: ignore[union-attr]
+    c = decoder.coarse_mask[i].float().flatten()  # type: ignore[union-attr]
+    idx = decoder.mined_indices[i]
+    phi = (u[idx] * (torch.sigmoid(r[idx]) - torch.sigmoid(c[idx]))).cpu().numpy()
+    k = len(phi) // 2
+    return np.concatenate([phi[:k], -phi[k:]]).astype(np.float32)
+
+
+def task_score_of(objects: "list[ObjectMask]") -> float:
+    """The task score of one image from its segmented objects
+    (:func:`pasam_plugins.metrics.task_score`; without uncertainty: mean predicted IoU)."""
+    has_u = any(o.uncertainty is not None for o in objects)
+    sums, pixels = [], []
+    for o in objects:
+        if o.uncertainty is None:
+            sums.append(0.0)
+            pixels.append(0)
+        else:
+            total, n = band_uncertainty_sum(o.mask, o.uncertainty)
+            sums.append(total)
+            pixels.append(n)
+    return task_score(
+        [o.score for o in objects],
+        sums if has_u else None,
+        pixels,
+        [o.area for o in objects],
+    )
 
 
 def use_multimask(
@@ -302,27 +364,33 @@ class Segmenter:
         points: Any = None,
         labels: Any = None,
         *,
+        previous: "list[ObjectMask | None] | None" = None,
         use_adapter: bool = True,
         chunk: int = 16,
     ) -> list[ObjectMask]:
         """Segment B objects, each from its own prompts: ``boxes`` Bx4 and/or ``points``
-        BxNx2 with ``labels`` BxN (the same N for all). Whole-image models run the prompt
-        sets batched; zoomed models one window each."""
+        BxNx2 with ``labels`` BxN (the same N for all); ``previous``: B earlier results
+        (or None) to refine, as in :meth:`segment`. Whole-image models run the prompt sets
+        batched; zoomed models one window each. The results equal B :meth:`segment` calls."""
         self._require_image()
         n = len(boxes) if boxes is not None else (len(points) if points is not None else 0)
+        if previous is not None and len(previous) != n:
+            raise ValueError(f"{n} prompt sets but {len(previous)} previous results")
+        prev = list(previous) if previous is not None else [None] * n
         prompts = []
         for i in range(n):
             p = None if points is None else points[i]
             lab = None if labels is None else labels[i]
             b = None if boxes is None else boxes[i]
-            prompts.append((*check_prompts(p, lab, b), None))
+            mask_in = None if prev[i] is None else prev[i].low_res_logits  # type: ignore[union-attr]
+            prompts.append((*check_prompts(p, lab, b), mask_in))
         if self.mode == "whole":
             out: list[ObjectMask] = []
             for start in range(0, n, chunk):
                 out += self._predict_whole(prompts[start : start + chunk], use_adapter)
             return out
         one = self._segment_tiled if self.mode == "tiled" else self._segment_zoomed
-        return [one(p, lab, b, None, use_adapter) for p, lab, b, _ in prompts]
+        return [one(p, lab, b, prev[i], use_adapter) for i, (p, lab, b, _) in enumerate(prompts)]
 
     # ------------------------------------------------------------------ whole image
     def _predict_whole(self, prompts: list, use_adapter: bool) -> list[ObjectMask]:
@@ -389,6 +457,7 @@ class Segmenter:
             uncertainty=unc,
             mined_points=None if out.mined_points is None else out.mined_points[i].cpu().numpy(),
             mined_labels=None if out.mined_labels is None else out.mined_labels[i].cpu().numpy(),
+            mined_scores=mining_scores(out.decoder, i),
             mean_uncertainty=mean_u,
             boundary_uncertainty=band_u,
             points=points,
@@ -468,6 +537,7 @@ class Segmenter:
             uncertainty=unc,
             mined_points=mined,
             mined_labels=mined_l,
+            mined_scores=mining_scores(out.decoder, 0),
             mean_uncertainty=mean_u,
             boundary_uncertainty=band_u,
             points=points,

@@ -338,9 +338,12 @@ def train_command(
 
 
 def eval_command(
-    data: Annotated[list[str], typer.Argument(help=DATA_HELP, show_default=False, metavar="DATA")],
+    data: Annotated[
+        list[str] | None,
+        typer.Argument(help=DATA_HELP, show_default=False, metavar="DATA"),
+    ] = None,
     checkpoint: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--checkpoint",
             "-c",
@@ -348,7 +351,7 @@ def eval_command(
             envvar="PASAM_CHECKPOINT",
             dir_okay=False,
         ),
-    ],
+    ] = None,
     sam_checkpoint: Annotated[
         Path | None,
         typer.Option(
@@ -385,12 +388,70 @@ def eval_command(
     ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str | None, typer.Option(help="cuda, cpu, mps (default: best).")] = None,
+    clicks: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Simulate annotators with up to N clicks per object: NoC@85/90, NoF@90, "
+            "mIoU after k clicks (0: off; the usual N is 20).",
+        ),
+    ] = 0,
+    strategies: Annotated[
+        str,
+        typer.Option(
+            help="Annotators for --clicks: oracle (next click in the largest error region), "
+            "suggested (the strongest mined point, labelled by the ground truth), band (a "
+            "random point of the mask's contour band). SAM rows run the oracle only."
+        ),
+    ] = "oracle,suggested,band",
+    uncertainty: Annotated[
+        bool,
+        typer.Option(
+            help="Uncertainty AUROC for wrong pixels, predicted-IoU calibration and task "
+            "score ranking."
+        ),
+    ] = True,
+    session_log: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Summarize an annotation session log (JSONL; repeatable). Alone, without "
+            "DATA and --checkpoint, only the logs are summarized.",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
-    """Evaluate mIoU and boundary mIoU per dataset, PA-SAM next to SAM (Table 1 layout).
+    """Evaluate mIoU and boundary mIoU per dataset, PA-SAM next to SAM (Table 1 layout),
+    and what PA-SAM's uncertainty, mined points and task score are worth to an annotator.
 
     Objects are prompted with their ground-truth box (and/or --points N points inside them);
-    predictions are thresholded at 0, ground truth at 128.
+    predictions are thresholded at 0, ground truth at 128. Besides the CSV: X-images.csv
+    (per-image task score, AUROCs), X-reliability.png, X.json (every aggregate) and, with
+    --clicks, X-clicks.csv and X-clicks.png (mIoU after k clicks).
     """
+    if session_log:
+        from ..session import SessionLogError, summarize_sessions
+
+        try:
+            summary = summarize_sessions(session_log)
+        except SessionLogError as e:
+            _err(str(e))
+            raise typer.Exit(2) from None
+        typer.echo(summary.table())
+        if not data:
+            return
+    if not data:
+        raise typer.BadParameter("give the data to evaluate (or --session-log)", param_hint="DATA")
+    if checkpoint is None:
+        raise typer.BadParameter("give the weights to evaluate", param_hint="--checkpoint")
+    from ..interactive import STRATEGIES
+
+    chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
+    bad = [s for s in chosen if s not in STRATEGIES]
+    if bad or not chosen:
+        raise typer.BadParameter(
+            f"unknown annotator(s) {bad or strategies!r}; use some of {', '.join(STRATEGIES)}",
+            param_hint="--strategies",
+        )
     if split not in ("val", "train"):
         raise typer.BadParameter("use val or train", param_hint="--split")
     if not box and points == 0:
@@ -435,6 +496,9 @@ def eval_command(
             seed=seed,
             device=dev,
             progress=True,
+            clicks=clicks,
+            strategies=chosen,
+            uncertainty=uncertainty,
         )
         for name, why in report.skipped:
             typer.echo(f"skipped {name}: {why}", err=True)
@@ -448,4 +512,15 @@ def eval_command(
                 err=True,
             )
         typer.echo(report.table())
-        typer.echo(f"per-object results: {report.write_csv(csv)} ({report.seconds:.1f} s)")
+        if clicks:
+            typer.echo("\n" + report.click_table())
+        if uncertainty:
+            typer.echo("\n" + report.uncertainty_table())
+        targets = report.targets()
+        if targets:
+            typer.echo("\ntargets (issue 13, for the shipped model):")
+            for line in targets:
+                typer.echo(f"  {line}")
+        paths = report.write_outputs(csv)
+        typer.echo(f"\nper-object results: {paths[0]} ({report.seconds:.1f} s)")
+        typer.echo("also written: " + ", ".join(str(p) for p in paths[1:]))

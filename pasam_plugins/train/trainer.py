@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from ..checkpoint import ADAPTER_PREFIXES, save_checkpoint
 from ..fast_encoder import FastImageEncoder
 from ..guide import guide_input
-from ..imageio import normalize_image
+from ..imageio import ImageError, check_image_size, normalize_image
 from ..metrics import mask_box
 from ..modeling import PASam, build_pasam
 from .crops import (
@@ -209,6 +209,10 @@ def prepare_image(
     rng = rng or np.random.default_rng(0)
     device = next(model.parameters()).device
     img = model.image_encoder.img_size
+    try:
+        check_image_size(*rgb.shape[:2], target_length=img, name=name)
+    except ImageError as e:
+        raise SampleError(str(e)) from None
     transform = ResizeLongestSide(img)
     resized = transform.apply_image(rgb)
     x = torch.as_tensor(resized, device=device).permute(2, 0, 1)[None].float()
