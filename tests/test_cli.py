@@ -450,3 +450,26 @@ def test_lazy_command_without_its_module_explains(monkeypatch):
     assert "Usage: pasam serve" in result.text  # the summary is still shown
     assert "'pasam serve' is not available in this installation" in result.text
     assert "Traceback" not in result.output
+
+
+def test_segment_all_runs_the_fast_encoder_in_the_chosen_precision(tmp_path, tiny_checkpoint):
+    """pasam segment-all embeds through the fast encoder in --precision (default auto, as
+    the other tools), says which in summary.json, and refuses an unknown precision."""
+    from pasam_plugins.precision import resolve_precision
+
+    img = np.zeros((96, 128), dtype=np.uint8)
+    img[20:60, 30:90] = 200
+    Image.fromarray(img).save(tmp_path / "cells.png")
+    common = ["segment-all", str(tmp_path / "cells.png"), "-c", str(tiny_checkpoint)]
+    common += ["--points-per-side", "2", "--device", "cpu", "--no-progress"]
+    for precision in (None, "bf16", "float32"):
+        out = tmp_path / f"out-{precision}"
+        extra = [] if precision is None else ["--precision", precision]
+        result = run(*common, "--out-dir", str(out), *extra)
+        assert result.exit_code == 0, result.output
+        summary = json.loads((out / "summary.json").read_text())
+        expected = precision or resolve_precision("auto", "cpu")
+        assert summary[0]["encoder_precision"] == expected
+    bad = run(*common, "--out-dir", str(tmp_path / "bad"), "--precision", "half")
+    assert bad.exit_code == 2 and "unknown precision 'half'" in bad.text
+    assert "Traceback" not in bad.output
