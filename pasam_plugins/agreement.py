@@ -115,10 +115,25 @@ class AgreementReport:
                 f"p95 {f(s['p95_score_diff'], '.4f')}  max {f(s['max_score_diff'], '.4f')}",
                 f"  uncertainty MAD   mean {f(s['mean_uncertainty_mad'], '.4f')}  "
                 f"max {f(s['max_uncertainty_mad'], '.4f')}",
+                *self._by_prompt_lines(),
                 f"  acceptance (median IoU >= {MIN_MEDIAN_MASK_IOU}, every pred. IoU diff <= "
                 f"{MAX_SCORE_DIFF}): {'PASS' if self.passes() else 'FAIL'}",
             ]
         )
+
+    def _by_prompt_lines(self) -> list[str]:
+        """Per prompt kind: how many, how many over the predicted-IoU limit, the largest
+        difference, the smallest mask IoU (clicks make discrete choices that boxes do not)."""
+        lines = []
+        for kind in sorted({o.prompt for o in self.objects}):
+            objs = [o for o in self.objects if o.prompt == kind]
+            over = sum(o.score_diff > MAX_SCORE_DIFF for o in objs)
+            lines.append(
+                f"  {kind + ' prompts':<17} {len(objs)}: {over} over {MAX_SCORE_DIFF}, max "
+                f"|diff| {max(o.score_diff for o in objs):.4f}, min mask IoU "
+                f"{min(o.mask_iou for o in objs):.4f}"
+            )
+        return lines
 
     def rows(self) -> list[dict]:
         return [asdict(o) for o in self.objects]

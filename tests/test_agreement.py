@@ -75,6 +75,10 @@ def test_rule_and_helpers():
     assert r.summary()["median_mask_iou"] == pytest.approx(0.99) and r.passes()
     r.objects.append(obj(1.0, 0.03))  # one predicted IoU off by more than 0.02
     assert not r.passes()
+    r.objects.append(ObjectAgreement("s", 2, "point", 0.9, 0.01, None))
+    lines = r.format().splitlines()
+    assert "  box prompts       4: 1 over 0.02, max |diff| 0.0300, min mask IoU 0.5000" in lines
+    assert "  point prompts     1: 0 over 0.02, max |diff| 0.0100, min mask IoU 0.9000" in lines
     assert not AgreementReport("ref", "cand").passes()  # nothing compared: no claim
     m = np.zeros((9, 12), bool)
     m[2:7, 3:8] = True  # a 5x5 square: its centre is the one deepest pixel
