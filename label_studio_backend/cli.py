@@ -18,7 +18,10 @@ import typer
 def serve(
     checkpoint: Annotated[
         Path | None,
-        typer.Option(help="PA-SAM/SAM weights (default: $PASAM_CHECKPOINT)."),
+        typer.Option(
+            help="PA-SAM/SAM weights (default: $PASAM_CHECKPOINT, else the shipped model "
+            "pasam_micro)."
+        ),
     ] = None,
     host: Annotated[
         str | None, typer.Option(help="Interface to bind (default: $HOST or 127.0.0.1).")
@@ -112,8 +115,17 @@ def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     log = logging.getLogger("label_studio_backend")
-    if settings.checkpoint is None:
-        raise typer.BadParameter("no checkpoint: pass --checkpoint or set PASAM_CHECKPOINT")
+    if settings.checkpoint is None:  # the shipped default model, as everywhere else
+        import dataclasses
+
+        from pasam_plugins.registry import DEFAULT_MODEL, bundled_checkpoint
+
+        settings = dataclasses.replace(settings, checkpoint=bundled_checkpoint())
+        log.info(
+            "no --checkpoint (nor PASAM_CHECKPOINT): serving the shipped model %s (%s)",
+            DEFAULT_MODEL,
+            settings.checkpoint,
+        )
     try:  # settings first: a typo must not cost a model load, nor be hidden by one
         settings.validate()
         auth = settings.basic_auth()

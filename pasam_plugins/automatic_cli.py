@@ -10,9 +10,8 @@ import typer
 
 from .cli import (
     UNTRAINED_WARNING,
-    _cache_dir,
+    _default_checkpoint,
     _err,
-    _fallback_checkpoint,
     _parse_precision,
     _readable_errors,
 )
@@ -43,7 +42,7 @@ def segment_all_command(
         typer.Option(
             "--checkpoint",
             "-c",
-            help="PA-SAM or SAM weights (default: a random-weight test model, untrained).",
+            help="PA-SAM or SAM weights (default: the shipped model pasam_micro).",
             envvar="PASAM_CHECKPOINT",
             dir_okay=False,
         ),
@@ -114,7 +113,8 @@ def segment_all_command(
     ] = "rle",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Where the fallback test model is kept.")
+        Path | None,
+        typer.Option(help="Deprecated, ignored (the default model is shipped).", hidden=True),
     ] = None,
 ) -> None:
     """Segment every object of IMAGE (or of every image in FOLDER) without prompts.
@@ -158,10 +158,7 @@ def segment_all_command(
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--precision") from None
         if checkpoint is None:
-            checkpoint = _fallback_checkpoint(_cache_dir(cache_dir))
-            typer.echo(
-                f"No --checkpoint given: using the random-weight test model {checkpoint}.", err=True
-            )
+            checkpoint = _default_checkpoint()
         model = load_model(checkpoint, sam_checkpoint=sam_checkpoint)
         untrained = model.origin.untrained
         if untrained:

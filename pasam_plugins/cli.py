@@ -122,28 +122,18 @@ def parse_point(text: str) -> tuple[float, float, int]:
     return values[0], values[1], label
 
 
-def _default_checkpoint() -> Path:
-    """The shipped model (registry DEFAULT_MODEL)."""
-    from .registry import bundled_checkpoint
+def _default_checkpoint(announce: bool = True) -> Path:
+    """The shipped model (registry DEFAULT_MODEL), used wherever the user names none."""
+    from .registry import DEFAULT_MODEL, bundled_checkpoint
 
-    return bundled_checkpoint()
-
-
-def _fallback_checkpoint(cache_dir: Path) -> Path:
-    """The cached random-weight test model, created on first use (offline)."""
-    from .checkpoint import CheckpointError, read_metadata
-    from .testing import make_test_checkpoint
-
-    path = cache_dir / f"test-checkpoint-{FALLBACK_VARIANT}-seed{FALLBACK_SEED}.safetensors"
-    if path.is_file():
-        try:
-            meta = read_metadata(path)
-            if meta.get("untrained") and meta.get("variant") == FALLBACK_VARIANT:
-                return path
-        except CheckpointError:
-            pass  # corrupted: write it again
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    return make_test_checkpoint(path, seed=FALLBACK_SEED, variant=FALLBACK_VARIANT)
+    path = bundled_checkpoint()
+    if announce:
+        typer.echo(
+            f"No --checkpoint given (nor PASAM_CHECKPOINT): using the shipped model "
+            f"{DEFAULT_MODEL} ({path}); see `pasam info` for its model card.",
+            err=True,
+        )
+    return path
 
 
 def _version_callback(value: bool) -> None:
@@ -246,8 +236,8 @@ def info(
         typer.echo(
             f"PASAM_CHECKPOINT: {env_ckpt}"
             if env_ckpt
-            else "PASAM_CHECKPOINT: not set (predict without --checkpoint uses untrained "
-            "random weights)"
+            else "PASAM_CHECKPOINT: not set (commands without --checkpoint use the shipped "
+            "model pasam_micro)"
         )
         cache = _cache_dir(cache_dir)
         typer.echo(f"cache: {cache}")
@@ -379,6 +369,13 @@ def pack_checkpoint_cmd(
             "to OUT's folder (files shipped together) or absolute."
         ),
     ] = None,
+    zoom: Annotated[
+        str | None,
+        typer.Option(
+            help="For zoomed models: JSON settings merged into the stored zoom settings, e.g. "
+            "'{\"box_context\": 1.75}' (values picked on validation data)."
+        ),
+    ] = None,
 ) -> None:
     """Re-save a checkpoint for shipping: optionally float16, with its base named relative to it.
 
@@ -411,6 +408,23 @@ def pack_checkpoint_cmd(
             if not target.is_file():
                 raise ValueError(f"--base {base}: {target} does not exist")
             keep["base_checkpoint"] = base
+        if zoom is not None:
+            import json
+
+            from .segment import ZoomSettings
+
+            current = ZoomSettings.from_metadata(meta)
+            if current is None:
+                raise typer.BadParameter(f"{src} is not a zoomed model", param_hint="--zoom")
+            try:
+                change = json.loads(zoom)
+                if not isinstance(change, dict) or set(change) - set(current.to_metadata()):
+                    raise ValueError(f"keys must be among {sorted(current.to_metadata())}")
+                merged = ZoomSettings.from_metadata({"zoom": {**current.to_metadata(), **change}})
+            except (ValueError, TypeError) as e:
+                raise typer.BadParameter(f"{zoom!r}: {e}", param_hint="--zoom") from None
+            assert merged is not None
+            keep["zoom"] = merged.to_metadata()
         keep.setdefault("provenance", {})["packed_from"] = src.name
         path = save_checkpoint(
             model,
@@ -563,8 +577,8 @@ def predict(
         typer.Option(
             "--checkpoint",
             "-c",
-            help="PA-SAM or SAM weights. Without one, a random-weight test model is used "
-            "(untrained, offline, for trying the tool out).",
+            help="PA-SAM or SAM weights. Without one, the shipped model pasam_micro (a small "
+            "SAM + PA-SAM adapter trained on EM and nuclei microscopy) is used.",
             envvar="PASAM_CHECKPOINT",
             dir_okay=False,
         ),
@@ -608,7 +622,10 @@ def predict(
     ] = "png",
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Where the fallback test model is kept (default $PASAM_CACHE_DIR)."),
+        typer.Option(
+            help="Deprecated, ignored (the default model is shipped, nothing is cached).",
+            hidden=True,
+        ),
     ] = None,
 ) -> None:
     """Segment one object in IMAGE from a box and/or points.
@@ -669,16 +686,8 @@ def predict(
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--precision") from None
 
-        fallback = checkpoint is None
-        if fallback:
-            checkpoint = _fallback_checkpoint(_cache_dir(cache_dir))
-            typer.echo(
-                f"No --checkpoint given (nor PASAM_CHECKPOINT): using the random-weight test "
-                f"model {checkpoint}.",
-                err=True,
-            )
-            typer.echo(UNTRAINED_WARNING, err=True)
-        assert checkpoint is not None
+        if checkpoint is None:
+            checkpoint = _default_checkpoint()
         result = _run_prediction(
             arr=arr,
             rgb=rgb,
