@@ -30,6 +30,7 @@ def main() -> int:
     ap.add_argument("--variant", default="vit_b")
     ap.add_argument("--em-dir", type=Path, default=DEFAULT_EM)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", help="encoder: auto, float32 or bf16")
     args = ap.parse_args()
 
     ensure_display()
@@ -58,6 +59,7 @@ def main() -> int:
         app.processEvents()
 
     t0 = time.perf_counter()
+    widget.precision_combo.setCurrentText(args.precision)
     widget.load_model(f"random:{args.variant}", args.device)
     wait()
     if widget.predictor is None:
@@ -100,7 +102,8 @@ def main() -> int:
     ratio = med["click"] / med["bare"]
     print(
         f"model {args.variant} (random weights) on {predictor.device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; load {t_load:.1f} s, first click with embedding "
+        f"{torch.get_num_threads()} threads, encoder {predictor.precision}; load "
+        f"{t_load:.1f} s, first click with embedding "
         f"{t_embed:.1f} s; {args.trials} trials"
     )
     print(f"bare predictor.predict : {1000 * med['bare']:8.1f} ms (median)")

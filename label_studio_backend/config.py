@@ -30,6 +30,18 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={value!r} is not a number") from None
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    value = _env(name)
+    if value is None:
+        return default
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"environment variable {name}={value!r} is not 1/0, true/false, yes/no")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything the server can be configured with.
@@ -37,6 +49,10 @@ class Settings:
     Attributes (environment variable in brackets):
       checkpoint: model weights [PASAM_CHECKPOINT].
       device: ``cuda``/``mps``/``cpu``, default the best available [DEVICE].
+      precision: the image encoder's number format, ``auto`` (bf16 where the CPU/GPU
+        computes it fast), ``float32`` or ``bf16`` [PASAM_PRECISION].
+      compile_encoder: also ``torch.compile`` the image encoder, in the background (the
+        eager encoder serves requests until it is ready) [PASAM_COMPILE=1].
       label_studio_url: where task images are downloaded from; the only host the backend
         ever contacts [LABEL_STUDIO_URL].
       label_studio_api_key: personal access token (JWT refresh token) or legacy token
@@ -79,6 +95,8 @@ class Settings:
 
     checkpoint: Path | None = None
     device: str | None = None
+    precision: str = "auto"
+    compile_encoder: bool = False
     label_studio_url: str | None = None
     label_studio_api_key: str | None = None
     local_files_root: Path | None = None
@@ -105,6 +123,9 @@ class Settings:
     train_parts: str = "adapter"
 
     def __post_init__(self) -> None:
+        from pasam_plugins.precision import check_precision
+
+        object.__setattr__(self, "precision", check_precision(self.precision))
         for key in ("checkpoint", "local_files_root", "cache_dir", "model_dir"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, Path):
@@ -120,6 +141,8 @@ class Settings:
         s = cls(
             checkpoint=Path(ckpt) if ckpt else None,
             device=_env("DEVICE"),
+            precision=_env("PASAM_PRECISION", cls.precision) or cls.precision,
+            compile_encoder=_env_bool("PASAM_COMPILE", cls.compile_encoder),
             label_studio_url=_env("LABEL_STUDIO_URL") or _env("LABEL_STUDIO_HOST"),
             label_studio_api_key=_env("LABEL_STUDIO_API_KEY") or _env("LABEL_STUDIO_ACCESS_TOKEN"),
             local_files_root=Path(root) if root else None,

@@ -294,12 +294,8 @@ class FineTuner:
             self._update(skipped=[f"{w}: {r}" for w, r in report.skipped[:20]])
         self._update(phase="saving")
         path = self._save(result, project_id, len(tasks))
-        predictor = PASamPredictor(
-            result.model,
-            device=backend.predictor.device,
-            cache=backend.predictor.cache,
-            autocast_bf16=backend.predictor.autocast_bf16,
-        )
+        # same device, cache, precision and encoder path as the predictor it replaces
+        predictor = PASamPredictor(result.model, **backend.predictor.settings())
         return backend.swap_predictor(predictor), path
 
     def _save(self, result, project_id: int, n_tasks: int) -> Path:

@@ -231,12 +231,7 @@ def finetune_job(
     }
     # an adapter file naming its base when the model came from a complete file, else whole
     result.path = save_finetuned(tuned.model, path, provenance=provenance, metadata=extra)
-    result.predictor = PASamPredictor(
-        tuned.model,
-        device=predictor.device,
-        cache=predictor.cache,
-        autocast_bf16=predictor.autocast_bf16,
-        percentiles=predictor.percentiles,
-    )
+    # same device, cache, precision and encoder path as the predictor it replaces
+    result.predictor = PASamPredictor(tuned.model, **predictor.settings())
     result.seconds = time.perf_counter() - t0
     return result

@@ -193,9 +193,11 @@ def _load_job(
     sam_checkpoint: str | None,
     guide_mode: str | None,
     on_disk: bool = False,
+    precision: str = "auto",
 ):
     """Build the predictor for ``source``: a checkpoint path, ``registry:<name>`` (an entry
-    of ``model/registry.json``, downloaded on first use) or ``random:<variant>``."""
+    of ``model/registry.json``, downloaded on first use) or ``random:<variant>``. The image
+    encoder runs its fast path in ``precision`` (``auto``: bf16 where it is fast)."""
     avoid_triton_llvm_clash()
     from pasam_plugins.predictor import PASamPredictor
 
@@ -227,6 +229,8 @@ def _load_job(
         model,
         device=None if device == "auto" else device,
         cache=shared_embedding_cache(on_disk=on_disk),
+        precision=precision,
+        fast_encoder=True,
     )
     info = ModelInfo(
         source=label,
@@ -411,6 +415,13 @@ class AnnotatorWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(self._available_devices())
         form.addRow("Device", self.device_combo)
+        self.precision_combo = QComboBox()
+        self.precision_combo.addItems(["auto", "float32", "bf16"])
+        self.precision_combo.setToolTip(
+            "Image encoder number format: auto uses bf16 where this CPU (AMX/AVX512-BF16) or "
+            "GPU computes it fast, float32 elsewhere"
+        )
+        form.addRow("Precision", self.precision_combo)
         self.disk_cache_check = QCheckBox("keep embeddings on disk")
         self.disk_cache_check.setToolTip(
             "Store image embeddings in $PASAM_CACHE_DIR/embeddings (default "
@@ -674,6 +685,7 @@ class AnnotatorWidget(QWidget):
             self.sam_checkpoint_edit.text().strip() or None,
             self.guide_combo.currentData(),
             self.disk_cache_check.isChecked(),
+            self.precision_combo.currentText(),
             _progress={"desc": "PA-SAM: loading model"},
         )
         worker.returned.connect(self._on_model_loaded)

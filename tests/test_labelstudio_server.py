@@ -58,9 +58,11 @@ def client(backend) -> TestClient:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_checkpoint) -> PASamPredictor:
-    """An independent predictor on the same weights."""
-    return PASamPredictor(load_model(tiny_checkpoint))
+def reference(tiny_checkpoint, backend) -> PASamPredictor:
+    """An independent predictor on the same weights, encoder path and precision."""
+    return PASamPredictor(
+        load_model(tiny_checkpoint), precision=backend.predictor.precision, fast_encoder=True
+    )
 
 
 def task(url: str, tid: int = 1, **extra) -> dict:
@@ -451,6 +453,26 @@ def test_metrics_count_requests(client):
     after = client.get("/metrics").json()
     assert after["errors"] == before["errors"] + 1
     assert {"encoder_runs", "embedding_cache", "model_version", "predict_requests"} <= set(after)
+
+
+def test_precision_setting_reaches_the_predictor_and_metrics(tiny_checkpoint, images, monkeypatch):
+    monkeypatch.setenv("PASAM_PRECISION", "float32")
+    monkeypatch.setenv("PASAM_COMPILE", "no")
+    settings = Settings.from_env(checkpoint=tiny_checkpoint, local_files_root=images[0])
+    assert settings.precision == "float32" and settings.compile_encoder is False
+    forced = PASamBackend.from_settings(settings)
+    assert forced.predictor.precision == "float32" and forced.predictor.fast_encoder
+    metrics = TestClient(create_app(forced)).get("/metrics").json()
+    assert metrics["encoder"] == {"precision": "float32", "fast": True, "compile": "off"}
+    assert Settings(checkpoint=tiny_checkpoint).precision == "auto"  # the default
+    monkeypatch.setenv("PASAM_PRECISION", "half")
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        Settings.from_env()
+    monkeypatch.setenv("PASAM_PRECISION", "BF16")
+    assert Settings.from_env().precision == "bf16"
+    monkeypatch.setenv("PASAM_COMPILE", "maybe")
+    with pytest.raises(ValueError, match="PASAM_COMPILE"):
+        Settings.from_env()
 
 
 # --------------------------------------------------------------------------- load

@@ -52,6 +52,7 @@ from torch.nn import functional as F
 
 from .. import distributed
 from ..checkpoint import ADAPTER_PREFIXES, HQ_PREFIXES, PLM_PREFIXES, save_checkpoint
+from ..fast_encoder import FastImageEncoder
 from ..imageio import ImageError, check_image_size, normalize_image
 from ..metrics import mask_box
 from ..modeling import PASam, build_pasam
@@ -96,6 +97,15 @@ HEAD_PREFIXES = ("output_upscaling.", "output_hypernetworks_mlps.", "mask_tokens
 #: paper gives no weight; 1.0 made the mask loss of a 10-step run rise)
 PMM_WEIGHT = 0.05
 
+
+
+def _encode(model: PASam, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(image embedding, early features or None): SAM's encoder through the fused-attention
+    path (:mod:`pasam_plugins.fast_encoder`, same math); models with an encoder of their own
+    (HQ-SAM, whose early features feed its HQ head) run it as it is."""
+    if type(model).encode_image is PASam.encode_image:
+        return FastImageEncoder(model.image_encoder)(x), None
+    return model.encode_image(x)
 
 def parse_parts(train: str | Sequence[str]) -> tuple[str, ...]:
     """The parts of a ``--train`` value (``"adapter"``, ``"adapter,plm"``, ``"plm,pmm"`` ...).
@@ -308,7 +318,7 @@ def prepare_image(
     x = torch.as_tensor(resized, device=device).permute(2, 0, 1)[None].float()
     x = model.preprocess(x)
     with autocast():
-        embedding, early = model.encode_image(x)
+        embedding, early = _encode(model, x)
     embedding = embedding.float()
     gin = model.guide_input(x, resized, None if early is None else early.float()).float()
     input_size = resized.shape[:2]
@@ -549,7 +559,7 @@ def crop_losses(
     x = model.preprocess(x)
     grad_ctx = nullcontext() if train_encoder else torch.no_grad()
     with grad_ctx, autocast():
-        emb, early = model.encode_image(x)
+        emb, early = _encode(model, x)  # SAM's encoder through fused attention
     emb = emb.float()
     terms: list[Any] = []
     for i, ex in enumerate(examples):
@@ -739,17 +749,18 @@ def _autocast_factory(
     device: torch.device, amp: bool
 ) -> tuple[Callable[[], Any], torch.dtype | None]:
     """Mixed precision: bf16 (or fp16 with a gradient scaler) on CUDA; bf16 on CPUs that
-    compute it in hardware (:func:`pasam_plugins.runtime.cpu_has_fast_bf16`), where it is
-    about 2x faster and needs no loss scaling. Off otherwise."""
+    compute it in hardware and measure faster with it (the rule of ``precision="auto"`` at
+    inference, :func:`pasam_plugins.precision.cpu_bf16_is_fast`): no loss scaling is needed
+    for bf16. Off otherwise."""
     if not amp:
         return nullcontext, None
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return (lambda: torch.autocast("cuda", dtype=dtype)), dtype
     if device.type == "cpu":
-        from ..runtime import cpu_has_fast_bf16
+        from ..precision import cpu_bf16_is_fast
 
-        if cpu_has_fast_bf16():
+        if cpu_bf16_is_fast():
             return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), torch.bfloat16
     return nullcontext, None
 
