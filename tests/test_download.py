@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from pasam_plugins.registry import RegistryError, get_entry, load_registry
 from pasam_plugins.download import (
     DownloadError,
     default_cache_dir,
     download,
     fetch,
+    local_checkpoint,
     sha256_file,
 )
+from pasam_plugins.registry import RegistryError, get_entry, load_registry
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # ~1 MiB + 4 bytes: more than one chunk
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -205,6 +206,24 @@ def test_not_directly_downloadable_entry_explains(tmp_path):
     with pytest.raises(DownloadError, match="cannot be downloaded automatically.*pan.example"):
         fetch(entry, tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
+
+
+def test_local_checkpoint_uses_the_cache_and_hand_placed_files(tmp_path, server):
+    """What the napari panel loads: a direct entry is downloaded once and then reused; a
+    manual-download entry is the file put into the cache by hand, else a message naming
+    the folder."""
+    cache = tmp_path / "cache"
+    entry = entry_for(tmp_path, f"{server}/ckpt.pth")
+    path = local_checkpoint(entry, cache)
+    assert path == cache / entry.filename and sha256_file(path) == PAYLOAD_SHA
+    assert local_checkpoint(entry, cache) == path
+    manual = entry_for(
+        tmp_path, "https://pan.example/s/share", direct_download=False, filename="epoch_20.pth"
+    )
+    with pytest.raises(DownloadError, match=f"put it into {cache}"):
+        local_checkpoint(manual, cache)
+    (cache / manual.filename).write_bytes(b"placed by hand")
+    assert local_checkpoint(manual, cache) == cache / manual.filename
 
 
 def test_cache_dir_from_environment(tmp_path, server, monkeypatch):
