@@ -4,9 +4,12 @@ The samples are the planes of the annotated image that hold at least one labelle
 cut out and normalized exactly as for prediction (:meth:`PlaneGeometry.plane` and the
 predictor's :func:`~pasam_plugins.imageio.normalize_image` settings), with that plane of the
 Labels layer (0 background, every other value one object). Training is
-:func:`pasam_plugins.train.finetune.finetune`; the result is saved atomically into
-:func:`models_dir` and wrapped in a new predictor (its model signature changes with the
-guiding conv, so cached embeddings of the old model are not reused).
+:func:`pasam_plugins.train.finetune.finetune` (it trains zoomed models on crops around each
+object, as they are used); the result is saved by the core's one rule
+(:func:`pasam_plugins.checkpoint.save_finetuned`: an adapter file naming its base, or the
+whole model) into :func:`pasam_plugins.paths.models_dir` and wrapped in a new model slot
+(its model signature changes with the guiding conv, so cached embeddings of the old model
+are not reused).
 """
 
 import queue
@@ -22,14 +25,6 @@ import numpy as np
 
 from ._compat import avoid_triton_llvm_clash
 from .planes import PlaneGeometry
-
-
-def models_dir() -> Path:
-    """Where fine-tuned adapters are saved (:func:`pasam_plugins.paths.models_dir`:
-    ``$PASAM_MODEL_DIR``, else ``$PASAM_CACHE_DIR/models``), as the Label Studio backend."""
-    from pasam_plugins.paths import models_dir as core_models_dir
-
-    return core_models_dir()
 
 
 def output_path(directory: Path, image_name: str, steps: int) -> Path:
@@ -84,10 +79,10 @@ class FinetuneStep:
 
 
 @dataclass
-class FinetuneResult:
-    """A finished fine-tuning run (``predictor`` is None when no step ran)."""
+class FinetuneRun:
+    """A finished fine-tuning run (``slot`` is None when no step ran)."""
 
-    predictor: Any
+    slot: Any
     steps: int
     total_steps: int
     losses: list[float] = field(default_factory=list)
@@ -109,7 +104,7 @@ class FinetuneResult:
 
 
 def finetune_job(
-    predictor,
+    slot,
     data,
     geometry: PlaneGeometry,
     labels: dict[tuple[int, ...], np.ndarray],
@@ -120,7 +115,7 @@ def finetune_job(
     stop: threading.Event,
 ) -> Iterator[FinetuneStep]:
     """Generator for a napari thread worker: yields a :class:`FinetuneStep` per optimizer
-    step and returns a :class:`FinetuneResult` (``stop`` set: ends after the current step).
+    step and returns a :class:`FinetuneRun` (``stop`` set: ends after the current step).
 
     Training runs in a helper thread so that steps reach the progress bar as they happen;
     the generator returns only once that thread is done. Errors raise (the widget reports
@@ -128,10 +123,14 @@ def finetune_job(
     """
     avoid_triton_llvm_clash()
     from pasam_plugins.checkpoint import save_finetuned
+    from pasam_plugins.paths import models_dir
     from pasam_plugins.predictor import PASamPredictor
     from pasam_plugins.train.finetune import finetune
 
+    from .jobs import make_slot, model_info
+
     t0 = time.perf_counter()
+    predictor = slot.predictor
     samples = training_samples(
         data, geometry, labels, channel=channel, percentiles=predictor.percentiles
     )
@@ -175,8 +174,8 @@ def finetune_job(
         raise outcome["error"]
     tuned = outcome["result"]
     report = tuned.report
-    result = FinetuneResult(
-        predictor=None,
+    result = FinetuneRun(
+        slot=None,
         steps=report.steps,
         total_steps=steps,
         losses=list(report.losses),
@@ -198,7 +197,7 @@ def finetune_job(
     }
     # an adapter file naming its base when the model came from a complete file, else whole
     result.path = save_finetuned(tuned.model, path, provenance=provenance, metadata=extra)
-    result.predictor = PASamPredictor(
+    new_predictor = PASamPredictor(
         tuned.model,
         device=predictor.device,
         cache=predictor.cache,
@@ -206,4 +205,7 @@ def finetune_job(
         percentiles=predictor.percentiles,
     )
     result.seconds = time.perf_counter() - t0
+    info = model_info(tuned.model, new_predictor, str(result.path), str(result.path))
+    info.finetuned = result.describe()
+    result.slot = make_slot(new_predictor, info)
     return result
