@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from .jobs import message_of
@@ -67,6 +68,7 @@ class EditingMixin:
     def _init_editing(self) -> None:
         self.last_accepted: AcceptedObject | None = None
         self._writing = False
+        self._due_planes: set | None = set()  # painted planes whose counts are due
 
     # ------------------------------------------------------------------ labels layer
     def connect_labels(self, labels) -> None:
@@ -88,12 +90,25 @@ class EditingMixin:
         labels.events.data.disconnect(self._on_labels_replaced)
 
     def _on_labels_painted(self, event) -> None:
-        """A brush stroke, fill or ``data_setitem`` by someone else: features follow."""
+        """A brush stroke, fill or ``data_setitem`` by someone else: features follow. napari
+        announces an edit before it writes the pixels, so the table is recomputed on the
+        next pass of the event loop (once for any number of edits)."""
         if self._writing or self.objects is None:
             return
         planes = _history_planes(getattr(event, "value", None), self.objects.leading_ndim)
-        self.objects.invalidate(planes)
-        self.refresh_features()
+        first = self._due_planes == set()
+        if planes is None or self._due_planes is None:
+            self._due_planes = None  # all planes
+        else:
+            self._due_planes.update(planes)
+        if first:
+            QTimer.singleShot(0, self._refresh_features_due)
+
+    def _refresh_features_due(self) -> None:
+        planes, self._due_planes = self._due_planes, set()
+        if self.objects is not None:
+            self.objects.invalidate(planes)
+            self.refresh_features()
 
     def _on_labels_replaced(self, event=None) -> None:
         if self.objects is not None and not self._writing:
@@ -152,9 +167,8 @@ class EditingMixin:
             show_warning("PA-SAM: nothing to accept; click a point or draw a box first")
             return None
         data = self.layers.labels.data
-        label_id = cur.object_id
-        if label_id in self.objects.records or label_id <= int(np.max(data)):
-            label_id = self.objects.next_id(data)
+        # the id shown since the object's first click, unless it was taken meanwhile
+        label_id = max(cur.object_id, self.objects.next_id(data))
         atom, painted = self.paint_plane(cur.leading, cur.mask, label_id)
         if atom is None:
             show_warning(

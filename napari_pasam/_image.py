@@ -26,6 +26,8 @@ class ImageMixin:
         ]
 
     def _refresh_image_choices(self, event=None) -> None:
+        if self.image_layer is not None and self.image_layer not in self.viewer.layers:
+            self.stop_annotating()  # the image is gone (closed by the user, or the viewer)
         combo = self.image_panel.image_combo
         current = combo.currentText()
         combo.blockSignals(True)
@@ -139,6 +141,19 @@ class ImageMixin:
     def _add_layers_stepwise(self) -> None:
         if self.layers is not None and lay.add_one_missing(self.viewer, self.layers):
             QTimer.singleShot(0, self._add_layers_stepwise)
+
+    def stop_annotating(self) -> None:
+        """Forget the annotated image (its layers stay in the viewer as they are)."""
+        if self.current is not None:
+            self.emit("discard", object_id=self.current.object_id)
+        self._pending_predict = False
+        self._after_predict.clear()
+        self._disconnect_layers()
+        self.current = None
+        self.image_layer = self.geometry = self.layers = self.objects = None
+        self._shown_plane = None
+        self.object_panel.object_label.setText("")
+        self.set_status("The annotated image was closed; pick an image and press 'Annotate'")
 
     def _connect_layers(self) -> None:
         ls = self.layers

@@ -66,6 +66,12 @@ __all__ = ["AUTO", "AnnotatorWidget"]
 WARM_IMPORTS = ("pandas", "skimage.color")
 
 
+def _detach(runner: TaskRunner, hooks: list) -> None:
+    runner.close()
+    for emitter, callback in hooks:
+        emitter.disconnect(callback)
+
+
 def _warm_imports() -> None:
     for name in WARM_IMPORTS:
         try:
@@ -103,9 +109,16 @@ class AnnotatorWidget(ModelMixin, ImageMixin, EditingMixin, LongTasksMixin, QWid
         self.runner.listeners.append(self._on_task_change)
         self.runner.idle_callbacks.append(self._on_idle)
         self._refresh_image_choices()
-        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(self._refresh_image_choices)
-        self.viewer.dims.events.current_step.connect(self._on_dims_change)
+        hooks = [
+            (self.viewer.layers.events.inserted, self._refresh_image_choices),
+            (self.viewer.layers.events.removed, self._refresh_image_choices),
+            (self.viewer.dims.events.current_step, self._on_dims_change),
+        ]
+        for emitter, callback in hooks:
+            emitter.connect(callback)
+        # when the dock is deleted (viewer closed), workers still running and the viewer's
+        # events must not reach its deleted widgets
+        self.destroyed.connect(lambda *_, r=self.runner, h=hooks: _detach(r, h))
         for key, fn in (
             ("k", self._accept_key),
             ("n", self._toggle_key),

@@ -46,6 +46,17 @@ class TaskRunner:
         self.task: Task | None = None
         self.listeners: list[Callable[[Task | None], None]] = []
         self.idle_callbacks: list[Callable[[], None]] = []
+        self.closed = False
+
+    def close(self) -> None:
+        """The dock is gone: results of workers still running are dropped, nothing new
+        starts, no listener is called again."""
+        self.closed = True
+        self.listeners.clear()
+        self.idle_callbacks.clear()
+        if self.task is not None and self.task.stop is not None:
+            self.task.stop()
+        self.task = None
 
     @property
     def busy(self) -> bool:
@@ -74,20 +85,28 @@ class TaskRunner:
         """Start ``worker`` as the running task. ``on_return``/``on_yield`` are not called
         for a task cancelled by discarding (load/embed/predict); ``on_finish`` always is."""
         task = Task(kind, title, worker, total=total, stop=stop)
+        if self.closed:
+            raise RuntimeError("the annotator was closed")
         self.task = task
 
         def returned(value: Any) -> None:
-            if not (task.cancelled and task.stop is None) and on_return is not None:
+            if self.closed or (task.cancelled and task.stop is None):
+                return
+            if on_return is not None:
                 on_return(value)
 
         def yielded(value: Any) -> None:
             task.done += 1
-            if not (task.cancelled and task.stop is None) and on_yield is not None:
+            if self.closed or (task.cancelled and task.stop is None):
+                return
+            if on_yield is not None:
                 on_yield(value)
             if self.task is task:
                 self._notify()
 
         def finished() -> None:
+            if self.closed:
+                return
             if on_finish is not None:
                 on_finish()
             if self.task is task:

@@ -244,9 +244,12 @@ class ObjectTable:
 
     # -- ids
     def next_id(self, labels: np.ndarray) -> int:
-        """A label id no object has or had (undone objects keep their ids)."""
+        """A label id no object has or had (undone objects keep their ids). Uses the cached
+        per-plane counts, so it does not scan a whole stack on every new object."""
         top = max(self.records, default=0)
-        return int(max(top, int(np.max(labels)) if np.size(labels) else 0)) + 1
+        counts = self._plane_counts(labels)
+        in_labels = max((len(c) - 1 for c in counts.values()), default=0)
+        return int(max(top, in_labels)) + 1
 
     # -- records
     def record(

@@ -159,9 +159,23 @@ def test_finetune_errors_stop_and_stacks(
     qtbot.waitUntil(lambda: len(widget.last_finetune_progress) >= 1, timeout=WAIT_MS)
     bars = [p for p in napari_progress._all_instances if p.total == 200]
     assert bars and "fine-tuning" in bars[0].desc, "napari's progress bar counts the steps"
+    # ... and the dock's own bar, in view, with Cancel; what cannot run now is disabled
+    bar = widget.task_panel.progress_bar
+    assert bar.isVisibleTo(widget) and bar.maximum() == 200 and bar.value() >= 1
+    assert "Fine-tuning on 2 objects in 2 planes" in bar.format()
+    assert widget.task_panel.cancel_button.isEnabled()
+    for button in (
+        widget.finetune_panel.finetune_button,
+        widget.propagation_panel.propagate_button,
+        widget.model_panel.load_button,
+        widget.image_panel.start_button,
+        widget.object_panel.accept_button,
+    ):
+        assert not button.isEnabled(), button.text()
     widget.cancel()
     wait_idle(qtbot, widget)
     result = widget.last_finetune
+    assert not bar.isVisibleTo(widget) and widget.finetune_panel.finetune_button.isEnabled()
     assert result.stopped_early and 1 <= result.steps <= 3
     assert len(widget.last_finetune_progress) == result.steps
     assert result.planes == 2 and result.objects == 2
