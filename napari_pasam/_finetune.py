@@ -195,6 +195,8 @@ def finetune_job(
         "final_loss": report.losses[-1],
         "stopped_early": report.stopped_early,
     }
+    if model.origin.file:  # what this round started from (a previous round's file, say)
+        provenance["base"] = model.origin.file
     # an adapter file naming its base when the model came from a complete file, else whole
     result.path = save_finetuned(tuned.model, path, provenance=provenance, metadata=extra)
     new_predictor = PASamPredictor(

@@ -374,7 +374,7 @@ class AnnotatorWidget(ModelMixin, ImageMixin, EditingMixin, LongTasksMixin, QWid
             plane_key=(id(slot), plane.key),
             prompts=result.prompts,
             result=result.result,
-            clicks=max(self._clicks, 1),
+            clicks=max(self._clicks, result.prompts.count),
         )
         self.last_prediction = result
         self._show(result)

@@ -36,6 +36,8 @@ def test_features_follow_the_labels_through_overlap_and_undo():
     assert table.next_id(labels) == 1
     labels[m1] = 1
     table.record(1, (), m1, 0.9, unc1, clicks=3)
+    assert table.features(labels).empty, "counts are cached until the plane is invalidated"
+    table.invalidate([()])
     f = table.features(labels)
     assert list(f.columns) == list(FEATURE_COLUMNS)
     row = f.iloc[0]

@@ -43,7 +43,10 @@ def test_widget_and_samples_come_from_the_manifest(make_napari_viewer):
     assert viewer.layers["synthetic nuclei 2D"].data.dtype == np.uint16
     assert viewer.layers["IHC slide"].rgb
     # the widget offers the new image layers
-    items = [widget.image_panel.image_combo.itemText(i) for i in range(widget.image_panel.image_combo.count())]
+    items = [
+        widget.image_panel.image_combo.itemText(i)
+        for i in range(widget.image_panel.image_combo.count())
+    ]
     assert items == names
 
 
@@ -60,6 +63,16 @@ def test_click_predicts_overlays_and_accept_increments_ids(
 
     click(qtbot, widget, (200, 300))
     assert widget.current is not None
+    # the same prompt through the core's Segmenter gives the same object (one rule set)
+    from pasam_plugins.checkpoint import load_model
+    from pasam_plugins.predictor import PASamPredictor
+    from pasam_plugins.segment import Segmenter
+
+    core = Segmenter(PASamPredictor(load_model(tiny_checkpoint), device="cpu"))
+    core.set_image(em_section)
+    ref = core.segment([[300, 200]], [1])
+    np.testing.assert_array_equal(widget.current.mask, ref.mask)
+    assert widget.current.iou == pytest.approx(ref.score, abs=1e-6)
     h, w = em_section.shape
     assert widget.current.mask.shape == (h, w)
     assert widget.layers.current.data.shape == (h, w)
@@ -80,6 +93,9 @@ def test_click_predicts_overlays_and_accept_increments_ids(
     # a negative click re-predicts; the prompt is shown in the negative colour
     click(qtbot, widget, (50, 60), positive=False)
     assert widget.layers.points.features["positive"].tolist() == [True, False]
+    # a refinement click: the object's last result is fed back, as the core expects
+    ref2 = core.segment([[300, 200], [60, 50]], [1, 0], previous=ref)
+    np.testing.assert_array_equal(widget.current.mask, ref2.mask)
     pos_color, neg_color = widget.layers.points.face_color
     assert not np.allclose(pos_color, neg_color)
     assert widget.prompts().labels.tolist() == [1, 0]
@@ -241,7 +257,9 @@ def test_stack_propagation_follows_the_stop_rule(
     assert widget.current.leading == (z0,)
     assert widget.layers.uncertainty.data.shape == em_stack.shape[1:]
     assert widget.accept() == 1
-    widget.propagation_panel.min_iou_spin.setValue(widget.propagation_panel.min_iou_spin.minimum())  # "off"
+    widget.propagation_panel.min_iou_spin.setValue(
+        widget.propagation_panel.min_iou_spin.minimum()
+    )  # "off"
     widget.propagation_panel.max_uncertainty_spin.setValue(1.0)
     widget.propagation_panel.max_slices_spin.setValue(2)
     rule = widget.propagation_rule()
@@ -353,7 +371,9 @@ def test_bad_checkpoint_shows_error_and_viewer_stays_usable(
     assert len(errors) == 1 and "could not load the model" in errors[0]
     assert str(bad) in errors[0] or "not_a_model" in errors[0]
     assert "Traceback" not in errors[0]
-    assert widget.predictor is None and widget.model_panel.model_label.full_text() == "No model loaded"
+    assert (
+        widget.predictor is None and widget.model_panel.model_label.full_text() == "No model loaded"
+    )
 
     # empty path: a message, no worker
     widget.model_panel.checkpoint_edit.setText("")
@@ -436,7 +456,9 @@ def test_model_registry_entries(make_napari_viewer, qtbot, monkeypatch, tmp_path
     assert "manual download" in entries["registry:manual"]
     assert "random:vit_b" in entries
 
-    widget.model_panel.source_combo.setCurrentIndex(widget.model_panel.source_combo.findData("registry:tiny_pasam"))
+    widget.model_panel.source_combo.setCurrentIndex(
+        widget.model_panel.source_combo.findData("registry:tiny_pasam")
+    )
     widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
     assert widget.predictor is not None
@@ -445,7 +467,9 @@ def test_model_registry_entries(make_napari_viewer, qtbot, monkeypatch, tmp_path
     loaded = widget.predictor
 
     n = len(notification_manager.records)
-    widget.model_panel.source_combo.setCurrentIndex(widget.model_panel.source_combo.findData("registry:manual"))
+    widget.model_panel.source_combo.setCurrentIndex(
+        widget.model_panel.source_combo.findData("registry:manual")
+    )
     widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
     errors = errors_since(n)
