@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QRadioButton,
+    QScrollArea,
     QSizePolicy,
     QSlider,
     QSpinBox,
@@ -102,6 +103,32 @@ class PathLabel(QLabel):
     def minimumSizeHint(self):  # noqa: N802 - Qt API
         hint = super().minimumSizeHint()
         hint.setWidth(min(hint.width(), 60))
+        return hint
+
+
+class PanelScrollArea(QScrollArea):
+    """Scrolls its panels vertically only, and asks for their minimum width plus the
+    vertical scrollbar's, so that no panel is cut at the right edge behind the scrollbar."""
+
+    def __init__(self, content: QWidget) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(content)
+
+    def _width(self) -> int:
+        bar = self.verticalScrollBar().sizeHint().width()
+        return self.widget().minimumSizeHint().width() + bar + 2 * self.frameWidth()
+
+    def minimumSizeHint(self):  # noqa: N802 - Qt API
+        hint = super().minimumSizeHint()
+        hint.setWidth(max(hint.width(), self._width()))
+        return hint
+
+    def sizeHint(self):  # noqa: N802 - Qt API
+        hint = super().sizeHint()
+        hint.setWidth(max(hint.width(), self._width()))
         return hint
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from . import _layers as lay
 from ._editing import EditingMixin
@@ -42,6 +42,7 @@ from ._panels import (
     ModelPanel,
     ObjectPanel,
     OverlayPanel,
+    PanelScrollArea,
     PropagationPanel,
     SavePanel,
     TaskPanel,
@@ -160,10 +161,7 @@ class AnnotatorWidget(ModelMixin, ImageMixin, EditingMixin, LongTasksMixin, QWid
             self._panel_layout.addWidget(panel)
         self._panel_layout.addWidget(self.help)
         self._panel_layout.addStretch(1)
-        self.scroll = QScrollArea()
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
-        self.scroll.setWidget(content)
+        self.scroll = PanelScrollArea(content)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.scroll, 1)

@@ -126,6 +126,12 @@ def test_dock_fits_a_laptop_screen(make_napari_viewer, qtbot, tmp_path, tiny_che
     assert widget.minimumSizeHint().height() <= 300, "the panels scroll instead"
     bar = widget.scroll.verticalScrollBar()
     assert bar.maximum() > 0, "content taller than the dock scrolls"
+    content = widget.scroll.widget()
+    assert content.minimumSizeHint().width() <= content.width(), "no panel is squeezed"
+    assert content.width() <= widget.scroll.viewport().width(), (
+        "no panel is cut at the right edge behind the vertical scrollbar"
+    )
+    assert widget.scroll.horizontalScrollBar().maximum() == 0
     assert widget.task_panel.isVisible() and widget.task_panel.parentWidget() is widget, (
         "status and progress stay in view, outside the scrolled panels"
     )
