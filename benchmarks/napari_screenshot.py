@@ -106,7 +106,14 @@ def main() -> int:
         for _ in range(5):
             app.processEvents()
 
-    widget.load_model(source)
+    # through the model panel, so that the screenshot shows the source that was loaded
+    panel = widget.model_panel
+    index = panel.source_combo.findData(source)
+    if index < 0:  # a checkpoint file
+        index = panel.source_combo.findData("file")
+        panel.checkpoint_edit.setText(source)
+    panel.source_combo.setCurrentIndex(index)
+    panel.load_button.click()
     wait()
     if widget.slot is None:
         sys.exit(f"model not loaded: {widget.task_panel.status_label.full_text()}")
