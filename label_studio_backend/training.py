@@ -36,6 +36,8 @@ from pasam_plugins.predictor import PASamPredictor
 from .config import Settings
 from .errors import BackendError
 from .labelconfig import parse_label_config
+from .shared import TrainingLock, announce
+from .validation import project_id
 
 if TYPE_CHECKING:
     from .model import PASamBackend
@@ -75,6 +77,8 @@ class FineTuner:
         self._counts: dict[str, int] = {}
         self.runs = 0
         self._status: dict[str, Any] = {"status": "idle"}
+        #: one run at a time over every worker sharing the models dir
+        self._shared = TrainingLock(settings.models_dir)
 
     # ------------------------------------------------------------------ hooks
     def __call__(self, event: str, payload: dict) -> dict:
@@ -143,6 +147,15 @@ class FineTuner:
                     "step": self._status.get("step"),
                     "steps": self._status.get("steps"),
                 }
+            try:
+                mine = self._shared.acquire()
+            except OSError as e:  # (saving the result would fail the same way)
+                logger.warning(
+                    "cannot lock %s (%s): not coordinating with other workers", self._shared.path, e
+                )
+                mine = True
+            if not mine:
+                return {"status": "already training", "where": "another worker"}
             self.runs += 1
             self._stop.clear()
             self._status = {
@@ -190,6 +203,12 @@ class FineTuner:
             self._status.update(fields)
 
     def _run(self, project_id: int, label_config: str | None, tasks: list | None) -> None:
+        try:
+            self._run_locked(project_id, label_config, tasks)
+        finally:
+            self._shared.release()
+
+    def _run_locked(self, project_id: int, label_config: str | None, tasks: list | None) -> None:
         t0 = time.perf_counter()
         try:
             version, path = self._train(project_id, label_config, tasks)
@@ -204,6 +223,10 @@ class FineTuner:
             self._update(status="idle", phase=None, error="stopped before the end",
                          finished_at=_now())
             return
+        try:  # every other worker serves it from its next request
+            announce(self.settings.models_dir, checkpoint=path, model_version=version)
+        except OSError as e:
+            logger.warning("cannot announce %s to the other workers: %s", path, e)
         self._update(status="done", phase=None, model_version=version, checkpoint=str(path),
                      finished_at=_now(), seconds=round(time.perf_counter() - t0, 1))
         logger.info("fine-tuning on project %s done: model version %s, saved to %s",
@@ -388,12 +411,9 @@ def project_id_of(payload: dict) -> int | None:
         if isinstance(obj, dict):
             candidates.append(obj.get("project"))
     for c in candidates:
-        if isinstance(c, bool):
-            continue
-        if isinstance(c, int):
-            return c
-        if isinstance(c, str) and c.split(".", 1)[0].isdigit():
-            return int(c.split(".", 1)[0])
+        pid = project_id(c)
+        if pid is not None:
+            return pid
     return None
 
 

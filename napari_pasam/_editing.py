@@ -133,12 +133,15 @@ class EditingMixin:
         finally:
             self._writing = False
 
-    def paint_plane(self, leading: tuple[int, ...], mask: np.ndarray, label_id: int):
-        """Paint ``label_id`` on plane ``leading`` where the overlap rule allows; returns the
-        history atom (None when nothing could be painted) and the painted mask."""
+    def paint_plane(
+        self, leading: tuple[int, ...], mask: np.ndarray, label_id: int, rule: str | None = None
+    ):
+        """Paint ``label_id`` on plane ``leading`` where the overlap rule (default: the
+        panel's) allows; returns the history atom (None when nothing could be painted) and
+        the painted mask."""
         data = self.layers.labels.data
         plane = data[leading] if leading else data
-        paint = paint_mask(plane, mask, self.object_panel.overlap_rule())
+        paint = paint_mask(plane, mask, rule or self.object_panel.overlap_rule())
         ys, xs = np.nonzero(paint)
         if len(ys) == 0:
             return None, paint

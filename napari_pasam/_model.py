@@ -56,10 +56,16 @@ class ModelMixin:
         from .jobs import shared_embedding_cache
 
         try:
-            self.slot.predictor.cache = shared_embedding_cache(on_disk=bool(on))
+            cache = shared_embedding_cache(on_disk=bool(on))
         except OSError as exc:
             show_error(f"PA-SAM: cannot use the embeddings directory: {message_of(exc)}")
             self.model_panel.disk_cache_check.setChecked(False)
+            return
+        if on and not cache.disk_writable:  # read-only or full: memory only
+            show_warning(f"PA-SAM: cannot write embeddings to {cache.disk_dir}; kept in memory")
+            self.model_panel.disk_cache_check.setChecked(False)
+            return
+        self.slot.predictor.cache = cache
 
     # ------------------------------------------------------------------ model
     def load_model(self, source: str | None = None, device: str | None = None) -> None:

@@ -3,8 +3,8 @@
 workers). Each panel says which of its controls must wait while a long task runs
 (:meth:`set_busy`).
 
-Further panels (e.g. "Segment all", exports) are added with
-:meth:`AnnotatorWidget.add_panel`.
+Further panels are added with :meth:`AnnotatorWidget.add_panel` ("Segment all" lives in
+:mod:`napari_pasam._automatic`).
 """
 
 from qtpy.QtCore import Qt
@@ -350,10 +350,11 @@ class FinetunePanel(QGroupBox):
 
 
 class SavePanel(QGroupBox):
-    """Save the labels with their features; more export actions can be added."""
+    """Save the labels with their features, and the exports (COCO JSON as the core writes
+    it, one CSV row per object and plane); more export actions can be added."""
 
     def __init__(self) -> None:
-        super().__init__("Save")
+        super().__init__("Save and export")
         self.layout_ = QVBoxLayout(self)
         self.save_button = QPushButton("Save labels (TIFF + CSV)…")
         self.save_button.setToolTip(
@@ -361,12 +362,27 @@ class SavePanel(QGroupBox):
             "mean uncertainty, clicks, slice range) as CSV next to it"
         )
         self.layout_.addWidget(self.save_button)
+        self.coco_button = QPushButton("COCO JSON…")
+        self.coco_button.setToolTip(
+            "Export the labels with their features as COCO instance segmentation (one COCO "
+            "image per slice), as pasam segment-all and pasam convert write it"
+        )
+        self.coco_mode_combo = QComboBox()
+        self.coco_mode_combo.addItem("RLE masks", "rle")
+        self.coco_mode_combo.addItem("polygons", "polygon")
+        self.csv_button = QPushButton("Objects CSV…")
+        self.csv_button.setToolTip(
+            "One row per object and slice: box, area, centroid and the features"
+        )
+        self.layout_.addLayout(_row(self.coco_button, self.coco_mode_combo))
+        self.layout_.addWidget(self.csv_button)
 
     def add_action(self, button: QPushButton) -> None:
         self.layout_.addWidget(button)
 
     def set_busy(self, busy: bool) -> None:
-        self.save_button.setEnabled(not busy)
+        for b in (self.save_button, self.coco_button, self.csv_button):
+            b.setEnabled(not busy)
 
 
 class TaskPanel(QWidget):

@@ -6,16 +6,19 @@ weights) -> pick an image layer and press "Annotate this image" -> click positiv
 points (``N`` toggles) or draw a box -> the current object, the adapter's uncertainty map and
 its mined points appear -> ``K`` / "Accept" writes the object into the labels layer (under
 the overlap rule shown in the panel; ``Ctrl+Z`` undoes) -> in a stack, ``Shift+S`` /
-"Propagate" segments it through the neighbouring slices -> "Fine-tune" trains the model's
-adapter on the accepted objects -> "Save labels" writes a label TIFF and the features CSV.
+"Propagate" segments it through the neighbouring slices -> "Segment all" finds every
+object of the slice or stack without clicks (review-first ring layer) -> "Fine-tune" trains
+the model's adapter on the accepted objects -> "Save labels" writes a label TIFF and the
+features CSV, "COCO JSON" / "Objects CSV" export them as the core's exports do.
 
 Where things are: Qt-free state in :mod:`napari_pasam.session`, work off the UI thread in
 :mod:`napari_pasam.jobs` (every prediction through the core's ``Segmenter``), worker
 plumbing in :mod:`napari_pasam._workers`, layers in :mod:`napari_pasam._layers`, panels in
 :mod:`napari_pasam._panels`; the model panel's logic, the image panel's logic (axes,
-slice and channel position), accept/undo/save, and propagation/fine-tuning in the mixins
-:mod:`napari_pasam._model`, :mod:`napari_pasam._image`, :mod:`napari_pasam._editing` and
-:mod:`napari_pasam._longtasks`. Every failure is a napari notification; nothing raises into
+slice and channel position), accept/undo/save, propagation/fine-tuning, and "Segment all"
+with the exports in the mixins :mod:`napari_pasam._model`, :mod:`napari_pasam._image`,
+:mod:`napari_pasam._editing`, :mod:`napari_pasam._longtasks` and
+:mod:`napari_pasam._automatic`. Every failure is a napari notification; nothing raises into
 the event loop.
 """
 
@@ -30,6 +33,7 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from . import _layers as lay
+from ._automatic import AutomaticMixin, SegmentAllPanel
 from ._editing import EditingMixin
 from ._image import AUTO, ImageMixin
 from ._longtasks import LongTasksMixin
@@ -81,7 +85,9 @@ def _warm_imports() -> None:
             pass
 
 
-class AnnotatorWidget(ModelMixin, ImageMixin, EditingMixin, LongTasksMixin, QWidget):
+class AnnotatorWidget(
+    ModelMixin, ImageMixin, EditingMixin, LongTasksMixin, AutomaticMixin, QWidget
+):
     """PA-SAM annotation dock widget (see the module docstring)."""
 
     def __init__(self, napari_viewer) -> None:
@@ -106,6 +112,7 @@ class AnnotatorWidget(ModelMixin, ImageMixin, EditingMixin, LongTasksMixin, QWid
         self._t0 = clock()
         self._init_editing()
         self._init_longtasks()
+        self._init_automatic()
         self._build_ui()
         self.runner.listeners.append(self._on_task_change)
         self.runner.idle_callbacks.append(self._on_idle)
@@ -140,6 +147,7 @@ class AnnotatorWidget(ModelMixin, ImageMixin, EditingMixin, LongTasksMixin, QWid
         self.overlay_panel = OverlayPanel()
         self.propagation_panel = PropagationPanel()
         self.finetune_panel = FinetunePanel()
+        self.segment_all_panel = SegmentAllPanel()
         self.save_panel = SavePanel()
         self.task_panel = TaskPanel()
         self.help_label = QLabel(HELP_TEXT)
@@ -151,6 +159,7 @@ class AnnotatorWidget(ModelMixin, ImageMixin, EditingMixin, LongTasksMixin, QWid
             self.object_panel,
             self.overlay_panel,
             self.propagation_panel,
+            self.segment_all_panel,
             self.finetune_panel,
             self.save_panel,
         ]
@@ -190,7 +199,10 @@ class AnnotatorWidget(ModelMixin, ImageMixin, EditingMixin, LongTasksMixin, QWid
         v.opacity_slider.valueChanged.connect(self._apply_overlay_settings)
         self.propagation_panel.propagate_button.clicked.connect(lambda: self.propagate())
         self.finetune_panel.finetune_button.clicked.connect(lambda: self.finetune())
+        self.segment_all_panel.run_button.clicked.connect(lambda: self.segment_all())
         self.save_panel.save_button.clicked.connect(self._save_dialog)
+        self.save_panel.coco_button.clicked.connect(lambda: self.export_labels("coco"))
+        self.save_panel.csv_button.clicked.connect(lambda: self.export_labels("csv"))
         self.task_panel.cancel_button.clicked.connect(lambda: self.cancel())
         self.set_status("Load a model, then pick an image and press 'Annotate this image'")
 

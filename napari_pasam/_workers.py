@@ -4,20 +4,21 @@ cancel it.
 A task is a napari thread worker (``napari.qt.threading.create_worker``) with a kind:
 
 - ``predict``: a click's prediction (short; the panel's buttons stay live),
-- ``load``, ``embed``, ``propagate``, ``finetune``: long tasks (buttons that cannot run
+- ``load``, ``embed``, ``propagate``, ``finetune``, ``segment_all``: long tasks (buttons that cannot run
   meanwhile are disabled, the dock's progress bar shows them).
 
 Cancelling ``load``/``embed``/``predict`` discards the result when it arrives and frees the
 annotator at once (the model slot's lock keeps a later job from using the model before the
 abandoned one is done); ``propagate`` stops after the slice in progress and ``finetune``
-after the step in progress (both deliver what they did so far).
+after the step in progress, ``segment_all`` after the embedding or decoder batch in
+progress (all deliver what they did so far).
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-LONG_KINDS = frozenset({"load", "embed", "propagate", "finetune"})
+LONG_KINDS = frozenset({"load", "embed", "propagate", "finetune", "segment_all"})
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The annotator's work off the UI thread (no Qt): loading a model, segmenting the current
-object (embedding its plane first when needed), propagating an object through a stack.
+object (embedding its plane first when needed), propagating an object through a stack,
+segmenting every object of planes without prompts ("Segment all").
 
 Every prediction goes through the core's :class:`pasam_plugins.segment.Segmenter` (the
 multimask rule, the positive-click check, prompt mapping, zoomed windows for this project's
@@ -321,3 +322,42 @@ def propagation_job(
         summary=summary,
     )
     return summary
+
+
+# ---------------------------------------------------------------------------- segment all
+def segment_all_job(
+    slot: ModelSlot,
+    data,
+    geometry: PlaneGeometry,
+    planes: list[tuple[int, ...]],
+    channel: int | None,
+    settings: dict,
+    stop: threading.Event | None = None,
+) -> Iterator[tuple[int, int]]:
+    """Generator for a thread worker: every object of each plane in ``planes`` by the core's
+    :class:`pasam_plugins.automatic.AutomaticSegmenter` (the rules of ``pasam segment-all``
+    and the Label Studio backend) with :class:`~pasam_plugins.automatic.AutomaticSettings`
+    ``settings``. Yields once per embedding and decoder batch; returns ``{leading:
+    AutomaticResult}`` (the planes done when ``stop`` was set, the last one partly)."""
+    avoid_triton_llvm_clash()
+    from pasam_plugins.automatic import AutomaticSegmenter, AutomaticSettings
+
+    seg = AutomaticSegmenter(slot.predictor, AutomaticSettings(**settings))
+    results = {}
+    cancelled = (lambda: stop.is_set()) if stop is not None else None
+    with slot.lock:
+        slot.image_key = None  # the segmenter moves the predictor between windows
+        for leading in planes:
+            if stop is not None and stop.is_set():
+                break
+            plane = geometry.plane(data, leading, channel)
+            results[tuple(leading)] = yield from seg.steps(plane, cancel=cancelled)
+    return results
+
+
+def segment_all_steps(slot: ModelSlot, settings: dict, plane_shape: tuple[int, int]) -> int:
+    """Progress steps of :func:`segment_all_job` on one plane (imports torch: a worker's or
+    a loaded model's caller)."""
+    from pasam_plugins.automatic import AutomaticSegmenter, AutomaticSettings
+
+    return AutomaticSegmenter(slot.predictor, AutomaticSettings(**settings)).plan(*plane_shape)

@@ -32,6 +32,10 @@ FEATURE_COLUMNS = (
     "slice_stop",
 )
 
+#: extra columns of objects found by "Segment all" (after :data:`FEATURE_COLUMNS`, once the
+#: labels hold such an object; NaN / False for the others)
+AUTOMATIC_COLUMNS = ("stability_score", "boundary_uncertainty", "review_rank", "needs_review")
+
 #: overlap rules: a new object paints only background pixels, or replaces what it covers
 OVERLAP_KEEP = "keep"
 OVERLAP_REPLACE = "replace"
@@ -203,6 +207,8 @@ class PlaneRecord:
     y0: int = 0
     x0: int = 0
     uncertainty: np.ndarray | None = None
+    #: the mean uncertainty when no map is kept (objects found by "Segment all")
+    mean_uncertainty: float | None = None
 
 
 @dataclass
@@ -212,6 +218,8 @@ class ObjectRecord:
     label_id: int
     clicks: int = 0
     planes: dict[tuple[int, ...], PlaneRecord] = field(default_factory=dict)
+    #: values of :data:`AUTOMATIC_COLUMNS` for objects found by "Segment all"
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 def paint_mask(plane: np.ndarray, mask: np.ndarray, rule: str) -> np.ndarray:
@@ -276,6 +284,21 @@ class ObjectTable:
         rec.planes[tuple(leading)] = PlaneRecord(float(iou), y0, x0, crop)
         return rec
 
+    def record_found(
+        self,
+        label_id: int,
+        leading: tuple[int, ...],
+        iou: float,
+        mean_uncertainty: float | None,
+        attributes: dict[str, Any],
+    ) -> ObjectRecord:
+        """Remember object ``label_id`` found by "Segment all" on plane ``leading``: its
+        predicted IoU, mean uncertainty and :data:`AUTOMATIC_COLUMNS` values."""
+        rec = self.records.setdefault(label_id, ObjectRecord(label_id))
+        rec.planes[tuple(leading)] = PlaneRecord(float(iou), mean_uncertainty=mean_uncertainty)
+        rec.attributes.update({k: attributes[k] for k in AUTOMATIC_COLUMNS if k in attributes})
+        return rec
+
     # -- counts
     def invalidate(self, planes: Iterable[tuple[int, ...]] | None = None) -> None:
         """Forget cached pixel counts of ``planes`` (None: every plane) and the uncertainty
@@ -301,6 +324,11 @@ class ObjectTable:
             rec = self.records.get(label_id)
             for leading, pr in rec.planes.items() if rec else []:
                 if pr.uncertainty is None:
+                    counts = self._counts.get(leading)
+                    if pr.mean_uncertainty is not None and counts is not None:
+                        inside = int(counts[label_id]) if label_id < len(counts) else 0
+                        total += float(pr.mean_uncertainty) * inside
+                        n += inside
                     continue
                 h, w = pr.uncertainty.shape
                 plane = labels[leading] if leading else labels
@@ -328,26 +356,36 @@ class ObjectTable:
                 slices.setdefault(i, []).append(p[-1] if p else 0)
                 present.setdefault(i, set()).add(p)
         rows = []
+        found = False
         for i in sorted(area):
             rec = self.records.get(i)
             ious = [pr.iou for lp, pr in rec.planes.items() if lp in present[i]] if rec else []
-            rows.append(
-                {
-                    "index": i,
-                    "area": area[i],
-                    "predicted_iou": float(np.mean(ious)) if ious else float("nan"),
-                    "mean_uncertainty": self._mean_uncertainty(labels, i),
-                    "clicks": rec.clicks if rec else 0,
-                    "slice_start": min(slices[i]),
-                    "slice_stop": max(slices[i]),
-                }
-            )
+            row = {
+                "index": i,
+                "area": area[i],
+                "predicted_iou": float(np.mean(ious)) if ious else float("nan"),
+                "mean_uncertainty": self._mean_uncertainty(labels, i),
+                "clicks": rec.clicks if rec else 0,
+                "slice_start": min(slices[i]),
+                "slice_stop": max(slices[i]),
+            }
+            attrs = rec.attributes if rec else {}
+            found = found or bool(attrs)
+            for k in AUTOMATIC_COLUMNS:
+                v = attrs.get(k)
+                row[k] = bool(v) if k == "needs_review" else (float("nan") if v is None else v)
+            rows.append(row)
         import pandas as pd  # not at import: the dock opens without it
 
-        table = pd.DataFrame(rows, columns=list(FEATURE_COLUMNS))
-        return table.astype(
-            {"index": int, "area": int, "clicks": int, "slice_start": int, "slice_stop": int}
-        )
+        columns = list(FEATURE_COLUMNS) + (list(AUTOMATIC_COLUMNS) if found else [])
+        table = pd.DataFrame(rows, columns=columns)
+        types = {"index": int, "area": int, "clicks": int, "slice_start": int, "slice_stop": int}
+        if found:
+            types.update(
+                {"stability_score": float, "boundary_uncertainty": float, "review_rank": float}
+            )
+            types["needs_review"] = bool
+        return table.astype(types)
 
 
 def empty_features() -> "pd.DataFrame":

@@ -1,6 +1,9 @@
 """PA-SAM network: SAM's modules plus the prompt adapter, tensors in and tensors out.
 
-The computation follows ``docs/pasam-reference.md`` (checked against the authors' code).
+The computation follows ``docs/pasam-reference.md`` (a copy of the project specification,
+checked against the authors' code). :meth:`PAMaskDecoder.forward_reference` writes it out as
+readable math with SAM's modules; :meth:`PAMaskDecoder.forward` is the fast path, tested
+against it.
 Everything here takes and returns tensors; image I/O, Canny edges and prompt transforms live
 in :mod:`pasam_plugins.guide` and :mod:`pasam_plugins.predictor`.
 """
@@ -365,6 +368,132 @@ class PAMaskDecoder(MaskDecoder):
         return DecoderOutput(
             masks=masks,
             iou_predictions=iou_pred,
+            uncertainty=grid(unc),
+            pa_mask=grid(pa_mask),
+            coarse_mask=grid(coarse),
+            refined_mask=grid(refined),
+            mined_indices=mined,
+            mask_index=mask_index,
+        )
+
+    def forward_reference(
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor,
+        multimask_output: bool,
+        *,
+        guide: Tensor,
+        point_label_embeddings: Tensor,
+        mining: MiningMode = "topk",
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput:
+        """The adapter decoder as readable reference math (docs/pasam-reference.md,
+        section 3), in the shape of SAM's ``MaskDecoder.predict_masks``: SAM's own modules
+        called as they are, every tensor materialized. :meth:`forward` computes the same with
+        less work (tests/test_modeling.py checks the two against each other, with and
+        without autograd); use this one to read or to check the math, not to run fast.
+
+        Shapes (B prompt sets, N sparse prompts, C = 256, G x G embedding grid):
+          image_embeddings 1xCxGxG, image_pe 1xCxGxG, sparse BxNxC, dense BxCxGxG (or 1x..),
+          guide 1xCxGxG, point_label_embeddings 2xC (negative, positive).
+        """
+        b = sparse_prompt_embeddings.shape[0]
+        c = self.transformer_dim
+        pa = self.prompt_adapter
+        assert pa is not None and self.guiding_conv is not None, "no adapter"
+        # 1. tokens: IoU token, 4 mask tokens, then the prompts (B x T x C); q_pe = tokens
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat(
+            (output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), 1
+        )
+        src = image_embeddings.expand(b, -1, -1, -1) + dense_prompt_embeddings  # B x C x G x G
+        _, _, gh, gw = src.shape
+        keys = src.flatten(2).permute(0, 2, 1)  # B x GG x C
+        k_pe = image_pe.flatten(2).permute(0, 2, 1).expand(b, -1, -1)  # B x GG x C
+        g = guide.flatten(2).permute(0, 2, 1).expand(b, -1, -1)  # B x GG x C
+        q, q_pe = tokens, tokens
+        layer0, layer1 = self.transformer.layers[0], self.transformer.layers[1]
+
+        # 2. block 0: SAM's TwoWayAttentionBlock unchanged
+        q, keys = layer0(queries=q, keys=keys, query_pe=q_pe, key_pe=k_pe)
+
+        # 3. block 1 with the adapter in parallel
+        q = layer1.norm1(q + layer1.self_attn(q=q + q_pe, k=q + q_pe, v=q))
+        a = layer1.cross_attn_token_to_image(q=q + q_pe, k=keys + k_pe, v=keys)
+        gated = g * keys  # guided gate (CRM)
+        adapted = pa.cross_attn_token_to_image(q=q + q_pe, k=gated + k_pe, v=gated)  # B x T x C
+        t1 = adapted[:, 1]
+        u_tok = pa.uncertain_mlp(
+            torch.cat([pa.static_uncertain_token.weight.expand(b, -1), t1], -1)
+        )
+        r_tok = pa.refined_mlp(torch.cat([pa.static_refined_token.weight.expand(b, -1), t1], -1))
+        unc = torch.sigmoid(torch.einsum("bc,bnc->bn", u_tok, gated))  # U, B x GG
+        refined = torch.einsum("bc,bnc->bn", r_tok, gated)  # R
+        coarse = torch.einsum("bc,bnc->bn", t1, gated)  # Mc
+        pa_mask = torch.where(unc >= 0.5, refined, coarse)  # hard selection [ref]
+        adapted = torch.cat([adapted[:, :1], r_tok.unsqueeze(1), adapted[:, 2:]], dim=1)
+        mined = None
+        if mining != "off":
+            k = self.num_mined
+            phi = unc * (torch.sigmoid(refined) - torch.sigmoid(coarse))
+            if mining == "topk":
+                pos = torch.topk(phi, k, dim=-1).indices.sort(dim=-1).values
+                neg = torch.topk(-phi, k, dim=-1).indices.sort(dim=-1).values
+                weights = None
+            else:
+                pos, wpos = gumbel_topk(phi, k, generator=generator)
+                neg, wneg = gumbel_topk(-phi, k, generator=generator)
+                weights = torch.cat([wpos, wneg], dim=1).unsqueeze(-1)
+            mined = torch.cat([pos, neg], dim=1)  # B x 2k, positives first, row-major
+            idx = mined.unsqueeze(-1).expand(-1, -1, c)
+            contents = (keys + gated).gather(1, idx)
+            labels = torch.cat(
+                [point_label_embeddings[1].expand(k, -1), point_label_embeddings[0].expand(k, -1)]
+            )
+            encodings = k_pe.gather(1, idx) + labels
+            if weights is not None:
+                contents, encodings = contents * weights, encodings * weights
+            adapted = torch.cat([adapted, contents], dim=1)
+            q_pe = torch.cat([q_pe, encodings], dim=1)
+            pad = q.new_zeros(b, 2 * k, c)
+            a, q = torch.cat([a, pad], dim=1), torch.cat([q, pad], dim=1)
+        a = a + adapted
+        keys = keys + gated
+        q = layer1.norm2(q + a)
+        q = layer1.norm3(q + layer1.mlp(q))
+        keys = layer1.norm4(keys + layer1.cross_attn_image_to_token(q=keys + k_pe, k=q + q_pe, v=q))
+        for layer in self.transformer.layers[2:]:
+            q, keys = layer(queries=q, keys=keys, query_pe=q_pe, key_pe=k_pe)
+
+        # 4. final attention, with the extended q_pe
+        attn = self.transformer.final_attn_token_to_image(q=q + q_pe, k=keys + k_pe, v=keys)
+        hs = self.transformer.norm_final_attn(q + attn)
+
+        # 5. SAM's mask head: upscaled embedding . hypernetwork of each mask token
+        upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(b, c, gh, gw))
+        hyper = torch.stack(
+            [mlp(hs[:, 1 + i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )  # B x 4 x C/8
+        bu, cu, hu, wu = upscaled.shape
+        masks = (hyper @ upscaled.view(bu, cu, hu * wu)).view(b, -1, hu, wu)
+        iou = self.iou_prediction_head(hs[:, 0])
+
+        # 6. output selection [ref]
+        if multimask_output:
+            mask_index = iou[:, 1:].argmax(dim=1) + 1
+            iou = iou.gather(1, mask_index.view(b, 1))
+        else:
+            mask_index = torch.zeros(b, dtype=torch.long, device=hs.device)
+        masks = masks.gather(1, mask_index.view(b, 1, 1, 1).expand(-1, 1, hu, wu))
+
+        def grid(t: Tensor) -> Tensor:
+            return t.view(b, 1, gh, gw)
+
+        return DecoderOutput(
+            masks=masks,
+            iou_predictions=iou,
             uncertainty=grid(unc),
             pa_mask=grid(pa_mask),
             coarse_mask=grid(coarse),

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from .cache import CacheEntry, EmbeddingCache, image_key
 from .guide import guide_input
-from .imageio import DEFAULT_PERCENTILES, normalize_image
+from .imageio import DEFAULT_PERCENTILES, check_image_size, normalize_image
 from .modeling import DecoderOutput, PASam
 
 
@@ -184,14 +184,23 @@ class PASamPredictor:
             (normalized by :func:`pasam_plugins.imageio.normalize_image`).
           image_format (str): ``"RGB"`` or ``"BGR"`` for 3-channel images.
           channel (int or None): channel to segment in a multichannel image.
+
+        Raises:
+          ImageError: (a ValueError) the image cannot be normalized, or is too elongated for
+            the model input (:meth:`check_image_size`).
+
+        A disk-cached embedding is used only when it fits this model and image (shapes,
+        image size; :meth:`_entry_problem`), else it is deleted and recomputed.
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         rgb = normalize_image(image, channel=channel, percentiles=self.percentiles)
         if image_format != self.model.image_format:
             rgb = np.ascontiguousarray(rgb[..., ::-1])
+        self.check_image_size(*rgb.shape[:2])
         key = f"{image_key(rgb)}-{self.model_signature}"
-        entry = self.cache.get(key)
+        size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        entry = self.cache.get(key, validate=lambda e: self._entry_problem(e, size))
         if entry is not None:
             self._use_entry(key, entry)
             return
@@ -200,6 +209,34 @@ class PASamPredictor:
         self.set_torch_image(input_t.contiguous(), rgb.shape[:2])
         self.image_key = key
         self.cache.put(key, self._entry())
+
+    def check_image_size(self, height: int, width: int, *, name: str = "") -> None:
+        """Raise :class:`pasam_plugins.imageio.ImageError` (a ValueError) for an image the
+        model input cannot hold: resizing its long side to the input size must leave the
+        short side at least one pixel (aspect ratio at most 2048:1 for 1024-px models)."""
+        check_image_size(height, width, target_length=self.transform.target_length, name=name)
+
+    def _entry_problem(self, entry: CacheEntry, original_size: tuple[int, int]) -> str | None:
+        """Why a cached entry read from disk cannot be this model's embedding of an image of
+        ``original_size``, or None when it fits."""
+        grid = self.model.embedding_grid
+        expected = (1, int(self.model.prompt_encoder.embed_dim), grid, grid)
+        if tuple(entry.embedding.shape) != expected:
+            return f"embedding shape {tuple(entry.embedding.shape)}, the model makes {expected}"
+        if self.model.has_adapter:
+            if entry.guide is None:
+                return "no guide, but the model has the PA-SAM adapter"
+            if tuple(entry.guide.shape) != expected:
+                return f"guide shape {tuple(entry.guide.shape)}, the model makes {expected}"
+        elif entry.guide is not None:
+            return "a guide, but the model has no adapter"
+        if tuple(entry.original_size) != tuple(original_size):
+            return f"image size {tuple(entry.original_size)}, the image is {tuple(original_size)}"
+        target = self.transform.target_length
+        input_size = self.transform.get_preprocess_shape(*original_size, target)
+        if tuple(entry.input_size) != tuple(input_size):
+            return f"input size {tuple(entry.input_size)}, expected {tuple(input_size)}"
+        return None
 
     def _entry(self) -> CacheEntry:
         assert self.features is not None and self.original_size and self.input_size
@@ -259,6 +296,7 @@ class PASamPredictor:
     ) -> None:
         """Use a precomputed 1xCx64x64 embedding. With the adapter, give either the guide
         (1xCx64x64) or the HxWx3 uint8 image it is computed from."""
+        self.check_image_size(int(original_size[0]), int(original_size[1]))
         self.reset_image()
         self.original_size = (int(original_size[0]), int(original_size[1]))
         self.input_size = self.transform.get_preprocess_shape(

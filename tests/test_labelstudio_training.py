@@ -6,6 +6,7 @@ Training is kept tiny (1-2 steps, one object per step); the webhook must answer 
 the tests hold the backend's model lock (as a long /predict would) while they check that.
 """
 
+import json
 import time
 
 import cv2
@@ -161,7 +162,11 @@ def test_start_training_answers_at_once_then_serves_the_fine_tuned_model(
     assert meta["contents"] == "adapter"
     assert meta["base_checkpoint"] == str(tiny_checkpoint.resolve())
     assert meta["provenance"]["project"] == TRAINED and meta["provenance"]["steps"] == 2
-    assert [p.name for p in (tmp_path / "models").iterdir()] == [saved.rsplit("/", 1)[-1]]
+    assert [p.name for p in (tmp_path / "models").glob("*.safetensors")] == [
+        saved.rsplit("/", 1)[-1]
+    ]
+    # announced to the other workers sharing the models dir (label_studio_backend.shared)
+    assert json.loads((tmp_path / "models" / "current.json").read_text())["checkpoint"] == saved
     restarted = PASamBackend.from_settings(Settings(checkpoint=saved, label_studio_url=fake_ls.url,
                                                     label_studio_api_key=fake_ls.personal_token))
     assert restarted.model_version == new_version
@@ -188,7 +193,8 @@ def test_project_without_usable_annotations_fails_and_the_old_model_keeps_servin
     metrics = client.get("/metrics").json()
     assert metrics["training"]["status"] == "failed" and metrics["training"]["error"] == status["error"]
     assert click(client, NO_BRUSH)["model_version"] == version
-    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+    assert not list((tmp_path / "models").glob("*.safetensors"))
+    assert not (tmp_path / "models" / "current.json").exists()  # nothing announced
 
     # a project Label Studio does not know: the API error is the message
     r = start_training(client, 99)

@@ -18,6 +18,16 @@ Determinism: the data order of epoch ``e`` and all random draws of step ``s`` co
 generators seeded with ``(seed, e)`` and ``(seed, s, ...)``, so a resumed run draws exactly
 what the uninterrupted run would have drawn; the optimizer, scheduler, scaler and trainable
 weights are restored from ``train_state.pt`` (written atomically with every checkpoint).
+
+Several processes (``torchrun``, :mod:`pasam_plugins.distributed`): the trainable
+parameters are wrapped in DistributedDataParallel (NCCL on CUDA, Gloo on CPUs; the frozen
+ones never travel). One optimizer step sees ``batch_size x ranks x grad_accum`` examples:
+the step's ``ranks x grad_accum`` micro-batches are numbered ``micro x ranks + rank`` and
+seeded by that number, so a run on R ranks with ``grad_accum`` A draws exactly the
+examples of a single process with ``grad_accum`` R x A (same ``batch_size``) and ends
+with the same weights up to float rounding. Only rank 0 logs and writes checkpoints,
+``train_state.pt`` and plots; validation is split across the ranks. ``resume`` accepts
+another number of ranks when the global batch is unchanged.
 """
 
 import json
@@ -40,9 +50,10 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor
 from torch.nn import functional as F
 
+from .. import distributed
 from ..checkpoint import ADAPTER_PREFIXES, save_checkpoint
 from ..guide import guide_input
-from ..imageio import normalize_image
+from ..imageio import ImageError, check_image_size, normalize_image
 from ..metrics import mask_box
 from ..modeling import PASam, build_pasam
 from .crops import (
@@ -208,6 +219,10 @@ def prepare_image(
     rng = rng or np.random.default_rng(0)
     device = next(model.parameters()).device
     img = model.image_encoder.img_size
+    try:
+        check_image_size(*rgb.shape[:2], target_length=img, name=name)
+    except ImageError as e:
+        raise SampleError(str(e)) from None
     transform = ResizeLongestSide(img)
     resized = transform.apply_image(rgb)
     x = torch.as_tensor(resized, device=device).permute(2, 0, 1)[None].float()
@@ -560,6 +575,38 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+class _Forward(torch.nn.Module):
+    """What DDP wraps: the model (its trainable parameters are synchronized) and a forward
+    that runs the training code given to it, so DDP sees every forward of a step."""
+
+    def __init__(self, model: PASam) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[[], Any]) -> Any:
+        return fn()
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP's keyword for "do not broadcast buffers every forward" (renamed in torch 2.14)."""
+    import inspect
+
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    if "forward_sync_buffers" in params:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
+def _merge_sums(parts: Sequence[tuple[dict[str, float], int]]) -> tuple[dict[str, float], int]:
+    sums: dict[str, float] = {}
+    count = 0
+    for part_sums, part_count in parts:
+        for k, v in part_sums.items():
+            sums[k] = sums.get(k, 0.0) + v
+        count += part_count
+    return sums, count
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -656,7 +703,10 @@ class Trainer:
             raise ValueError(f"unknown schedule {config.schedule!r}; use step or cosine")
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.micro_per_step = max(1, config.grad_accum)
-        per_step = config.batch_size * self.micro_per_step
+        # under torchrun: this process is `rank` of `world`; one step = batch x world x accum
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        per_step = config.batch_size * self.micro_per_step * self.world
         self.steps_per_epoch = config.epoch_steps or max(
             1, math.ceil(len(self.train_samples) / per_step)
         )
@@ -671,6 +721,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_val: float | None = None  # derived from the history when first needed
         self.skipped: dict[str, str] = {}
+        #: the last run ended early because should_stop() said so
+        self.stopped = False
         self.crop_sampler: CropSampler | None = None
         if config.crops:
             loaded, skipped = load_samples(self.train_samples)
@@ -687,6 +739,20 @@ class Trainer:
                 "frames, not zoomed-in crops)"
             )
         self.cache: dict[tuple[int, bool], PreparedImage | None] | None = {} if cache else None
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        if self.world > 1:
+            # DDP over the trainable parameters (the frozen ones have requires_grad False);
+            # its constructor also copies rank 0's weights to every rank
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                _Forward(self.model),
+                device_ids=[self.device.index or 0] if self.device.type == "cuda" else None,
+                **_no_buffer_sync(),  # the buffers (pixel mean/std) never change
+            )
+
+    @property
+    def global_batch(self) -> int:
+        """Examples per optimizer step over all ranks: batch_size x ranks x grad_accum."""
+        return self.cfg.batch_size * self.world * self.micro_per_step
 
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -694,6 +760,7 @@ class Trainer:
         return {
             "format": "pasam-train-state",
             "step": self.step,
+            "world_size": self.world,
             "config": self.cfg.to_json(),
             "trainable": {n: params[n].detach().cpu().clone() for n in self.names},
             "optimizer": self.optimizer.state_dict(),
@@ -733,9 +800,27 @@ class Trainer:
             raise FileNotFoundError(f"{path}: no training state to resume from")
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved = state.get("config", {})
+        saved_world = int(state.get("world_size", 1))
+        if "batch_size" in saved and "grad_accum" in saved:
+            before = int(saved["batch_size"]) * int(saved["grad_accum"]) * saved_world
+            if before != self.global_batch:
+                raise ValueError(
+                    f"{path}: was trained with a global batch of {before} (batch_size "
+                    f"{saved['batch_size']} x {saved_world} rank(s) x grad_accum "
+                    f"{saved['grad_accum']}), now {self.global_batch} (batch_size "
+                    f"{self.cfg.batch_size} x {self.world} x grad_accum {self.micro_per_step}); "
+                    "resume needs the same global batch (set --grad-accum accordingly)"
+                )
+            if int(saved["batch_size"]) != self.cfg.batch_size and self.is_main:
+                logger.warning(
+                    "resuming with batch_size %d per rank instead of %s: same data order and "
+                    "schedule, but other random prompts and augmentations than an "
+                    "uninterrupted run (keep batch_size and change grad_accum for an exact "
+                    "continuation)",
+                    self.cfg.batch_size,
+                    saved["batch_size"],
+                )
         for key in (
-            "batch_size",
-            "grad_accum",
             "seed",
             "epochs",
             "prompt_kinds",
@@ -752,7 +837,7 @@ class Trainer:
         self.load_state_dict(state)
         # the log holds what the interrupted run did after its last checkpoint: keep only
         # the records the resumed run will not write again
-        log = self.out / LOG_NAME if self.out is not None else None
+        log = self.out / LOG_NAME if self.out is not None and self.is_main else None
         if log is not None and log.is_file():
             tmp = log.with_name(f".{LOG_NAME}.tmp")
             tmp.write_text("".join(json.dumps(h) + "\n" for h in self.history), encoding="utf-8")
@@ -763,10 +848,11 @@ class Trainer:
         return np.random.default_rng([self.cfg.seed, epoch, 7]).permutation(len(self.train_samples))
 
     def _micro_batch(self, step: int, micro: int) -> list[int]:
+        """Sample indices of micro-batch ``micro`` (numbered over all ranks) of ``step``."""
         epoch, in_epoch = divmod(step, self.steps_per_epoch)
         order = self._epoch_order(epoch)
         b = self.cfg.batch_size
-        start = (in_epoch * self.micro_per_step + micro) * b
+        start = (in_epoch * self.micro_per_step * self.world + micro) * b
         idx = order[start : start + b]
         if len(idx) < b:  # last partial batch: fill from the start of the order
             idx = np.concatenate([idx, order[: b - len(idx)]])
@@ -882,8 +968,25 @@ class Trainer:
             )
         return terms_list
 
+    def _micro_terms(self, step: int, micro: int, mining: str) -> list[Any]:
+        if self.crop_sampler is not None:
+            return self._crop_micro(step, micro, mining)
+        return self._frame_micro(step, micro, mining)
+
+    def _ddp_micro(self, step: int, micro: int, mining: str) -> tuple[Tensor, list[Any]]:
+        """(loss, terms) of one micro-batch, computed inside DDP's forward. A zero times
+        every trainable parameter is added, so that every parameter takes part in every
+        backward (DDP waits for all of them) and a rank whose micro-batch had no usable
+        image still joins the gradient exchange."""
+        terms_list = self._micro_terms(step, micro, mining)
+        zero = torch.stack([p.reshape(-1)[0] for p in self.params]).sum() * 0.0
+        if not terms_list:
+            return zero, terms_list
+        loss = torch.stack([t.total for t in terms_list]).mean() / self.micro_per_step
+        return loss + zero, terms_list
+
     def train_step(self) -> dict[str, float]:
-        """One optimizer step (``grad_accum`` micro-batches)."""
+        """One optimizer step (``grad_accum`` micro-batches on each of the ranks)."""
         cfg = self.cfg
         step = self.step
         epoch = step // self.steps_per_epoch
@@ -891,18 +994,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         count = 0
-        for micro in range(self.micro_per_step):
-            if self.crop_sampler is not None:
-                terms_list = self._crop_micro(step, micro, mining)
+        for local in range(self.micro_per_step):
+            micro = local * self.world + self.rank  # numbered over all ranks (seeds, data)
+            if self.ddp is None:
+                terms_list = self._micro_terms(step, micro, mining)
+                if terms_list:
+                    loss = torch.stack([t.total for t in terms_list]).mean()
+                    self.scaler.scale(loss / self.micro_per_step).backward()
             else:
-                terms_list = self._frame_micro(step, micro, mining)
+                last = local == self.micro_per_step - 1
+                with nullcontext() if last else self.ddp.no_sync():  # all-reduce once a step
+                    loss, terms_list = self.ddp(lambda m=micro: self._ddp_micro(step, m, mining))
+                    self.scaler.scale(loss).backward()
             for terms in terms_list:
                 for k, v in terms.as_dict().items():
                     sums[k] = sums.get(k, 0.0) + v
             count += len(terms_list)
-            if terms_list:
-                loss = torch.stack([t.total for t in terms_list]).mean() / self.micro_per_step
-                self.scaler.scale(loss).backward()
+        if self.world > 1:  # the logged loss is the mean over every rank's examples
+            sums, count = _merge_sums(distributed.all_gather((sums, count)))
         if count:
             if cfg.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
@@ -922,7 +1031,8 @@ class Trainer:
         return out
 
     def validate(self) -> dict[str, float]:
-        from ..evaluate import evaluate_model
+        """Validation mIoU / boundary mIoU (split across the ranks, the same on each)."""
+        from ..evaluate import evaluate_model, merge_reports
         from ..segment import ZoomSettings
 
         rep = evaluate_model(
@@ -933,7 +1043,10 @@ class Trainer:
             seed=self.cfg.seed,
             device=self.device,
             zoom=ZoomSettings() if self.cfg.crops else None,
+            shard=(self.rank, self.world) if self.world > 1 else None,
         )
+        if self.world > 1:
+            rep = merge_reports(distributed.all_gather(rep))
         miou, mbiou = rep.mean(rep.models[0]) if rep.results else (float("nan"),) * 2
         out = {"val_miou": miou, "val_mbiou": mbiou}
         for d in rep.datasets:
@@ -954,7 +1067,7 @@ class Trainer:
             k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()
         }
         self.history.append(record)
-        if self.out is None:
+        if self.out is None or not self.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / LOG_NAME, "a", encoding="utf-8") as f:
@@ -964,9 +1077,20 @@ class Trainer:
         """Checkpoint (adapter format, with provenance) plus the resumable training state.
 
         ``best``: only the checkpoint ``<part>-best.safetensors`` (the best validation so far).
+        Under torchrun only rank 0 writes (every rank holds the same weights and optimizer
+        state); the others return the path rank 0 writes.
         """
         if self.out is None:
             raise ValueError("this run has no out_dir to save to")
+        stem = self.cfg.train
+        if best:
+            name = f"{stem}-best.safetensors"
+        elif final:
+            name = f"{stem}.safetensors" if stem != "adapter" else FINAL_NAME
+        else:
+            name = f"{stem}-step{self.step:06d}.safetensors"
+        if not self.is_main:
+            return self.out / name
         self.out.mkdir(parents=True, exist_ok=True)
         last_loss = next((h["total"] for h in reversed(self.history) if "total" in h), None)
         last_val = next((h for h in reversed(self.history) if "val_miou" in h), None)
@@ -978,6 +1102,8 @@ class Trainer:
                 "epoch": self.step / self.steps_per_epoch,
                 "train_images": len(self.train_samples),
                 "config": self.cfg.to_json(),
+                "ranks": self.world,
+                "global_batch": self.global_batch,
                 "final_loss": last_loss,
                 "validation": last_val,
             }
@@ -994,13 +1120,6 @@ class Trainer:
             meta["zoom"] = ZoomSettings().to_metadata()
         # a whole-SAM run saves the whole model; the others only what they trained
         adapter_only = self.cfg.adapter_only and self.cfg.train != "sam"
-        stem = self.cfg.train
-        if best:
-            name = f"{stem}-best.safetensors"
-        elif final:
-            name = f"{stem}.safetensors" if stem != "adapter" else FINAL_NAME
-        else:
-            name = f"{stem}-step{self.step:06d}.safetensors"
         path = save_checkpoint(
             self.model, self.out / name, metadata=meta, adapter_only=adapter_only
         )
@@ -1015,18 +1134,29 @@ class Trainer:
         should_stop: Callable[[], bool] | None = None,
         on_step: Callable[[dict[str, Any]], None] | None = None,
     ) -> TrainResult:
-        """Train until ``total_steps`` (or ``should_stop()``); returns the final checkpoint."""
+        """Train until ``total_steps`` (or ``should_stop()``); returns the final checkpoint.
+
+        A run that ``should_stop`` ended early saves a step checkpoint (and the state to
+        resume from), not the final one. Under torchrun the ranks stop together, at the
+        first step where ``should_stop()`` is True on any of them.
+        """
         cfg = self.cfg
         bar = None
-        if self.progress:
+        stopped = False
+        if self.progress and self.is_main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step")
         t0 = time.perf_counter()
         checkpoint = None
         while self.step < self.total_steps:
-            if should_stop is not None and should_stop():
-                break
+            if should_stop is not None:
+                stop = should_stop()
+                if self.world > 1:
+                    stop = distributed.any_rank(stop)
+                if stop:
+                    stopped = True
+                    break
             rec = self.train_step()
             rec["seconds"] = round(time.perf_counter() - t0, 3)
             end_of_epoch = self.step % self.steps_per_epoch == 0
@@ -1056,7 +1186,8 @@ class Trainer:
         if bar is not None:
             bar.close()
         if self.out is not None:
-            checkpoint = self.save(final=True)
+            checkpoint = self.save(final=not stopped)
+        self.stopped = stopped
         return TrainResult(self.model, self.step, checkpoint, self.history)
 
     def prepare_all(self, should_stop: Callable[[], bool] | None = None) -> int:
