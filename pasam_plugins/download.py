@@ -269,14 +269,17 @@ def local_checkpoint(
     timeout: float = 30.0,
 ) -> Path:
     """The local file of ``entry`` for front ends that load registry models (the napari
-    panel): the cached copy; for entries that cannot be downloaded automatically, the
-    file the user put into the cache by hand; otherwise downloaded with :func:`fetch`.
+    panel): the shipped file of a bundled entry (e.g. the default model); the cached copy;
+    for entries that cannot be downloaded automatically, the file the user put into the
+    cache by hand; otherwise downloaded with :func:`fetch`.
 
     Raises:
       DownloadError: see :func:`fetch`; for a manual-download entry missing from the cache
         the message names the folder to put it in.
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if entry.bundled:  # shipped with the package: fetch checks its digest, copies nothing
+        return fetch(entry, cache, progress=progress, timeout=timeout).path
     if not entry.direct_download:
         placed = cache / entry.filename
         if placed.is_file():

@@ -249,3 +249,21 @@ def test_the_shipped_default_model_needs_no_download_and_is_checked(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing copied or downloaded
     with pytest.raises(DownloadError, match="does not match the registry's sha256"):
         fetch(dataclasses.replace(entry, sha256="0" * 64), tmp_path)
+
+
+def test_local_checkpoint_of_a_bundled_entry_is_the_shipped_file(tmp_path, monkeypatch):
+    """The napari panel's default model: local_checkpoint gives the file shipped in the
+    package (checked by fetch) although bundled entries are not 'direct_download', never
+    the manual-download message, with an empty cache and no network."""
+    import dataclasses
+
+    from pasam_plugins.registry import DEFAULT_MODEL, get_entry
+
+    monkeypatch.setenv("PASAM_CACHE_DIR", str(tmp_path / "cache"))
+    entry = get_entry(DEFAULT_MODEL)
+    assert entry.bundled and not entry.direct_download
+    assert local_checkpoint(entry) == entry.bundled_path
+    assert local_checkpoint(entry, tmp_path / "other") == entry.bundled_path
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "other").exists()
+    with pytest.raises(DownloadError, match="does not match the registry's sha256"):
+        local_checkpoint(dataclasses.replace(entry, sha256="f" * 64), tmp_path)
