@@ -11,10 +11,10 @@ brightest pixels when those are absent).
     python benchmarks/napari_screenshot.py --out docs/napari_annotator.jpg
     python benchmarks/napari_screenshot.py --source /path/to/model.safetensors
 
-``--source`` defaults to the model shipped in ``model/weights`` (the panel's default); until
-one is shipped it falls back to a `make-test-checkpoint` random-weight model and says so
-(masks are then arbitrary; the layers and widgets are the real ones). Redo the README
-screenshot with the shipped model once it is there.
+``--source`` defaults to the shipped model (registry entry ``pasam_micro`` in
+``model/weights``, the panel's default); when its file is missing it falls back to a
+`make-test-checkpoint` random-weight model and says so (masks are then arbitrary; the
+layers and widgets are the real ones).
 """
 
 import argparse
@@ -57,7 +57,9 @@ def click_points(image, label_file: Path, n: int):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("napari_annotator.png"))
-    ap.add_argument("--source", default=None, help="checkpoint, bundled:<file> or registry:<n>")
+    ap.add_argument(
+        "--source", default=None, help="checkpoint or registry:<name> (default: the shipped model)"
+    )
     ap.add_argument("--sample", default="nuclei_fluorescence", help="napari sample key")
     ap.add_argument("--objects", type=int, default=4, help="accepted objects (+1 current)")
     ap.add_argument("--size", type=int, nargs=2, default=(1500, 950), metavar=("W", "H"))
@@ -71,20 +73,21 @@ def main() -> int:
 
     from napari_pasam._compat import avoid_triton_llvm_clash
     from napari_pasam._sample_data import NUCLEI
-    from napari_pasam.jobs import bundled_weights
 
     avoid_triton_llvm_clash(force=True)
     source, tmp = args.source, None
     if source is None:
-        shipped = bundled_weights()
-        if shipped:
-            source = f"bundled:{shipped[0].name}"
+        from pasam_plugins.registry import DEFAULT_MODEL, get_entry
+
+        shipped = get_entry(DEFAULT_MODEL).bundled_path
+        if shipped is not None and shipped.is_file():
+            source = f"registry:{DEFAULT_MODEL}"
         else:
             from pasam_plugins.testing import make_test_checkpoint
 
             tmp = tempfile.TemporaryDirectory()
             source = str(make_test_checkpoint(Path(tmp.name) / "tiny.safetensors", seed=0))
-            print("no model in model/weights yet: using random weights (arbitrary masks)")
+            print("the shipped model is missing: using random weights (arbitrary masks)")
 
     import napari
     from qtpy.QtWidgets import QApplication

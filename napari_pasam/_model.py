@@ -1,36 +1,48 @@
-"""Loading a model into the annotator: the sources the panel offers (shipped weights first,
-then a checkpoint file, registry entries, random weights), loading in a worker, switching
+"""Loading a model into the annotator: the sources the panel offers (the shipped models
+first, the registry's default ``pasam_micro`` chosen; then a checkpoint file, registry
+entries, random weights), loading in a worker, switching
 models. The loaded model is a :class:`~napari_pasam.jobs.ModelSlot` (the core's
 ``Segmenter`` and what the panel shows about it, from ``model.origin``)."""
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog
 
-from .jobs import RANDOM_SOURCES, Failure, bundled_weights, load_job, message_of, run_safely
+from .jobs import RANDOM_SOURCES, Failure, load_job, message_of, run_safely
 
 
 class ModelMixin:
     """Model panel logic for :class:`AnnotatorWidget`."""
 
     def _fill_sources(self) -> None:
+        """The sources: the models shipped with the package (registry entries with a
+        bundled file; the registry's DEFAULT_MODEL first and chosen), a checkpoint file,
+        the other registry entries, random weights (explicit choices only)."""
         combo = self.model_panel.source_combo
-        for path in bundled_weights():
-            combo.addItem(f"{path.stem} (shipped with pasam-plugins)", f"bundled:{path.name}")
-        combo.addItem("Checkpoint file", "file")
         try:
-            from pasam_plugins.registry import load_registry
+            from pasam_plugins.registry import DEFAULT_MODEL, load_registry
 
             entries = load_registry()
         except Exception as exc:  # noqa: BLE001 - the widget works without a registry
             show_warning(f"PA-SAM: model registry unavailable: {message_of(exc)}")
-            entries = {}
+            DEFAULT_MODEL, entries = None, {}  # noqa: N806
+        shipped = sorted(
+            (e for e in entries.values() if e.bundled), key=lambda e: e.name != DEFAULT_MODEL
+        )
+        for e in shipped:
+            default = " (default)" if e.name == DEFAULT_MODEL else ""
+            combo.addItem(f"{e.name}: shipped with pasam-plugins{default}", f"registry:{e.name}")
+            combo.setItemData(combo.count() - 1, e.title or e.filename, Qt.ItemDataRole.ToolTipRole)
+        combo.addItem("Checkpoint file", "file")
         for name, e in entries.items():
+            if e.bundled:
+                continue
             how = "download" if e.direct_download else "manual download"
             combo.addItem(f"{name}: {e.title or e.filename} ({how})", f"registry:{name}")
         for spec in RANDOM_SOURCES:
             combo.addItem(f"{spec}: random weights (no checkpoint)", f"random:{spec}")
-        combo.setCurrentIndex(0)  # the shipped model when there is one
+        combo.setCurrentIndex(0)  # the shipped default model when there is one
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -69,8 +81,9 @@ class ModelMixin:
 
     # ------------------------------------------------------------------ model
     def load_model(self, source: str | None = None, device: str | None = None) -> None:
-        """Load a model in a worker: a checkpoint path, ``bundled:<file>``,
-        ``registry:<name>`` or ``random:<variant>[+zoom]``."""
+        """Load a model in a worker: a checkpoint path, ``registry:<name>`` (the shipped
+        models are registry entries: ``registry:pasam_micro`` is the default),
+        ``bundled:<file>`` or ``random:<variant>[+zoom]``."""
         if self.runner.long_running:
             show_info("PA-SAM: busy, try again when the current task has finished")
             return

@@ -86,15 +86,6 @@ def shared_embedding_cache(*, on_disk: bool = False):
     return _shared_caches[disk]
 
 
-def bundled_weights() -> list[Path]:
-    """Model files shipped in the package's ``model/weights/`` (standard library only: the
-    panel lists them without importing torch)."""
-    from pasam_plugins.paths import model_data_dir
-
-    folder = model_data_dir() / "weights"
-    return sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-
-
 def available_devices() -> list[str]:
     """Devices torch can use here (imports torch: call it in a worker)."""
     devices = ["auto", "cpu"]
