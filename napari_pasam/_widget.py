@@ -261,9 +261,13 @@ class AnnotatorWidget(
                 show_warning(f"PA-SAM: session log stopped: {message_of(exc)}")
 
     def image_label(self, leading=None) -> str:
+        """The image (and plane) as session logs and the COCO export name it: ``cells``,
+        ``cells[z=3]`` in a stack, ``cells[1,3]`` with more leading axes."""
+        from ._export import plane_name
+
         name = self.image_layer.name if self.image_layer is not None else ""
         leading = self.current_leading() if leading is None else leading
-        return name + (f"[{','.join(str(i) for i in leading)}]" if leading else "")
+        return plane_name(name, tuple(int(i) for i in leading))
 
     def _open_session_log(self) -> None:
         path = os.environ.get(SESSION_LOG_ENV)

@@ -234,7 +234,7 @@ def test_overlaps_follow_the_rule_features_match_and_undo(
     assert row["clicks"] == 2
     assert [e.kind for e in events] == ["prompt", "prompt", "accept"]
     assert events[0].point == (128.0, 128.0, 1) and events[1].point[2] == 0
-    assert events[2].area == int(one.sum()) and events[0].image == "em stack[2]"
+    assert events[2].area == int(one.sum()) and events[0].image == "em stack[z=2]"
 
     # keep: a new object over object 1 paints only background
     click(qtbot, widget, (130, 126))
