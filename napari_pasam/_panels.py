@@ -50,7 +50,10 @@ the <i>boxes</i> layer to draw a box.<br>
 labels layer.<br>
 Cyan diamonds: where a positive click would help most; magenta: a negative one. The
 labels layer's <i>features</i> (layer properties) hold area, predicted IoU, mean
-uncertainty, clicks and slice range of every object."""
+uncertainty, clicks and slice range of every object.<br>
+<b>Segment all</b> finds every object of the slice or stack without clicks where the
+labels are empty (one undo step); red rings mark the objects to review first.
+<b>COCO JSON</b> / <b>Objects CSV</b> export the labels with their features."""
 
 
 def _compact(combo: QComboBox) -> None:
