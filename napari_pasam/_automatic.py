@@ -206,7 +206,7 @@ class AutomaticMixin:
             msg += f"; review first: {', '.join(map(str, review_ids[:10]))}"
             msg += "…" if len(review_ids) > 10 else ""
         self.set_status(msg)
-        if ids:
+        if ids or cancelled:
             show_info(f"PA-SAM: {msg}")
         else:
             show_warning("PA-SAM: no object passed the filters; lower the thresholds")

@@ -3,6 +3,7 @@ and the exports (napari_pasam._export, buttons of the Save panel) in a real view
 Xvfb, with a stand-in decoder (tests/automatic_support.py)."""
 
 import csv
+import time
 
 import numpy as np
 import pytest
@@ -104,3 +105,39 @@ def test_segment_all_fills_the_labels_layer_and_exports(
     assert {"slice", "predicted_iou", "boundary_uncertainty", "review_rank"} <= set(rows[0])
     row = next(r for r in rows if int(r["label"]) == last_ids[0])
     assert float(row["predicted_iou"]) == pytest.approx(0.95)
+
+
+def test_segment_all_is_cancelled_from_the_dock_and_keeps_what_it_found(
+    make_napari_viewer, qtbot, tiny_checkpoint
+):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(_stack(), name="discs")
+    widget = loaded_widget(viewer, qtbot, tiny_checkpoint)
+    ComponentModel(widget.predictor)
+    model = widget.predictor.model
+    fast = model.decode
+
+    def slow(*args, **kwargs):  # a decoder batch that takes a while, as on a real image
+        time.sleep(0.3)
+        return fast(*args, **kwargs)
+
+    model.decode = slow
+    widget.start(image)
+    layers_ready(qtbot, widget)
+    widget.segment_all_panel.points_spin.setValue(16)
+    tp = widget.task_panel
+    widget.segment_all("stack")
+    task = widget.runner.task
+    assert task.kind == "segment_all" and task.total > 3
+    assert tp.cancel_button.isVisibleTo(widget) and tp.progress_bar.maximum() == task.total
+    qtbot.waitUntil(lambda: task.done >= 2, timeout=60_000)
+    tp.cancel_button.click()
+    wait_idle(qtbot, widget)
+    assert "(cancelled)" in tp.status_label.full_text()
+    assert task.done < task.total, "stopped before the end"
+    labels = widget.layers.labels.data
+    found = widget.last_segment_all_ids
+    assert set(np.unique(labels)) - {0} == set(found)  # what was found is written
+    assert len(found) < sum(len(d) for d in DISCS)
+    feats = widget.layers.labels.features
+    assert sorted(feats["index"]) == sorted(found)
