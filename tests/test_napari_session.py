@@ -8,6 +8,7 @@ import pytest
 from napari_pasam._workers import TaskRunner
 from napari_pasam.axes import SOURCE_ASSUMED, SOURCE_LABELS, SOURCE_METADATA, infer_axes
 from napari_pasam.session import (
+    AUTOMATIC_COLUMNS,
     FEATURE_COLUMNS,
     OVERLAP_KEEP,
     OVERLAP_REPLACE,
@@ -27,6 +28,33 @@ def rect(shape, y0, y1, x0, x1):
 
 
 # ---------------------------------------------------------------------------- objects
+def test_objects_found_by_segment_all_add_their_columns_to_the_features():
+    """Objects found by "Segment all": predicted IoU and a mean uncertainty without a map, plus the
+    automatic columns; clicked objects get NaN / False there; pixels painted over an
+    object change its area but not its attributes."""
+    labels = np.zeros((2, 20, 20), np.uint32)
+    table = ObjectTable(1)
+    assert list(table.features(labels).columns) == list(FEATURE_COLUMNS)
+    labels[0][rect((20, 20), 0, 10, 0, 10)] = 1
+    table.record(1, (0,), labels[0] == 1, 0.9, np.full((20, 20), 0.2, np.float32), clicks=2)
+    labels[1][rect((20, 20), 5, 15, 5, 15)] = 2
+    attrs = {"stability_score": 0.97, "boundary_uncertainty": 0.3, "review_rank": 1}
+    table.record_found(2, (1,), 0.8, 0.4, {**attrs, "needs_review": True, "point_x": 3})
+    table.invalidate()  # as the widget does after writing labels
+    feats = table.features(labels).set_index("index")
+    assert list(feats.columns) == list(FEATURE_COLUMNS[1:]) + list(AUTOMATIC_COLUMNS)
+    assert feats.loc[2, "predicted_iou"] == pytest.approx(0.8)
+    assert feats.loc[2, "mean_uncertainty"] == pytest.approx(0.4)
+    assert feats.loc[2, "review_rank"] == 1 and bool(feats.loc[2, "needs_review"])
+    assert (feats.loc[2, "slice_start"], feats.loc[2, "clicks"]) == (1, 0)
+    assert np.isnan(feats.loc[1, "boundary_uncertainty"]) and not feats.loc[1, "needs_review"]
+    assert feats.loc[1, "mean_uncertainty"] == pytest.approx(0.2)
+    labels[1][5:10] = 0  # painted over by hand
+    table.invalidate([(1,)])
+    feats = table.features(labels).set_index("index")
+    assert feats.loc[2, "area"] == 50 and feats.loc[2, "mean_uncertainty"] == pytest.approx(0.4)
+
+
 def test_features_follow_the_labels_through_overlap_and_undo():
     labels = np.zeros((40, 50), np.uint32)
     table = ObjectTable(0)
