@@ -80,6 +80,7 @@ def main() -> int:
     ap.add_argument("--em-dir", type=Path, default=DEFAULT_EM)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-stall", type=float, default=100.0, help="ms, median per click")
+    ap.add_argument("--precision", default="auto", help="encoder: auto, float32 or bf16")
     args = ap.parse_args()
 
     ensure_display()
@@ -111,6 +112,7 @@ def main() -> int:
         app.processEvents()
 
     t0 = time.perf_counter()
+    widget.model_panel.precision_combo.setCurrentText(args.precision)
     widget.load_model(f"random:{args.variant}", args.device)
     wait()
     if widget.slot is None:
@@ -162,8 +164,9 @@ def main() -> int:
     stall_med, stall_max = 1000 * float(np.median(stalls)), 1000 * float(np.max(stalls))
     print(
         f"model {args.variant} (random weights) on {widget.slot.predictor.device}, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads; load {t_load:.1f} s, first "
-        f"click with embedding {t_embed:.1f} s; {args.trials} trials"
+        f"{torch.__version__}, {torch.get_num_threads()} threads, encoder "
+        f"{widget.slot.predictor.precision}; load {t_load:.1f} s, first click with embedding "
+        f"{t_embed:.1f} s; {args.trials} trials"
     )
     print(f"dock open (fresh process) : {1000 * t_dock:8.1f} ms (torch imported: {dock_torch})")
     print(

@@ -190,6 +190,8 @@ def create_app(
             "status": "UP",
             "model_class": "PASamBackend",
             "model_version": backend.model_version,
+            # what the network is; says so when there is no uncertainty map or mined points
+            "model": backend.predictor.model.origin.architecture(),
         }
         training = backend.training_status()
         if training is not None:

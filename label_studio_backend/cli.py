@@ -35,6 +35,21 @@ def serve(
             "a list cuda:0,cuda:1,... gives each worker its own device."
         ),
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="Image encoder number format: auto (bf16 where the CPU/GPU computes it "
+            "fast), float32 or bf16 ($PASAM_PRECISION, default auto)."
+        ),
+    ] = None,
+    compile: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="Also torch.compile the image encoder in the background; requests are "
+            "served by the eager encoder until it is ready ($PASAM_COMPILE).",
+        ),
+    ] = None,
     label_studio_url: Annotated[
         str | None,
         typer.Option(help="Label Studio URL images are downloaded from ($LABEL_STUDIO_URL)."),
@@ -70,6 +85,8 @@ def serve(
         settings = Settings.from_env(
             checkpoint=checkpoint,
             device=device,
+            precision=precision,
+            compile_encoder=compile,
             label_studio_url=label_studio_url,
             cache_dir=cache_dir,
             log_level=log_level.upper() if log_level else None,
@@ -200,10 +217,12 @@ def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090, workers: 
         body_timeout=settings.body_timeout,
     )
     log.info(
-        "PA-SAM ML backend %s on %s (device %s) at http://%s:%d",
+        "PA-SAM ML backend %s on %s (device %s, encoder %s%s) at http://%s:%d",
         backend.model_version,
         settings.checkpoint,
         backend.predictor.device,
+        backend.predictor.precision,
+        ", compiling in the background" if settings.compile_encoder else "",
         host,
         port,
     )

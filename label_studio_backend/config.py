@@ -30,6 +30,18 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={value!r} is not a number") from None
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    value = _env(name)
+    if value is None:
+        return default
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"environment variable {name}={value!r} is not 1/0, true/false, yes/no")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything the server can be configured with.
@@ -37,6 +49,10 @@ class Settings:
     Attributes (environment variable in brackets):
       checkpoint: model weights [PASAM_CHECKPOINT].
       device: ``cuda``/``mps``/``cpu``, default the best available [DEVICE].
+      precision: the image encoder's number format, ``auto`` (bf16 where the CPU/GPU
+        computes it fast), ``float32`` or ``bf16`` [PASAM_PRECISION].
+      compile_encoder: also ``torch.compile`` the image encoder, in the background (the
+        eager encoder serves requests until it is ready) [PASAM_COMPILE=1].
       label_studio_url: where task images are downloaded from; the only host the backend
         ever contacts [LABEL_STUDIO_URL].
       label_studio_api_key: personal access token (JWT refresh token) or legacy token
@@ -71,10 +87,16 @@ class Settings:
       train_every_n_annotations: also fine-tune after every N ``ANNOTATION_CREATED`` /
         ``ANNOTATION_UPDATED`` webhook events of a project; 0 = off
         [PASAM_TRAIN_EVERY_N_ANNOTATIONS].
+      train_parts: what "Start Training" adapts on the frozen model [PASAM_TRAIN_PARTS]:
+        ``adapter`` (PA-SAM's adapter, the default), ``plm`` (a prompt learning module),
+        ``plm,pmm`` (with the point matching loss), ``adapter,plm``, ``hq`` (HQ-SAM's token)
+        (:func:`pasam_plugins.train.finetune.finetune_parts`).
     """
 
     checkpoint: Path | None = None
     device: str | None = None
+    precision: str = "auto"
+    compile_encoder: bool = False
     label_studio_url: str | None = None
     label_studio_api_key: str | None = None
     local_files_root: Path | None = None
@@ -98,8 +120,12 @@ class Settings:
     train_objects_per_image: int = 4
     train_max_tasks: int = 200
     train_every_n_annotations: int = 0
+    train_parts: str = "adapter"
 
     def __post_init__(self) -> None:
+        from pasam_plugins.precision import check_precision
+
+        object.__setattr__(self, "precision", check_precision(self.precision))
         for key in ("checkpoint", "local_files_root", "cache_dir", "model_dir"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, Path):
@@ -115,6 +141,8 @@ class Settings:
         s = cls(
             checkpoint=Path(ckpt) if ckpt else None,
             device=_env("DEVICE"),
+            precision=_env("PASAM_PRECISION", cls.precision) or cls.precision,
+            compile_encoder=_env_bool("PASAM_COMPILE", cls.compile_encoder),
             label_studio_url=_env("LABEL_STUDIO_URL") or _env("LABEL_STUDIO_HOST"),
             label_studio_api_key=_env("LABEL_STUDIO_API_KEY") or _env("LABEL_STUDIO_ACCESS_TOKEN"),
             local_files_root=Path(root) if root else None,
@@ -144,6 +172,7 @@ class Settings:
             train_every_n_annotations=_env_int(
                 "PASAM_TRAIN_EVERY_N_ANNOTATIONS", cls.train_every_n_annotations
             ),
+            train_parts=_env("PASAM_TRAIN_PARTS", cls.train_parts) or cls.train_parts,
         )
         names = {f.name for f in fields(cls)}
         unknown = set(overrides) - names
@@ -192,6 +221,12 @@ class Settings:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name}={value} must be a positive number")
+        from pasam_plugins.train.finetune import finetune_parts
+
+        try:
+            finetune_parts(self.train_parts)
+        except ValueError as e:
+            raise ValueError(f"PASAM_TRAIN_PARTS={self.train_parts!r}: {e}") from None
 
     @property
     def models_dir(self) -> Path:

@@ -146,7 +146,14 @@ class PASamBackend:
         # PASAM_CACHE_DIR is shared with checkpoint downloads: embeddings get a subdirectory
         disk = settings.cache_dir / "embeddings" if settings.cache_dir else None
         cache = EmbeddingCache(max_bytes=settings.cache_max_mb << 20, disk_dir=disk)
-        predictor = PASamPredictor(model, device=settings.device, cache=cache)
+        predictor = PASamPredictor(
+            model,
+            device=settings.device,
+            cache=cache,
+            precision=settings.precision,
+            fast_encoder=True,
+            compile_encoder=settings.compile_encoder,
+        )
         loader = ImageLoader(
             label_studio_url=settings.label_studio_url,
             api_key=settings.label_studio_api_key,
@@ -336,6 +343,11 @@ class PASamBackend:
             "model_version": self.model_version,
             "pid": os.getpid(),  # which worker answered (pasam serve --workers N)
             "device": str(self.predictor.device),
+            "encoder": {
+                "precision": self.predictor.precision,
+                "fast": bool(self.predictor.fast_encoder),
+                "compile": self.predictor.compile_state,
+            },
             "uptime_s": round(time.time() - self.started, 1),
             "encoder_runs": int(self.predictor.encoder_runs),
             "embedding_cache": {

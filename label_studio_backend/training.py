@@ -285,6 +285,7 @@ class FineTuner:
             device=backend.predictor.device,
             progress_callback=progress,
             should_stop=self._stop.is_set,
+            train=self.settings.train_parts,
         )
         report = result.report
         if self._stop.is_set() or report.steps == 0:
@@ -293,18 +294,15 @@ class FineTuner:
             self._update(skipped=[f"{w}: {r}" for w, r in report.skipped[:20]])
         self._update(phase="saving")
         path = self._save(result, project_id, len(tasks))
-        predictor = PASamPredictor(
-            result.model,
-            device=backend.predictor.device,
-            cache=backend.predictor.cache,
-            autocast_bf16=backend.predictor.autocast_bf16,
-        )
+        # same device, cache, precision and encoder path as the predictor it replaces
+        predictor = PASamPredictor(result.model, **backend.predictor.settings())
         return backend.swap_predictor(predictor), path
 
     def _save(self, result, project_id: int, n_tasks: int) -> Path:
         report = result.report
         provenance = {
             "kind": "label studio fine-tuning",
+            "train": self.settings.train_parts,
             "project": project_id,
             "tasks": n_tasks,
             "images": report.images,

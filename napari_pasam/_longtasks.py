@@ -140,15 +140,16 @@ class LongTasksMixin:
         show_info(msg)
 
     # ------------------------------------------------------------------ fine-tune
-    def finetune(self, steps: int | None = None) -> None:
-        """Fine-tune the model's adapter on the accepted objects (worker, progress in the
-        dock, stoppable with :meth:`cancel`); the result becomes the model and is saved into
-        :func:`pasam_plugins.paths.models_dir`."""
+    def finetune(self, steps: int | None = None, train: str | None = None) -> None:
+        """Fine-tune what ``train`` names (default: the panel's 'Adapt' choice, e.g. the
+        PA-SAM adapter or a prompt learning module) on the accepted objects (worker,
+        progress in the dock, stoppable with :meth:`cancel`); the result becomes the model
+        and is saved into :func:`pasam_plugins.paths.models_dir`."""
         if self.runner.busy:
             show_info("PA-SAM: busy, try again when the current task has finished")
             return
         if self.slot is None:
-            show_error("PA-SAM: load a model first, then fine-tune its adapter")
+            show_error("PA-SAM: load a model first, then fine-tune it")
             return
         planes = []
         if self.layers is not None and self.geometry is not None:
@@ -160,6 +161,7 @@ class LongTasksMixin:
             )
             return
         steps = int(steps or self.finetune_panel.finetune_steps_spin.value())
+        train = train or self.finetune_panel.adapt_combo.currentData() or "adapter"
         data = self.layers.labels.data
         labels = {p: np.array(data[p]) for p in planes}  # snapshot: the user may keep editing
         n_objects = sum(len(np.setdiff1d(np.unique(lab), [0])) for lab in labels.values())
@@ -176,12 +178,13 @@ class LongTasksMixin:
             steps=steps,
             image_name=self.image_layer.name,
             stop=self._finetune_stop,
-            _progress={"total": steps, "desc": "PA-SAM: fine-tuning the adapter"},
+            train=train,
+            _progress={"total": steps, "desc": f"PA-SAM: fine-tuning ({train})"},
         )
         self.runner.start(
             worker,
             kind="finetune",
-            title=f"Fine-tuning on {n_objects} objects in {len(planes)} planes",
+            title=f"Fine-tuning ({train}) on {n_objects} objects in {len(planes)} planes",
             total=steps,
             stop=self._finetune_stop.set,
             on_yield=self._on_finetune_step,

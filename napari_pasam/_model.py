@@ -102,6 +102,7 @@ class ModelMixin:
             m.sam_checkpoint_edit.text().strip() or None,
             m.guide_combo.currentData(),
             m.disk_cache_check.isChecked(),
+            m.precision_combo.currentText(),
             _progress={"desc": "PA-SAM: loading model"},
         )
         self.runner.start(
@@ -126,5 +127,6 @@ class ModelMixin:
         to the old one, so it is cleared and re-predicted from the prompts."""
         self.slot = slot
         self.model_panel.model_label.set_full_text(slot.info.describe())
+        self.finetune_panel.set_adapt_choices(slot.model)
         self.clear_current(keep_clicks=True)
         self._pending_predict = self.layers is not None

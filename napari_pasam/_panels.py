@@ -194,6 +194,13 @@ class ModelPanel(QGroupBox):
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu"])  # the rest once torch is loaded (worker)
         more_form.addRow("Device", self.device_combo)
+        self.precision_combo = QComboBox()
+        self.precision_combo.addItems(["auto", "float32", "bf16"])
+        self.precision_combo.setToolTip(
+            "Image encoder number format: auto uses bf16 where this CPU (AMX/AVX512-BF16) or "
+            "GPU computes it fast, float32 elsewhere"
+        )
+        more_form.addRow("Precision", self.precision_combo)
         self.disk_cache_check = QCheckBox("keep embeddings on disk")
         self.disk_cache_check.setToolTip(
             "Store image embeddings in $PASAM_CACHE_DIR/embeddings (default "
@@ -332,21 +339,44 @@ class PropagationPanel(QGroupBox):
 
 
 class FinetunePanel(QGroupBox):
-    """Steps and "Fine-tune adapter"."""
+    """What to adapt, steps and "Fine-tune"."""
 
     def __init__(self) -> None:
-        super().__init__("Fine-tune adapter")
+        super().__init__("Fine-tune")
         form = QFormLayout(self)
+        self.adapt_combo = QComboBox()
+        self.adapt_combo.setToolTip(
+            "What to adapt on the frozen model: PA-SAM's adapter, a prompt learning module "
+            "(PLM, arXiv 2403.09199; with the point matching loss PMM in training), both, or "
+            "HQ-SAM's output token. The choices follow the loaded model."
+        )
+        _compact(self.adapt_combo)
+        self.set_adapt_choices(None)
+        form.addRow("Adapt", self.adapt_combo)
         self.finetune_steps_spin = QSpinBox()
         self.finetune_steps_spin.setRange(1, 100_000)
         self.finetune_steps_spin.setValue(100)
         self.finetune_button = QPushButton("Fine-tune")
         self.finetune_button.setToolTip(
-            "Train the model's PA-SAM adapter on the objects accepted into the labels layer "
+            "Train what 'Adapt' names on the objects accepted into the labels layer "
             "(every plane holding an object); the result replaces the model and is saved to "
             "$PASAM_MODEL_DIR (default $PASAM_CACHE_DIR/models, ~/.cache/pasam/models)"
         )
         form.addRow("Steps", _row(self.finetune_steps_spin, self.finetune_button))
+
+    def set_adapt_choices(self, model) -> None:
+        """The 'Adapt' choices for ``model`` (all of them before a model is loaded); keeps
+        the current choice when it still fits."""
+        from ._finetune import ADAPT_CHOICES, adapt_choices  # no torch at import
+
+        current = self.adapt_combo.currentData()
+        choices = ADAPT_CHOICES if model is None else adapt_choices(model)
+        self.adapt_combo.clear()
+        for value, label in choices:
+            self.adapt_combo.addItem(label, value)
+        values = [v for v, _ in choices]
+        if current in values:
+            self.adapt_combo.setCurrentIndex(values.index(current))
 
     def set_busy(self, busy: bool) -> None:
         self.finetune_button.setEnabled(not busy)

@@ -157,6 +157,7 @@ def model_info(model, predictor, label: str, path: str | None = None) -> ModelIn
         untrained=bool(origin.untrained),
         zoomed=origin.zoom is not None,
         path=path or origin.file,
+        architecture=origin.architecture(),
     )
 
 
@@ -166,10 +167,12 @@ def load_job(
     sam_checkpoint: str | None,
     guide_mode: str | None,
     on_disk: bool = False,
+    precision: str = "auto",
 ) -> tuple[ModelSlot, list[str]]:
     """Build the model for ``source``: a checkpoint path, ``bundled:<file>`` (shipped in
     ``model/weights``), ``registry:<name>`` (downloaded on first use) or
-    ``random:<variant>[+zoom]``. Returns the slot and the devices torch can use."""
+    ``random:<variant>[+zoom]``. The image encoder runs its fast path in ``precision``
+    (``auto``: bf16 where it is fast). Returns the slot and the devices torch can use."""
     avoid_triton_llvm_clash()
     from pasam_plugins.checkpoint import load_model
     from pasam_plugins.predictor import PASamPredictor
@@ -198,6 +201,8 @@ def load_job(
         model,
         device=None if device == "auto" else device,
         cache=shared_embedding_cache(on_disk=on_disk),
+        precision=precision,
+        fast_encoder=True,
     )
     slot = make_slot(predictor, model_info(model, predictor, label))
     return slot, available_devices()

@@ -58,9 +58,14 @@ class ModelInfo:
     zoomed: bool = False
     finetuned: str | None = None
     path: str | None = None
+    #: the network in words (:meth:`pasam_plugins.origin.ModelOrigin.architecture`: says
+    #: when there is no uncertainty map or mined points)
+    architecture: str | None = None
 
     def summary(self) -> str:
-        kind = "SAM + PA-SAM adapter" if self.has_adapter else "SAM only (no adapter)"
+        kind = self.architecture or (
+            "SAM + PA-SAM adapter" if self.has_adapter else "SAM only (no adapter)"
+        )
         text = f"{kind} · {self.variant} · guide mode: {self.guide_mode} · {self.device}"
         if self.zoomed:
             text += " · zoomed in on each object"

@@ -12,6 +12,7 @@ from .cli import (
     UNTRAINED_WARNING,
     _default_checkpoint,
     _err,
+    _parse_precision,
     _readable_errors,
 )
 
@@ -103,6 +104,14 @@ def segment_all_command(
     adapter: Annotated[bool, typer.Option(help="Use the PA-SAM adapter (off: plain SAM).")] = True,
     channel: Annotated[int | None, typer.Option(help="Channel of a multichannel image.")] = None,
     device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: best).")] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Image encoder number format: auto (bf16 where this CPU or GPU computes it "
+            "fast, else float32), float32 or bf16.",
+            envvar="PASAM_PRECISION",
+        ),
+    ] = "auto",
     coco_mode: Annotated[
         str, typer.Option(help="Segmentations in coco.json: rle or polygon.")
     ] = "rle",
@@ -125,6 +134,7 @@ def segment_all_command(
     if checkpoint is not None and not checkpoint.is_file():
         _err(f"{checkpoint}: no such checkpoint file")
         raise typer.Exit(2)
+    precision = _parse_precision(precision)
     files = _images_of(source)
     from . import distributed
 
@@ -151,6 +161,12 @@ def segment_all_command(
             dev = select_device(rank_device)
         except (ValueError, RuntimeError) as e:
             raise typer.BadParameter(str(e), param_hint="--device") from None
+        try:
+            from .precision import resolve_precision
+
+            resolve_precision(precision, dev)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--precision") from None
         if checkpoint is None:
             checkpoint = _default_checkpoint(announce=main)
         model = load_model(checkpoint, sam_checkpoint=sam_checkpoint)
@@ -177,7 +193,8 @@ def segment_all_command(
             min_mask_region_area=min_region_area,
             use_adapter=adapter,
         )
-        segmenter = AutomaticSegmenter(PASamPredictor(model, device=dev), settings)
+        predictor = PASamPredictor(model, device=dev, precision=precision, fast_encoder=True)
+        segmenter = AutomaticSegmenter(predictor, settings)
         out_dir.mkdir(parents=True, exist_ok=True)
         coco_images = []
         summary: list[dict[str, Any]] = []
@@ -219,6 +236,7 @@ def segment_all_command(
                     "objects": len(objects),
                     "needs_review": len(review),
                     "seconds": round(result.seconds, 3),
+                    "encoder_precision": predictor.precision,
                     "outputs": [str(tif), str(csv_path), str(png)],
                 }
             )

@@ -85,6 +85,15 @@ def _finite(v: float) -> bool:
     return v == v and v not in (float("inf"), float("-inf"))
 
 
+def _parse_precision(text: str) -> str:
+    from .precision import check_precision
+
+    try:
+        return check_precision(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--precision") from None
+
+
 def parse_box(text: str) -> tuple[float, float, float, float]:
     """``"x0,y0,x1,y1"`` (image pixels) -> a box with x1 > x0 and y1 > y0."""
     x0, y0, x1, y1 = _parse_numbers(
@@ -211,6 +220,15 @@ def info(
     mps = getattr(torch.backends, "mps", None)
     typer.echo(f"  mps     {'available' if mps and mps.is_available() else 'not available'}")
     typer.echo("  cpu     available")
+    from .precision import resolve_precision
+    from .runtime import cpu_flags
+
+    bf16_flags = sorted((cpu_flags() or frozenset()) & {"amx_bf16", "avx512_bf16"})
+    typer.echo(
+        f"encoder precision auto: cpu -> {resolve_precision('auto', 'cpu')} "
+        f"(bf16 units: {', '.join(bf16_flags) or 'none found'})"
+        + (f", cuda -> {resolve_precision('auto', 'cuda')}" if torch.cuda.is_available() else "")
+    )
     with _readable_errors():
         from pasam_plugins.registry import load_registry
 
@@ -240,6 +258,7 @@ def _checkpoint_summary(path: Path, sam_checkpoint: Path | None) -> None:
     typer.echo(f"checkpoint: {path}")
     typer.echo(f"  size        {path.stat().st_size / 2**20:.1f} MiB")
     typer.echo(f"  variant     {model.variant}")
+    typer.echo(f"  model       {model.origin.architecture()}")
     typer.echo(f"  adapter     {'yes (PA-SAM)' if model.has_adapter else 'no (plain SAM)'}")
     typer.echo(f"  guide mode  {model.guide_mode}")
     typer.echo(f"  parameters  {n_params / 1e6:.2f} M")
@@ -473,6 +492,15 @@ def embed(
     device: Annotated[
         str | None, typer.Option(help="cuda, mps or cpu (default: the best).")
     ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Image encoder number format, as the tools that will use the embeddings run "
+            "it (stored per precision): auto (bf16 where this CPU or GPU computes it fast), "
+            "float32 or bf16.",
+            envvar="PASAM_PRECISION",
+        ),
+    ] = "auto",
 ) -> None:
     """Precompute image embeddings (whole images, or the tiles of large ones) into the shared
     store, so that pasam predict, the Label Studio backend and napari never run the encoder
@@ -512,11 +540,14 @@ def embed(
         model = load_model(ckpt, sam_checkpoint=sam_checkpoint)
         store = Path(cache_dir) if cache_dir else embeddings_dir()
         cache = EmbeddingCache(max_bytes=256 << 20, disk_dir=store)
-        seg = Segmenter(
-            PASamPredictor(model, device=select_device(rank_device), cache=cache),
-            tile=tile,
-            halo=halo,
+        predictor = PASamPredictor(
+            model,
+            device=select_device(rank_device),
+            cache=cache,
+            precision=_parse_precision(precision),
+            fast_encoder=True,
         )
+        seg = Segmenter(predictor, tile=tile, halo=halo)
         if seg.zoom is not None:
             if main:
                 typer.echo(
@@ -589,6 +620,14 @@ def predict(
     device: Annotated[
         str | None, typer.Option(help="cuda, cuda:1, mps or cpu (default: the best available).")
     ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Image encoder number format: auto (bf16 where this CPU or GPU computes it "
+            "fast, else float32), float32 or bf16.",
+            envvar="PASAM_PRECISION",
+        ),
+    ] = "auto",
     out_dir: Annotated[
         Path, typer.Option(help="Directory for the outputs.", file_okay=False)
     ] = Path("pasam-output"),
@@ -622,6 +661,7 @@ def predict(
         raise typer.Exit(2)
     box_xyxy = parse_box(box) if box is not None else None
     points = [parse_point(p) for p in point or []]
+    precision = _parse_precision(precision)
     if box_xyxy is None and not points:
         raise typer.BadParameter("give a prompt: --box x0,y0,x1,y1 and/or --point x,y[,label]")
 
@@ -653,6 +693,12 @@ def predict(
             dev = select_device(device)
         except (ValueError, RuntimeError) as e:
             raise typer.BadParameter(str(e), param_hint="--device") from None
+        try:
+            from .precision import resolve_precision
+
+            resolve_precision(precision, dev)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--precision") from None
 
         if checkpoint is None:
             checkpoint = _default_checkpoint()
@@ -666,6 +712,7 @@ def predict(
             points=points,
             channel=channel,
             device=dev,
+            precision=precision,
             out_dir=out_dir,
             mask_format=mask_format,
         )
@@ -673,7 +720,8 @@ def predict(
             typer.echo(UNTRAINED_WARNING)
         typer.echo(
             f"mask: {result['mask_pixels']} pixels ({100 * result['mask_fraction']:.1f}% of "
-            f"{w}x{h}), predicted IoU {result['score']:.3f}, device {result['device']}"
+            f"{w}x{h}), predicted IoU {result['score']:.3f}, device {result['device']}, "
+            f"encoder {result['precision']}"
         )
         for key, path in result["outputs"].items():
             typer.echo(f"  {key:16s} {path}")
@@ -692,6 +740,7 @@ def _run_prediction(
     device: Any,
     out_dir: Path,
     mask_format: str,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Load the model, predict, write the outputs; returns the JSON summary."""
     import numpy as np
@@ -704,7 +753,9 @@ def _run_prediction(
 
     model = load_model(checkpoint, sam_checkpoint=sam_checkpoint)
     untrained = model.origin.untrained
-    segmenter = Segmenter(PASamPredictor(model, device=device))
+    segmenter = Segmenter(
+        PASamPredictor(model, device=device, precision=precision, fast_encoder=True)
+    )
     segmenter.set_image(arr, channel=channel)
     coords = labels = None
     if points:
@@ -758,7 +809,10 @@ def _run_prediction(
         "untrained": untrained,
         "variant": model.variant,
         "has_adapter": model.has_adapter,
+        # what the network is, and that SAM and HQ-SAM give no uncertainty or mined points
+        "model": model.origin.architecture(),
         "device": str(segmenter.predictor.device),
+        "precision": segmenter.predictor.precision,
         "prompts": {
             "box": list(box) if box is not None else None,
             "points": [{"x": x, "y": y, "label": lab} for x, y, lab in points],

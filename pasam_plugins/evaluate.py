@@ -566,8 +566,9 @@ def evaluate_model(
     num_points: int = 0,
     use_box: bool = True,
     compare_sam: bool = True,
-    adapter_name: str = PASAM_NAME,
+    adapter_name: str | None = None,
     baseline: PASam | None = None,
+    others: Sequence[tuple[str, PASam]] = (),
     max_objects: int | None = None,
     min_pixels: int = 1,
     seed: int = 0,
@@ -586,7 +587,12 @@ def evaluate_model(
       num_points: positive points per object drawn inside its ground truth (with the box
         when ``use_box``; alone otherwise).
       compare_sam: also run the decoder without the adapter (row "SAM"). A model without an
-        adapter gives only the SAM row.
+        adapter (or other additions: HQ-SAM's token, a prompt learning module) gives only the
+        SAM row.
+      adapter_name: the name of the row with the additions on (default
+        ``model.method_name``: "PA-SAM", "HQ-SAM", "SAM + PLM" ...).
+      others: more ``(name, model)`` rows evaluated on the same objects with the same
+        prompts in the same run (e.g. HQ-SAM next to PA-SAM; each with its additions on).
       baseline: weights for the SAM row (e.g. the original SAM checkpoint). Default: the
         same weights with the adapter off. PA-SAM also trains SAM's ``output_upscaling``,
         ``output_hypernetworks_mlps`` and ``mask_tokens``, so "adapter off" is SAM's decoder
@@ -617,8 +623,8 @@ def evaluate_model(
     t0 = time.perf_counter()
     segmenter = Segmenter(PASamPredictor(model, device=device), zoom=zoom)
     variants: list[tuple[str, bool, Segmenter]] = []
-    if model.has_adapter:
-        variants.append((adapter_name, True, segmenter))
+    if model.has_additions:
+        variants.append((adapter_name or model.method_name, True, segmenter))
         if compare_sam:
             base = (
                 segmenter
@@ -628,9 +634,14 @@ def evaluate_model(
             variants.insert(0, (SAM_NAME, False, base))
     else:
         variants.append((SAM_NAME, False, segmenter))
+    for name, other in others:
+        if name in {n for n, _, _ in variants}:
+            raise ValueError(f"two rows are called {name!r}; name the compared models apart")
+        seg = Segmenter(PASamPredictor(other, device=device), zoom=zoom)
+        variants.append((name, other.has_additions, seg))
     samples = [s for ds in datasets for s in ds.samples]
     report = EvalReport(max_clicks=clicks)
-    report.adapter_models = [name for name, adapter, _ in variants if adapter]
+    report.adapter_models = [name for name, adapter, seg in variants if adapter and seg.has_adapter]
     mine = list(range(len(samples)))
     if shard is not None:
         rank, ranks = shard
@@ -768,7 +779,7 @@ def _eval_image(
             _image_uncertainty(report, dataset, sample.name, name, masks, results)
     if clicks:
         for name, use_adapter, seg in variants:
-            strats = [s for s in strategies if use_adapter or s == "oracle"]
+            strats = [s for s in strategies if (use_adapter and seg.has_adapter) or s == "oracle"]
             if not strats:
                 continue
             tracks = simulate_clicks(

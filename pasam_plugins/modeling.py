@@ -8,10 +8,13 @@ Everything here takes and returns tensors; image I/O, Canny edges and prompt tra
 in :mod:`pasam_plugins.guide` and :mod:`pasam_plugins.predictor`.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
+import numpy as np
 import torch
 from segment_anything.modeling import (
     ImageEncoderViT,
@@ -26,6 +29,7 @@ from segment_anything.modeling.transformer import Attention
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .guide import guide_input as _guide_input
 from .origin import ModelOrigin
 
 GuideMode = Literal["reference", "image"]
@@ -56,6 +60,10 @@ class DecoderOutput:
       mined_indices: Bx8 flat cell indices into the 64x64 grid, 4 positive then 4 negative,
         row-major within each group (None when mining is off or without adapter).
       mask_index: B indices of the returned mask among the 4 mask tokens.
+      hq_masks: Bx1x256x256 logits of HQ-SAM's HQ output token alone (HQ-SAM only; what
+        its training loss sees, :mod:`pasam_plugins.hq`).
+      mask_features: BxC/8x256x256 upscaled decoder features the masks are read from (only
+        with ``return_features=True``: the point matching module's input in training).
     """
 
     masks: Tensor
@@ -66,6 +74,28 @@ class DecoderOutput:
     refined_mask: Tensor | None = None
     mined_indices: Tensor | None = None
     mask_index: Tensor | None = None
+    hq_masks: Tensor | None = None
+    mask_features: Tensor | None = None
+
+
+@contextmanager
+def capture_output(module: nn.Module, enabled: bool = True) -> Iterator[dict[str, Tensor]]:
+    """While active (and ``enabled``), ``captured["output"]`` is set to what ``module``
+    returns (with its autograd graph): the decoder's upscaled mask features, read by the
+    point matching module in training without changing SAM's or HQ-SAM's own code."""
+    captured: dict[str, Tensor] = {}
+    if not enabled:
+        yield captured
+        return
+
+    def hook(_module: nn.Module, _inputs: object, output: Tensor) -> None:
+        captured["output"] = output
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 class GuidingConv(nn.Sequential):
@@ -153,6 +183,8 @@ class PAMaskDecoder(MaskDecoder):
             iou_head_hidden_dim=iou_head_hidden_dim,
         )
         self.num_mined = num_mined
+        #: the prompt learning module (:mod:`pasam_plugins.prompt_learning`), when attached
+        self.register_module("plm", None)
         if adapter:
             self.guiding_conv = GuidingConv(transformer_dim=transformer_dim)
             self.prompt_adapter = PromptAdapter(
@@ -185,6 +217,7 @@ class PAMaskDecoder(MaskDecoder):
         mining: MiningMode = "topk",
         use_adapter: bool = True,
         generator: torch.Generator | None = None,
+        return_features: bool = False,
     ) -> DecoderOutput:
         """Predict masks for B prompt sets on one image.
 
@@ -199,19 +232,23 @@ class PAMaskDecoder(MaskDecoder):
             point embeddings (``point_embeddings[0]``, ``point_embeddings[1]``).
           mining (str): ``"topk"`` (inference), ``"gumbel"`` (training) or ``"off"``.
           use_adapter (bool): False runs plain SAM even when the adapter is loaded.
+          return_features (bool): also return the upscaled mask features (training).
 
         Returns:
           DecoderOutput: see its docstring for shapes.
         """
         if not (use_adapter and self.has_adapter):
-            masks, iou = super().forward(
-                image_embeddings,
-                image_pe,
-                sparse_prompt_embeddings,
-                dense_prompt_embeddings,
-                multimask_output,
+            with capture_output(self.output_upscaling, return_features) as captured:
+                masks, iou = super().forward(
+                    image_embeddings,
+                    image_pe,
+                    sparse_prompt_embeddings,
+                    dense_prompt_embeddings,
+                    multimask_output,
+                )
+            return DecoderOutput(
+                masks=masks, iou_predictions=iou, mask_features=captured.get("output")
             )
-            return DecoderOutput(masks=masks, iou_predictions=iou)
         if guide is None or point_label_embeddings is None:
             raise ValueError("the PA-SAM adapter needs `guide` and `point_label_embeddings`")
         return self._forward_adapter(
@@ -224,6 +261,7 @@ class PAMaskDecoder(MaskDecoder):
             point_label_embeddings,
             mining,
             generator,
+            return_features,
         )
 
     def _forward_adapter(
@@ -237,6 +275,7 @@ class PAMaskDecoder(MaskDecoder):
         point_label_embeddings: Tensor,
         mining: MiningMode,
         generator: torch.Generator | None,
+        return_features: bool = False,
     ) -> DecoderOutput:
         b = sparse.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -361,6 +400,11 @@ class PAMaskDecoder(MaskDecoder):
         else:
             mask_index = torch.zeros(b, dtype=torch.long, device=hs.device)
         masks = self._mask_head(hs, keys, mask_index, h, w)
+        features = None
+        if return_features:  # what the head computes without materializing it (training)
+            features = self.output_upscaling(
+                keys.expand(b, -1, -1).transpose(1, 2).reshape(b, c, h, w)
+            )
 
         def grid(t: Tensor) -> Tensor:
             return t.view(b, 1, h, w)
@@ -374,6 +418,7 @@ class PAMaskDecoder(MaskDecoder):
             refined_mask=grid(refined),
             mined_indices=mined,
             mask_index=mask_index,
+            mask_features=features,
         )
 
     def forward_reference(
@@ -784,6 +829,9 @@ class PASam(Sam):
     """
 
     mask_decoder: PAMaskDecoder
+    #: the model family: ``"pasam"`` (SAM, optionally with the PA-SAM adapter) or
+    #: ``"hq-sam"`` (:class:`pasam_plugins.hq.HQSam`)
+    family: str = "pasam"
 
     def __init__(
         self,
@@ -820,6 +868,63 @@ class PASam(Sam):
         return self.mask_decoder.has_adapter
 
     @property
+    def plm(self) -> nn.Module | None:
+        """The prompt learning module (:mod:`pasam_plugins.prompt_learning`), or None."""
+        return self.mask_decoder.plm
+
+    @property
+    def has_additions(self) -> bool:
+        """Whether ``use_adapter=True`` differs from plain SAM: a PA-SAM adapter, HQ-SAM's
+        HQ output token or a prompt learning module."""
+        return self.has_adapter or self.family != "pasam" or self.plm is not None
+
+    @property
+    def method_name(self) -> str:
+        """The row name of this model's predictions with its additions on: "PA-SAM",
+        "HQ-SAM", "SAM + PLM", "PA-SAM + PLM" ...; "SAM" without additions."""
+        name = "HQ-SAM" if self.family == "hq-sam" else "PA-SAM" if self.has_adapter else "SAM"
+        return f"{name} + PLM" if self.plm is not None else name
+
+    @property
+    def has_uncertainty(self) -> bool:
+        """Whether predictions carry an uncertainty map and mined points (PA-SAM only)."""
+        return self.has_adapter
+
+    # ------------------------------------------------------------- per-image computation
+    # The predictor, the trainer and the cache go through these, so that a model family
+    # with another per-image input (HQ-SAM's HQ features) needs no change there.
+    @property
+    def uses_guide(self) -> bool:
+        """Whether the decoder needs a per-image tensor besides the embedding (the PA-SAM
+        guide; HQ-SAM's HQ features), computed once per image and cached with it."""
+        return self.has_adapter
+
+    @property
+    def guide_shape(self) -> tuple[int, ...]:
+        """Shape of that tensor for one image."""
+        g = self.embedding_grid
+        return (1, int(self.prompt_encoder.embed_dim), g, g)
+
+    def guide_modules(self) -> list[tuple[str, nn.Module]]:
+        """Trainable modules the guide is computed with (hashed whole into the cache key)."""
+        if self.has_adapter:
+            return [("guiding_conv", self.mask_decoder.guiding_conv)]
+        return []
+
+    def encode_image(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Preprocessed 1|Bx3xNxN input -> (image embedding, early encoder features or None)."""
+        return self.image_encoder(x), None
+
+    def guide_input(self, x: Tensor, resized_u8: np.ndarray | None, early: Tensor | None) -> Tensor:
+        """The frozen per-image input the trained guide is computed from (PA-SAM: the
+        4-channel guide input of the guide mode)."""
+        return _guide_input(self.guide_mode, x, resized_u8)
+
+    def encode_guide(self, guide_input: Tensor, embedding: Tensor) -> Tensor:
+        """The guide the decoder takes, from :meth:`guide_input` (and the embedding)."""
+        return self.mask_decoder.encode_guide(guide_input)
+
+    @property
     def img_size(self) -> int:
         """Side of the square model input in pixels (1024 for the official models)."""
         return int(self.image_encoder.img_size)
@@ -851,6 +956,7 @@ class PASam(Sam):
         mining: MiningMode = "topk",
         use_adapter: bool = True,
         generator: torch.Generator | None = None,
+        return_features: bool = False,
     ) -> DecoderOutput:
         """Prompt encoder + decoder for B prompt sets on one image.
 
@@ -861,11 +967,17 @@ class PASam(Sam):
             px, 1024 for the official models) and BxN labels.
           boxes (Tensor): Bx4 boxes in the same frame.
           mask_input (Tensor): Bx1x4Gx4G low-res mask logits.
+          use_adapter (bool): False: plain SAM from the same weights (no adapter, no HQ
+            token, no prompt learning module).
+          return_features (bool): also return the decoder's upscaled mask features.
         """
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        image_pe = self.prompt_encoder.get_dense_pe()
+        if use_adapter and self.plm is not None and sparse.shape[1] > 0:
+            sparse = self.plm(sparse, image_embeddings, image_pe)
         return self.mask_decoder(
             image_embeddings,
-            self.prompt_encoder.get_dense_pe(),
+            image_pe,
             sparse,
             dense,
             multimask_output,
@@ -874,6 +986,7 @@ class PASam(Sam):
             mining=mining,
             use_adapter=use_adapter,
             generator=generator,
+            return_features=return_features,
         )
 
 

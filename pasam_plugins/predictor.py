@@ -1,6 +1,9 @@
 """``PASamPredictor``: ``SamPredictor``'s interface plus PA-SAM's uncertainty and mined points."""
 
 import hashlib
+import logging
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -12,9 +15,13 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .cache import CacheEntry, EmbeddingCache, image_key
+from .fast_encoder import FastImageEncoder
 from .guide import guide_input
 from .imageio import DEFAULT_PERCENTILES, check_image_size, normalize_image
 from .modeling import DecoderOutput, PASam
+from .precision import check_precision, resolve_precision
+
+logger = logging.getLogger(__name__)
 
 
 def select_device(preferred: str | torch.device | None = None) -> torch.device:
@@ -42,10 +49,12 @@ def model_signature(model: PASam) -> str:
     mode. Cheap even for ViT-H, and different for any two trained models.
     """
     h = hashlib.sha256()
-    h.update(f"{model.variant}|{model.guide_mode}|{model.has_adapter}".encode())
-    modules = [("image_encoder", model.image_encoder)]
-    if model.has_adapter:
-        modules.append(("guiding_conv", model.mask_decoder.guiding_conv))
+    family = getattr(model, "family", "pasam")
+    head = f"{model.variant}|{model.guide_mode}|{model.has_adapter}"
+    h.update((head if family == "pasam" else f"{head}|{family}").encode())
+    guide_modules = model.guide_modules()
+    modules = [("image_encoder", model.image_encoder), *guide_modules]
+    full_prefixes = tuple(f"{name}." for name, _ in guide_modules)
     tensors: list[tuple[str, Tensor]] = [
         ("pixel_mean", model.pixel_mean),
         ("pixel_std", model.pixel_std),
@@ -55,8 +64,9 @@ def model_signature(model: PASam) -> str:
     with torch.no_grad():
         for name, t in tensors:
             flat = t.detach().reshape(-1)
-            # the guiding conv is small and is what fine-tuning changes: hash all of it
-            full = name.startswith("guiding_conv.")
+            # the guide's modules (PA-SAM's guiding conv, HQ-SAM's fusion layers) are what
+            # fine-tuning changes: hash all of them
+            full = name.startswith(full_prefixes)
             step = 1 if full else max(1, flat.numel() // 4096)
             sample = flat[::step].float().cpu().numpy()
             h.update(f"{name}{tuple(t.shape)}".encode())
@@ -74,7 +84,7 @@ class Prediction:
       masks: CxHxW bool (or float logits with ``return_logits``).
       scores: C float32 predicted IoU.
       low_res_logits: Cx256x256 float32, usable as ``mask_input`` of the next call.
-      uncertainty: HxW float32 in [0, 1] (None without adapter).
+      uncertainty: HxW float32 in [0, 1] (None without adapter: SAM and HQ-SAM have none).
       mined_points: 8x2 float32 (x, y) pixels, 4 positive then 4 negative (None without adapter).
       mined_labels: 8 int64, 1 positive / 0 negative.
     """
@@ -130,10 +140,25 @@ class PASamPredictor:
       model (PASam): the network (with or without adapter).
       device (str or None): ``cuda``/``mps``/``cpu``; default: the best available.
       cache (EmbeddingCache or None): shared embedding cache; default: a private 512 MiB one.
-      autocast_bf16 (bool): run encoder and decoder under bf16 autocast (CUDA and CPU; on
-        a CPU without bf16 units it is slower than float32). Ignored on other devices.
-        Embeddings computed this way are cached apart from float32 ones.
+      precision (str): the image encoder's number format: ``"float32"`` (default),
+        ``"bf16"`` (bf16 autocast; CPU and CUDA) or ``"auto"`` (bf16 where this device
+        computes it fast, see :mod:`pasam_plugins.precision`). Embeddings are cached per
+        precision: a bf16 embedding is never served to a float32 predictor, or vice versa.
+      fast_encoder (bool): run the encoder through :class:`~pasam_plugins.fast_encoder.
+        FastImageEncoder` (fused attention, same weights, same function to float32
+        rounding). False (default): SAM's own modules, the float32 reference.
+      compile_encoder (bool): also compile the fast encoder with ``torch.compile``, in a
+        background thread (see :meth:`start_compile`); until it is ready, the eager fast
+        encoder serves every image, so the first click never waits for it.
+      decoder_precision (str or None): ``"float32"`` or ``"bf16"`` for prompt encoder and
+        mask decoder; default bf16 on CUDA when the encoder runs in bf16, else float32 (on
+        CPU a bf16 decoder call measures slower than float32).
+      autocast_bf16 (bool): the older spelling of ``precision="bf16",
+        decoder_precision="bf16"``.
       percentiles (tuple): contrast percentiles for non-uint8 images.
+
+    The front ends (``pasam predict``, the Label Studio backend, napari) use
+    ``precision="auto", fast_encoder=True``.
     """
 
     def __init__(
@@ -142,6 +167,10 @@ class PASamPredictor:
         *,
         device: str | torch.device | None = None,
         cache: EmbeddingCache | None = None,
+        precision: str = "float32",
+        fast_encoder: bool = False,
+        compile_encoder: bool = False,
+        decoder_precision: str | None = None,
         autocast_bf16: bool = False,
         percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
     ) -> None:
@@ -149,21 +178,144 @@ class PASamPredictor:
         self.model = model.to(self._device).eval()
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
         self.cache = cache if cache is not None else EmbeddingCache(max_bytes=512 << 20)
-        self.autocast_bf16 = bool(autocast_bf16) and self._device.type in ("cuda", "cpu")
+        if autocast_bf16:
+            precision = "bf16"
+            decoder_precision = decoder_precision or "bf16"
+        #: what was asked for (``auto``, ``float32``, ``bf16``)
+        self.requested_precision = check_precision(precision)
+        #: what the encoder runs in here: ``float32`` or ``bf16``
+        self.precision = resolve_precision(self.requested_precision, self._device)
+        if decoder_precision is None:
+            bf16_dec = self.precision == "bf16" and self._device.type == "cuda"
+            decoder_precision = "bf16" if bf16_dec else "float32"
+        self.decoder_precision = check_precision(decoder_precision)
+        if self.decoder_precision == "auto":
+            raise ValueError("decoder_precision is float32 or bf16")
+        if self.decoder_precision == "bf16":
+            resolve_precision("bf16", self._device)  # raises on devices without bf16 autocast
+        #: HQ-SAM's encoder also returns early features: it runs as it is (no fast path)
+        self._own_encoder = type(self.model).encode_image is not PASam.encode_image
+        self.fast_encoder = bool(fast_encoder or compile_encoder) and not self._own_encoder
         self.percentiles = percentiles
-        self.model_signature = model_signature(self.model) + ("-bf16" if self.autocast_bf16 else "")
+        #: hash of the weights that determine embeddings and guides
+        self.model_signature = model_signature(self.model)
+        #: the weights and the encoder precision: part of every embedding cache key
+        self.embedding_signature = self.model_signature + (
+            "-bf16" if self.precision == "bf16" else ""
+        )
+        self._encoder: torch.nn.Module = (
+            FastImageEncoder(self.model.image_encoder)
+            if self.fast_encoder
+            else self.model.image_encoder
+        )
+        self._compiled: torch.nn.Module | None = None
+        #: ``off``, ``compiling``, ``ready`` or ``failed: <reason>``
+        self.compile_state = "off"
+        self._compile_thread: threading.Thread | None = None
+        self._compile_requested = False
         self.encoder_runs = 0
         self.reset_image()
+        if compile_encoder:
+            self.start_compile()
 
     # ------------------------------------------------------------------ image
     @property
     def device(self) -> torch.device:
         return self._device
 
-    def _autocast(self):
-        if self.autocast_bf16:
+    @property
+    def autocast_bf16(self) -> bool:
+        """Whether the encoder runs under bf16 autocast (``precision == "bf16"``)."""
+        return self.precision == "bf16"
+
+    def settings(self) -> dict:
+        """Keyword arguments that give a predictor for another model (a fine-tuned one) the
+        same device, cache and precision settings as this one."""
+        return {
+            "device": self._device,
+            "cache": self.cache,
+            "precision": self.requested_precision,
+            "fast_encoder": self.fast_encoder,
+            "compile_encoder": self._compile_requested,
+            "decoder_precision": self.decoder_precision,
+            "percentiles": self.percentiles,
+        }
+
+    def _encoder_autocast(self):
+        if self.precision == "bf16":
             return torch.autocast(self._device.type, dtype=torch.bfloat16)
         return nullcontext()
+
+    def _autocast(self):
+        if self.decoder_precision == "bf16":
+            return torch.autocast(self._device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """1x3xSxS preprocessed input -> (1xCxGxG float32 embedding, early encoder features
+        or None), in this predictor's precision, through the compiled encoder once it is
+        ready. Models with an encoder of their own (HQ-SAM: its early features feed the HQ
+        head) run it as it is."""
+        if self._own_encoder:
+            with torch.no_grad(), self._encoder_autocast():
+                features, early = self.model.encode_image(x)
+            return features.float(), early
+        encoder = self._compiled if self._compiled is not None else self._encoder
+        with torch.no_grad(), self._encoder_autocast():
+            return encoder(x).float(), None
+
+    # ------------------------------------------------------------------ compile
+    def start_compile(
+        self, *, backend: str = "inductor", mode: str | None = None, background: bool = True
+    ) -> threading.Thread | None:
+        """Compile the fast encoder with ``torch.compile`` and warm it up on a blank image.
+
+        In the background (default) the eager encoder keeps serving images meanwhile and the
+        compiled one takes over when its warm-up has run; a failure is logged and leaves the
+        eager encoder in place (:attr:`compile_state` says which). Inductor's compiled
+        kernels are kept in ``$TORCHINDUCTOR_CACHE_DIR`` (default: ``inductor/`` in pasam's
+        cache directory), so later runs compile faster.
+
+        Returns:
+          threading.Thread or None: the compiling thread (None when run in the foreground).
+        """
+        if self._compile_thread is not None and self._compile_thread.is_alive():
+            return self._compile_thread
+        self._compile_requested = True
+        if self._own_encoder:
+            self.compile_state = "off (this model's encoder has no fast path)"
+            return None
+        if not self.fast_encoder:
+            self.fast_encoder = True
+            self._encoder = FastImageEncoder(self.model.image_encoder)
+        if backend == "inductor" and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+            from .paths import cache_dir
+
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
+        self.compile_state = "compiling"
+        encoder = self._encoder
+        size = self.model.image_encoder.img_size
+
+        def work() -> None:
+            try:
+                compiled = torch.compile(encoder, backend=backend, mode=mode, dynamic=False)
+                x = torch.zeros(1, 3, size, size, device=self._device)
+                with torch.no_grad(), self._encoder_autocast():
+                    compiled(x)
+            except Exception as exc:  # noqa: BLE001 - compiling is optional
+                self.compile_state = f"failed: {type(exc).__name__}: {exc}"
+                logger.warning("torch.compile of the image encoder failed: %s", exc)
+                return
+            self._compiled = compiled
+            self.compile_state = "ready"
+            logger.info("compiled image encoder ready (%s)", backend)
+
+        if not background:
+            work()
+            return None
+        self._compile_thread = threading.Thread(target=work, name="pasam-compile", daemon=True)
+        self._compile_thread.start()
+        return self._compile_thread
 
     def reset_image(self) -> None:
         """Forget the current image (the cache keeps its entry)."""
@@ -198,7 +350,7 @@ class PASamPredictor:
         if image_format != self.model.image_format:
             rgb = np.ascontiguousarray(rgb[..., ::-1])
         self.check_image_size(*rgb.shape[:2])
-        key = f"{image_key(rgb)}-{self.model_signature}"
+        key = f"{image_key(rgb)}-{self.embedding_signature}"
         size = (int(rgb.shape[0]), int(rgb.shape[1]))
         entry = self.cache.get(key, validate=lambda e: self._entry_problem(e, size))
         if entry is not None:
@@ -223,13 +375,14 @@ class PASamPredictor:
         expected = (1, int(self.model.prompt_encoder.embed_dim), grid, grid)
         if tuple(entry.embedding.shape) != expected:
             return f"embedding shape {tuple(entry.embedding.shape)}, the model makes {expected}"
-        if self.model.has_adapter:
+        if self.model.uses_guide:
+            guide_shape = tuple(self.model.guide_shape)
             if entry.guide is None:
-                return "no guide, but the model has the PA-SAM adapter"
-            if tuple(entry.guide.shape) != expected:
-                return f"guide shape {tuple(entry.guide.shape)}, the model makes {expected}"
+                return "no guide, but the model needs one (PA-SAM adapter or HQ-SAM)"
+            if tuple(entry.guide.shape) != guide_shape:
+                return f"guide shape {tuple(entry.guide.shape)}, the model makes {guide_shape}"
         elif entry.guide is not None:
-            return "a guide, but the model has no adapter"
+            return "a guide, but the model uses none"
         if tuple(entry.original_size) != tuple(original_size):
             return f"image size {tuple(entry.original_size)}, the image is {tuple(original_size)}"
         target = self.transform.target_length
@@ -273,17 +426,18 @@ class PASamPredictor:
         self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
         self.input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
         x = self.model.preprocess(transformed_image.to(self.device).float())
-        with self._autocast():
-            self.features = self.model.image_encoder(x).float()
+        self.features, early = self.encode(x)
         self.encoder_runs += 1
-        if self.model.has_adapter:
+        if self.model.uses_guide:
+            # float32 in every precision: the guide is a small conv, and its input (Canny
+            # edges) does not depend on the encoder
             resized_u8 = None
-            if self.model.guide_mode == "image":
+            if self.model.has_adapter and self.model.guide_mode == "image":
                 resized_u8 = (
                     transformed_image[0].permute(1, 2, 0).round().clamp(0, 255).byte().cpu().numpy()
                 )
-            gin = guide_input(self.model.guide_mode, x, resized_u8)
-            self.guide = self.model.mask_decoder.encode_guide(gin)
+            gin = self.model.guide_input(x, resized_u8, None if early is None else early.float())
+            self.guide = self.model.encode_guide(gin, self.features)
         self.is_image_set = True
 
     def set_embedding(
@@ -295,7 +449,8 @@ class PASamPredictor:
         guide: Tensor | None = None,
     ) -> None:
         """Use a precomputed 1xCx64x64 embedding. With the adapter, give either the guide
-        (1xCx64x64) or the HxWx3 uint8 image it is computed from."""
+        (1xCx64x64) or the HxWx3 uint8 image it is computed from. HQ-SAM needs the guide (its
+        HQ features come from the encoder's early features, which an embedding lacks)."""
         self.check_image_size(int(original_size[0]), int(original_size[1]))
         self.reset_image()
         self.original_size = (int(original_size[0]), int(original_size[1]))
@@ -303,7 +458,14 @@ class PASamPredictor:
             *self.original_size, self.transform.target_length
         )
         self.features = embedding.to(self.device).float()
-        if self.model.has_adapter:
+        if self.model.uses_guide and not self.model.has_adapter:
+            if guide is None:
+                raise ValueError(
+                    f"{self.model.method_name} needs its per-image features (guide=) with a "
+                    "precomputed embedding; use set_image otherwise"
+                )
+            self.guide = guide.to(self.device)
+        elif self.model.has_adapter:
             if guide is None:
                 if image is None:
                     raise ValueError("the adapter needs the guide or the image it comes from")

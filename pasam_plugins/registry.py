@@ -22,7 +22,7 @@ from .paths import model_data_dir
 REGISTRY_PATH = model_data_dir() / "registry.json"
 CARDS_DIR = model_data_dir() / "cards"
 SCHEMA_VERSION = 1
-KINDS = ("sam", "pasam-decoder", "pasam")
+KINDS = ("sam", "pasam-decoder", "pasam", "hq-sam")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -37,7 +37,8 @@ class RegistryEntry:
     Attributes:
       name: registry key (``vit_b``, ``vit_l``, ``vit_h``, ``pa_sam_l``).
       kind: ``"sam"`` (plain SAM), ``"pasam-decoder"`` (official PA-SAM decoder only, needs
-        the SAM checkpoint named by ``requires``) or ``"pasam"`` (a whole PA-SAM model).
+        the SAM checkpoint named by ``requires``), ``"pasam"`` (a whole PA-SAM model) or
+        ``"hq-sam"`` (an official HQ-SAM file, :mod:`pasam_plugins.hq`).
       variant: SAM image-encoder variant (``vit_b``/``vit_l``/``vit_h``).
       url: where the file is published.
       filename: name of the file in the cache directory.

@@ -63,16 +63,22 @@ def retain_freed_memory() -> bool:
     return _applied
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bfloat16 matrix products in hardware (AMX-BF16 or
-    AVX512-BF16, read from ``/proc/cpuinfo`` on Linux). On such CPUs bf16 autocast runs
-    SAM's encoder about 2x faster than float32; on others it is slower, so it stays off."""
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU feature flags from ``/proc/cpuinfo`` (Linux), or None where it cannot be read."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return None
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products in hardware (AMX-BF16 or
+    AVX512-BF16, read from ``/proc/cpuinfo`` on Linux). On such CPUs bf16 autocast runs
+    SAM's encoder about 2x faster than float32; on others it is slower, so it stays off.
+    (:func:`pasam_plugins.precision.cpu_bf16_is_fast` also measures it.)"""
+    flags = cpu_flags()
+    return bool(flags and flags & {"amx_bf16", "avx512_bf16"})

@@ -21,6 +21,19 @@ def make_test_model(
     return model
 
 
+def make_test_hq_model(*, seed: int = 0, variant: str = "vit_tiny"):
+    """A deterministic random-weight HQ-SAM (:mod:`pasam_plugins.hq`; ``vit_tiny`` default)."""
+    from .hq import build_hq
+
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = build_hq(variant)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return model
+
+
 def make_test_checkpoint(
     path: str | Path,
     *,
@@ -54,7 +67,7 @@ def sam_reference(model: PASam):
         {
             k: v
             for k, v in dec.state_dict().items()
-            if not k.startswith(("guiding_conv", "prompt_adapter"))
+            if not k.startswith(("guiding_conv", "prompt_adapter", "plm."))
         }
     )
     return Sam(

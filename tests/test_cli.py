@@ -132,6 +132,9 @@ def test_make_test_checkpoint_and_info(tmp_path):
         assert expected in info.text, expected
     assert "vit_b sam_vit_b_01ec64.pth not downloaded" in info.text
     assert "PASAM_CHECKPOINT: not set" in info.text
+    from pasam_plugins.precision import resolve_precision
+
+    assert f"encoder precision auto: cpu -> {resolve_precision('auto', 'cpu')}" in info.text
 
 
 def test_info_rejects_a_file_that_is_not_a_checkpoint(tmp_path, em_image):
@@ -191,7 +194,12 @@ def test_predict_writes_mask_uncertainty_and_overlay(tmp_path, em_image, tiny_ch
     from pasam_plugins.predictor import PASamPredictor
     from pasam_plugins.segment import Segmenter
 
-    seg = Segmenter(PASamPredictor(load_model(tiny_checkpoint), device="cpu"))
+    # (the encoder path and precision the CLI chose: bf16 on CPUs with bf16 units)
+    assert summary["precision"] in ("float32", "bf16")
+    predictor = PASamPredictor(
+        load_model(tiny_checkpoint), device="cpu", precision=summary["precision"], fast_encoder=True
+    )
+    seg = Segmenter(predictor)
     seg.set_image(np.asarray(Image.open(em_image)))
     obj = seg.segment([[250, 270], [60, 60]], [1, 0], [180, 200, 330, 340])
     np.testing.assert_array_equal(mask == 255, obj.mask)
@@ -203,9 +211,45 @@ def test_predict_writes_mask_uncertainty_and_overlay(tmp_path, em_image, tiny_ch
     assert summary["prompts"]["multimask"] is False  # a box: one mask
 
 
-def test_predict_without_checkpoint_uses_the_shipped_model_on_a_held_out_cell(
-    tmp_path, isbi_dir
+def test_predict_float32_precision_reproduces_the_reference_encoder(
+    tmp_path, em_image, tiny_checkpoint
 ):
+    """``--precision float32`` forces float32 on any CPU: the fast encoder path then gives
+    the float32 reference's result (SAM's own modules) up to float32 rounding."""
+    out = tmp_path / "out"
+    result = run(
+        "predict",
+        str(em_image),
+        "-c",
+        str(tiny_checkpoint),
+        "--box",
+        "180,200,330,340",
+        "--precision",
+        "float32",
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+    )
+    assert result.exit_code == 0, result.output
+    assert "encoder float32" in result.text
+    assert json.loads((out / "5_prediction.json").read_text())["precision"] == "float32"
+    from pasam_plugins.checkpoint import load_model
+    from pasam_plugins.predictor import PASamPredictor
+    from pasam_plugins.segment import Segmenter
+
+    reference = PASamPredictor(load_model(tiny_checkpoint), device="cpu")
+    assert reference.precision == "float32" and not reference.fast_encoder
+    seg = Segmenter(reference)
+    seg.set_image(np.asarray(Image.open(em_image)))
+    obj = seg.segment(box=[180, 200, 330, 340])
+    mask = np.asarray(Image.open(out / "5_mask.png")) == 255
+    assert (mask == obj.mask).mean() > 0.999
+    u = tifffile.imread(out / "5_uncertainty.tif")
+    np.testing.assert_allclose(u, obj.uncertainty, atol=1e-4)
+
+
+def test_predict_without_checkpoint_uses_the_shipped_model_on_a_held_out_cell(tmp_path, isbi_dir):
     """No --checkpoint: the shipped pasam_micro segments a cell of a held-out EM section
     (test split, never trained on) from one click at its deepest interior point."""
     from scipy import ndimage
@@ -263,6 +307,8 @@ def test_predict_multichannel_uint16_tiff(tmp_path, tiny_checkpoint):
         (["--point", "10,10", "--device", "banana"], 2, "--device"),
         (["--point", "10,10", "--mask-format", "jpg"], 2, "is not png or tif"),
         (["--point", "10,10", "--channel", "2"], 2, "channel 2 does not exist"),
+        (["--point", "10,10", "--precision", "half"], 2, "unknown precision 'half'"),
+        (["--point", "10,10", "--precision", "bf16", "--device", "meta"], 2, "--precision"),
     ],
 )
 def test_predict_usage_errors_are_readable(em_image, args, code, message):
@@ -400,3 +446,26 @@ def test_lazy_command_without_its_module_explains(monkeypatch):
     assert "Usage: pasam serve" in result.text  # the summary is still shown
     assert "'pasam serve' is not available in this installation" in result.text
     assert "Traceback" not in result.output
+
+
+def test_segment_all_runs_the_fast_encoder_in_the_chosen_precision(tmp_path, tiny_checkpoint):
+    """pasam segment-all embeds through the fast encoder in --precision (default auto, as
+    the other tools), says which in summary.json, and refuses an unknown precision."""
+    from pasam_plugins.precision import resolve_precision
+
+    img = np.zeros((96, 128), dtype=np.uint8)
+    img[20:60, 30:90] = 200
+    Image.fromarray(img).save(tmp_path / "cells.png")
+    common = ["segment-all", str(tmp_path / "cells.png"), "-c", str(tiny_checkpoint)]
+    common += ["--points-per-side", "2", "--device", "cpu", "--no-progress"]
+    for precision in (None, "bf16", "float32"):
+        out = tmp_path / f"out-{precision}"
+        extra = [] if precision is None else ["--precision", precision]
+        result = run(*common, "--out-dir", str(out), *extra)
+        assert result.exit_code == 0, result.output
+        summary = json.loads((out / "summary.json").read_text())
+        expected = precision or resolve_precision("auto", "cpu")
+        assert summary[0]["encoder_precision"] == expected
+    bad = run(*common, "--out-dir", str(tmp_path / "bad"), "--precision", "half")
+    assert bad.exit_code == 2 and "unknown precision 'half'" in bad.text
+    assert "Traceback" not in bad.output

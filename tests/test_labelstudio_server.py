@@ -58,9 +58,11 @@ def client(backend) -> TestClient:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_checkpoint) -> PASamPredictor:
-    """An independent predictor on the same weights."""
-    return PASamPredictor(load_model(tiny_checkpoint))
+def reference(tiny_checkpoint, backend) -> PASamPredictor:
+    """An independent predictor on the same weights, encoder path and precision."""
+    return PASamPredictor(
+        load_model(tiny_checkpoint), precision=backend.predictor.precision, fast_encoder=True
+    )
 
 
 def task(url: str, tid: int = 1, **extra) -> dict:
@@ -453,6 +455,26 @@ def test_metrics_count_requests(client):
     assert {"encoder_runs", "embedding_cache", "model_version", "predict_requests"} <= set(after)
 
 
+def test_precision_setting_reaches_the_predictor_and_metrics(tiny_checkpoint, images, monkeypatch):
+    monkeypatch.setenv("PASAM_PRECISION", "float32")
+    monkeypatch.setenv("PASAM_COMPILE", "no")
+    settings = Settings.from_env(checkpoint=tiny_checkpoint, local_files_root=images[0])
+    assert settings.precision == "float32" and settings.compile_encoder is False
+    forced = PASamBackend.from_settings(settings)
+    assert forced.predictor.precision == "float32" and forced.predictor.fast_encoder
+    metrics = TestClient(create_app(forced)).get("/metrics").json()
+    assert metrics["encoder"] == {"precision": "float32", "fast": True, "compile": "off"}
+    assert Settings(checkpoint=tiny_checkpoint).precision == "auto"  # the default
+    monkeypatch.setenv("PASAM_PRECISION", "half")
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        Settings.from_env()
+    monkeypatch.setenv("PASAM_PRECISION", "BF16")
+    assert Settings.from_env().precision == "bf16"
+    monkeypatch.setenv("PASAM_COMPILE", "maybe")
+    with pytest.raises(ValueError, match="PASAM_COMPILE"):
+        Settings.from_env()
+
+
 # --------------------------------------------------------------------------- load
 def test_eight_concurrent_interactive_requests(client, images):
     _, urls = images
@@ -488,18 +510,28 @@ def test_plain_sam_checkpoint_scores_tasks_by_predicted_iou(tmp_path, images):
     assert res["score"] == pytest.approx(region["score"], abs=1e-5)
 
 
-def test_serve_without_a_usable_checkpoint_is_a_clear_cli_error(tmp_path, monkeypatch):
+def test_serve_without_a_usable_checkpoint_is_a_clear_cli_error(tmp_path, monkeypatch, caplog):
+    """No checkpoint: the shipped default model is served (as by every tool); an unusable
+    one is a one-line error with exit status 2."""
+    import logging
+
     import typer
+    import uvicorn
     from typer.testing import CliRunner
 
     from label_studio_backend.cli import serve
 
     monkeypatch.delenv("PASAM_CHECKPOINT", raising=False)
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append((app, kw)))
     cli = typer.Typer()
     cli.command()(serve)
     runner = CliRunner()
-    r = runner.invoke(cli, [])
-    assert r.exit_code != 0 and "checkpoint" in r.output.lower()
+    with caplog.at_level(logging.INFO, logger="label_studio_backend"):
+        r = runner.invoke(cli, [])
+    assert r.exit_code == 0, r.output
+    assert len(served) == 1 and served[0][1]["host"] == "127.0.0.1"
+    assert "serving the shipped model pasam_micro" in caplog.text
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")
     r = runner.invoke(cli, ["--checkpoint", str(bad)])

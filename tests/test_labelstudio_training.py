@@ -302,3 +302,46 @@ def test_plain_sam_gets_an_adapter_and_a_fine_tuned_adapter_file_is_saved_in_ful
     assert status2["status"] == "done", status2
     assert read_metadata(status2["checkpoint"])["contents"] == "full"
     assert again.model_version not in (backend.model_version, status["previous_model_version"])
+
+
+def test_train_parts_setting_adapts_a_prompt_learning_module_and_hq_sam_says_what_it_lacks(
+    tiny_checkpoint, fake_ls, tmp_path
+):
+    """Issue 18: PASAM_TRAIN_PARTS chooses what "Start Training" adapts. ``plm`` on a PA-SAM
+    model keeps its adapter and uncertainty, adds a prompt learning module, saves a small file
+    naming its base and serves a new version. A bad value is refused before the server starts.
+    An HQ-SAM model is served and says it has no uncertainty map or mined points."""
+    from pasam_plugins.checkpoint import load_model, save_checkpoint
+    from pasam_plugins.testing import make_test_hq_model
+
+    with pytest.raises(ValueError, match="PASAM_TRAIN_PARTS='lora'"):
+        Settings(train_parts="lora").validate()
+    with pytest.raises(ValueError, match="PASAM_TRAIN_PARTS='sam'"):
+        Settings(train_parts="sam").validate()
+
+    backend = make_backend(tiny_checkpoint, fake_ls, tmp_path, steps=1, train_parts="plm")
+    client = TestClient(create_app(backend))
+    health = client.get("/health").json()
+    assert health["model"] == "SAM + PA-SAM adapter"
+    start_training(client, TRAINED, label_config=SAM_CONFIG)
+    status = wait_until_finished(client)
+    assert status["status"] == "done", status
+    model = backend.predictor.model
+    assert model.has_adapter and model.plm is not None
+    assert client.get("/health").json()["model"] == "SAM + PA-SAM adapter + prompt learning module"
+    assert client.get("/health").json()["model_version"] != health["model_version"]
+    region = click(client)["results"][0]["result"][0]
+    assert 0.0 <= region["meta"]["mean_uncertainty"] <= 1.0
+    meta = read_metadata(status["checkpoint"])
+    assert meta["plm"] is True and meta["contents"] == "adapter"
+    assert meta["provenance"]["train"] == "plm"
+    assert meta["base_checkpoint"] == str(tiny_checkpoint.resolve())
+    assert load_model(status["checkpoint"]).plm is not None
+
+    hq_file = save_checkpoint(make_test_hq_model(seed=3), tmp_path / "hq.safetensors")
+    hq = make_backend(hq_file, fake_ls, tmp_path / "hq", steps=1)
+    hq_client = TestClient(create_app(hq))
+    text = hq_client.get("/health").json()["model"]
+    assert "HQ-SAM" in text and "no uncertainty map or mined points" in text
+    region = click(hq_client)["results"][0]["result"][0]
+    assert "mean_uncertainty" not in region["meta"] and region["meta"]["area"] > 0

@@ -12,7 +12,15 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from napari.utils.notifications import notification_manager  # noqa: E402
-from napari_support import WAIT_MS, click, dock, errors_since, loaded_widget, wait_idle  # noqa: E402
+from napari_support import (  # noqa: E402
+    WAIT_MS,
+    click,
+    dock,
+    errors_since,
+    load,
+    loaded_widget,
+    wait_idle,
+)
 
 from napari_pasam.propagation import (  # noqa: E402
     STOP_EMPTY,
@@ -408,6 +416,24 @@ def test_key_bindings_reach_the_annotator(make_napari_viewer, qtbot):
     n = len(notification_manager.records)
     qtbot.keyClick(canvas, Qt.Key.Key_K)  # accept with nothing predicted: a message
     assert any("nothing to accept" in str(r.message) for r in notification_manager.records[n:])
+
+
+def test_precision_choice_reaches_the_encoder(make_napari_viewer, qtbot, tiny_checkpoint):
+    """The model panel's Precision: auto by default (resolved as ``pasam info`` says), and a
+    forced bf16 or float32 is what the loaded model's fast encoder runs in (one of the two
+    differs from auto on any machine)."""
+    from pasam_plugins.precision import resolve_precision
+
+    viewer = make_napari_viewer()
+    widget = dock(viewer)
+    assert widget.model_panel.precision_combo.currentText() == "auto"
+    load(widget, qtbot, tiny_checkpoint)
+    assert widget.predictor.fast_encoder
+    assert widget.predictor.precision == resolve_precision("auto", widget.predictor.device)
+    for choice in ("bf16", "float32"):
+        widget.model_panel.precision_combo.setCurrentText(choice)
+        load(widget, qtbot, tiny_checkpoint)
+        assert widget.predictor.precision == choice and widget.predictor.fast_encoder
 
 
 def test_model_registry_entries(make_napari_viewer, qtbot, monkeypatch, tmp_path, tiny_checkpoint):

@@ -158,14 +158,14 @@ def test_device_auto_selection_prefers_cuda_then_mps(monkeypatch):
 def test_bf16_autocast_runs_the_decoder_and_keeps_output_contracts():
     """bf16 autocast (the CUDA option, exercised here through CPU autocast) goes through every
     decoder branch (token-space attention, mining, banded mask head); outputs keep their
-    float32 contracts and agree with float32 up to bf16 rounding. The model signature, part
-    of every cache key, differs from float32's, so a shared cache keeps their embeddings
+    float32 contracts and agree with float32 up to bf16 rounding. The embedding signature,
+    part of every cache key, differs from float32's, so a shared cache keeps their embeddings
     apart. (The encoder is segment_anything's; bf16 on a CPU without bf16 units takes ~30 s
     for it, so the float32 embedding is handed over instead.)"""
     model = make_test_model(seed=0)
     fp32 = PASamPredictor(model, device="cpu")
     bf16 = PASamPredictor(model, device="cpu", autocast_bf16=True)
-    assert bf16.autocast_bf16 and bf16.model_signature != fp32.model_signature
+    assert bf16.autocast_bf16 and bf16.embedding_signature != fp32.embedding_signature
     img = np.random.default_rng(3).integers(0, 256, (200, 260, 3), dtype=np.uint8)
     img[40:150, 60:200] = 230
     fp32.set_image(img)

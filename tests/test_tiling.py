@@ -161,10 +161,15 @@ def test_pasam_embed_precomputes_tiles_resumably_and_segmenting_then_runs_no_enc
     files[0].unlink()  # an interrupted run: one missing
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0 and "1 embedding(s) computed, 16 already stored" in res.output
-    # the tools read the same store: no encoder run for a precomputed image
+    # the tools read the same store: no encoder run for a precomputed image (pasam embed and
+    # the tools run the fast encoder in the same precision by default: auto)
     seg = Segmenter(
         PASamPredictor(
-            load_model(ckpt), device="cpu", cache=EmbeddingCache(max_bytes=1 << 28, disk_dir=store)
+            load_model(ckpt),
+            device="cpu",
+            cache=EmbeddingCache(max_bytes=1 << 28, disk_dir=store),
+            precision="auto",
+            fast_encoder=True,
         )
     )
     seg.set_image(np.asarray(Image.open(folder / "large.png")))

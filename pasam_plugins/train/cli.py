@@ -68,7 +68,11 @@ def train_command(
         typer.Option(
             help="What to train: adapter (PA-SAM's set: the adapter and SAM's mask head; "
             "SAM frozen), sam (the whole SAM, no adapter: stage-1 training from scratch or "
-            "further training) or head (SAM's mask head alone, no adapter: the control run)."
+            "further training), head (SAM's mask head alone, no adapter: the control run), "
+            "hq (HQ-SAM's HQ output token, MLP and fusion layers on a frozen SAM), plm (a "
+            "prompt learning module on the frozen model) and pmm (the point matching "
+            "module's auxiliary loss, with plm/adapter/hq/head). Combine with commas: "
+            "adapter,plm or plm,pmm."
         ),
     ] = "adapter",
     variant: Annotated[
@@ -197,15 +201,17 @@ def train_command(
         )
     if guide_mode not in ("image", "reference"):
         raise typer.BadParameter("use image or reference", param_hint="--guide-mode")
-    from .trainer import TRAIN_PARTS
+    from .trainer import parse_parts
 
-    if train not in TRAIN_PARTS:
-        raise typer.BadParameter(f"use one of {', '.join(TRAIN_PARTS)}", param_hint="--train")
+    try:
+        parts = parse_parts(train)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--train") from None
     if optimizer not in ("adam", "adamw"):
         raise typer.BadParameter("use adam or adamw", param_hint="--optimizer")
     if schedule not in ("step", "cosine"):
         raise typer.BadParameter("use step or cosine", param_hint="--schedule")
-    if checkpoint is None and not (train == "sam" and variant):
+    if checkpoint is None and not (parts == ("sam",) and variant):
         raise typer.BadParameter(
             "give the starting weights (or --train sam --variant V for a new SAM)",
             param_hint="--checkpoint",
@@ -225,7 +231,7 @@ def train_command(
     # under torchrun: one process per device, joined in a process group for the whole run
     # (left again on every way out, so that a failing rank never leaves the others waiting)
     with _readable_errors(), distributed.session(device) as rank_device:
-        from .trainer import STATE_NAME, TrainConfig, Trainer, with_adapter
+        from .trainer import STATE_NAME, TrainConfig, Trainer, prepare_for_training
 
         main = distributed.is_main()  # rank 0 reports; the others train silently
         say = typer.echo if main else _silent
@@ -261,13 +267,15 @@ def train_command(
                 "make-test-checkpoint): training on it shows the pipeline, not a useful model.",
                 err=True,
             )
-        if train == "adapter":
-            model = with_adapter(model, guide_mode=guide_mode, seed=seed)
-        elif model.has_adapter:
+        if model.has_adapter and any(p in parts for p in ("sam", "head", "hq")):
             raise typer.BadParameter(
                 f"--train {train} trains a SAM without adapter, but the checkpoint has one",
                 param_hint="--train",
             )
+        try:
+            model = prepare_for_training(model, train, guide_mode=guide_mode, seed=seed)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--train") from None
         cfg = TrainConfig(
             out_dir=str(out_dir),
             epochs=epochs,
@@ -291,7 +299,7 @@ def train_command(
             max_steps=max_steps,
             adapter_only=not full_checkpoint,
             device=str(dev),
-            train=train,
+            train=",".join(parts),
             crops=crops,
             corrective_clicks=corrective_clicks,
             epoch_steps=epoch_steps,
@@ -435,6 +443,15 @@ def eval_command(
     sam: Annotated[
         bool, typer.Option(help="Also evaluate SAM (same weights, adapter off) side by side.")
     ] = True,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another model evaluated in the same run on the same objects with the same "
+            "prompts (repeatable): FILE or NAME=FILE. Its row is named after the model "
+            "(PA-SAM, HQ-SAM, SAM + PLM ...) unless NAME is given; e.g. -c pasam.safetensors "
+            "--compare hq.safetensors --baseline sam.safetensors gives SAM / PA-SAM / HQ-SAM.",
+        ),
+    ] = None,
     max_objects: Annotated[
         int | None, typer.Option(min=1, help="At most this many objects per image.")
     ] = None,
@@ -539,7 +556,16 @@ def eval_command(
         base_model = None
         if baseline is None and meta.get("contents") == "adapter" and sam_checkpoint:
             baseline = sam_checkpoint
-        if sam and model.has_adapter:
+        others = []
+        for spec in compare or []:
+            name, sep, file = spec.partition("=")
+            path = Path(file if sep else spec)
+            if not path.is_file():
+                _err(f"--compare {spec}: {path}: no such checkpoint file")
+                raise typer.Exit(2)
+            other, _ = _load_model(path, sam_checkpoint, str(dev))
+            others.append((name if sep else other.method_name, other))
+        if sam and model.has_additions:
             if baseline is not None:
                 base_model, _ = _load_model(baseline, sam_checkpoint, str(dev))
                 say(f"SAM row: {baseline} (adapter off)", err=True)
@@ -557,6 +583,7 @@ def eval_command(
             num_points=points,
             use_box=box,
             compare_sam=sam,
+            others=others,
             max_objects=max_objects,
             min_pixels=min_pixels,
             seed=seed,

@@ -51,8 +51,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .. import distributed
-from ..checkpoint import ADAPTER_PREFIXES, save_checkpoint
-from ..guide import guide_input
+from ..checkpoint import ADAPTER_PREFIXES, HQ_PREFIXES, PLM_PREFIXES, save_checkpoint
+from ..fast_encoder import FastImageEncoder
 from ..imageio import ImageError, check_image_size, normalize_image
 from ..metrics import mask_box
 from ..modeling import PASam, build_pasam
@@ -65,7 +65,7 @@ from .crops import (
     sample_in,
 )
 from .datasets import Dataset, Sample, SampleError
-from .losses import pasam_loss, sam_loss
+from .losses import hq_loss, pasam_loss, sam_loss, with_term
 
 logger = logging.getLogger(__name__)
 
@@ -86,26 +86,81 @@ FINAL_NAME = "adapter.safetensors"
 
 
 # ---------------------------------------------------------------------------- model setup
-#: what ``pasam train --train`` can train
-TRAIN_PARTS: tuple[str, ...] = ("adapter", "sam", "head")
+#: what ``pasam train --train`` can train (comma-separated combinations, see
+#: :func:`parse_parts`)
+TRAIN_PARTS: tuple[str, ...] = ("adapter", "sam", "head", "hq", "plm", "pmm")
 #: SAM's mask head (trained by PA-SAM besides the adapter; the control run trains only it)
 HEAD_PREFIXES = ("output_upscaling.", "output_hypernetworks_mlps.", "mask_tokens.")
+#: weight of the point matching module's auxiliary loss (smooth L1 in low-res mask pixels):
+#: a mean boundary error of 20 low-res pixels (80 px at 1024) weighs as much as a mask loss of
+#: 1, so the auxiliary task shapes the decoder features without drowning the mask loss (the
+#: paper gives no weight; 1.0 made the mask loss of a 10-step run rise)
+PMM_WEIGHT = 0.05
+
+
+
+def _encode(model: PASam, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(image embedding, early features or None): SAM's encoder through the fused-attention
+    path (:mod:`pasam_plugins.fast_encoder`, same math); models with an encoder of their own
+    (HQ-SAM, whose early features feed its HQ head) run it as it is."""
+    if type(model).encode_image is PASam.encode_image:
+        return FastImageEncoder(model.image_encoder)(x), None
+    return model.encode_image(x)
+
+def parse_parts(train: str | Sequence[str]) -> tuple[str, ...]:
+    """The parts of a ``--train`` value (``"adapter"``, ``"adapter,plm"``, ``"plm,pmm"`` ...).
+
+    ``sam`` (everything) stands alone; at most one of ``adapter`` (PA-SAM), ``hq``
+    (HQ-SAM) and ``head`` (SAM's mask head); ``plm`` (prompt learning module) combines with
+    any of them or stands alone; ``pmm`` (point matching module, an auxiliary loss) needs
+    something its gradient trains (``plm``, ``adapter``, ``hq`` or ``head``).
+    """
+    items = train.split(",") if isinstance(train, str) else list(train)
+    parts = tuple(dict.fromkeys(p.strip() for p in items if p.strip()))
+    unknown = [p for p in parts if p not in TRAIN_PARTS]
+    if unknown or not parts:
+        raise ValueError(
+            f"unknown training part(s) {unknown or train!r}; use one of {', '.join(TRAIN_PARTS)} "
+            "(or a comma-separated combination such as adapter,plm)"
+        )
+    if "sam" in parts and len(parts) > 1:
+        raise ValueError("--train sam trains the whole SAM: it combines with nothing else")
+    if sum(p in parts for p in ("adapter", "hq", "head")) > 1:
+        raise ValueError("train at most one of adapter (PA-SAM), hq (HQ-SAM) and head")
+    if "pmm" in parts and not any(p in parts for p in ("plm", "adapter", "hq", "head")):
+        raise ValueError(
+            "pmm is an auxiliary loss: combine it with what it trains (plm, adapter, hq or head)"
+        )
+    return parts
+
+
+def part_stem(train: str | Sequence[str]) -> str:
+    """File-name stem of a run: the parts joined by "+" ("adapter+plm")."""
+    return "+".join(parse_parts(train))
 
 
 def trainable_names(model: PASam, train: str = "adapter") -> list[str]:
-    """Names of the parameters a run trains.
+    """Names of the model parameters a run trains (the PMM is not part of the model).
 
     ``adapter``: PA-SAM's set (the adapter-file parts of the decoder: the adapter plus
     SAM's mask head). ``sam``: everything (stage-1 training of a SAM from scratch).
     ``head``: SAM's mask head alone (``output_upscaling``, ``output_hypernetworks_mlps``,
     ``mask_tokens``): the control run, PA-SAM's trainable decoder parameters without the
-    adapter.
+    adapter. ``hq``: HQ-SAM's additions (HQ output token, its MLP, the fusion layers).
+    ``plm``: the prompt learning module. Combinations train the union.
     """
-    if train == "sam":
+    parts = parse_parts(train)
+    if "sam" in parts:
         return [n for n, _ in model.named_parameters()]
-    prefixes = {"adapter": ADAPTER_PREFIXES, "head": HEAD_PREFIXES}.get(train)
-    if prefixes is None:
-        raise ValueError(f"unknown training part {train!r}; use one of {TRAIN_PARTS}")
+    prefixes: tuple[str, ...] = ()
+    for part, pre in (
+        ("adapter", ADAPTER_PREFIXES),
+        ("head", HEAD_PREFIXES),
+        ("hq", HQ_PREFIXES),
+        ("plm", PLM_PREFIXES),
+    ):
+        if part in parts:
+            prefixes += pre
     return [
         n
         for n, _ in model.named_parameters()
@@ -115,10 +170,15 @@ def trainable_names(model: PASam, train: str = "adapter") -> list[str]:
 
 def freeze_for_training(model: PASam, train: str = "adapter") -> list[torch.nn.Parameter]:
     """Freeze everything but the trainable set; returns the trainable parameters."""
-    if train == "adapter" and not model.has_adapter:
+    parts = parse_parts(train)
+    if "adapter" in parts and not model.has_adapter:
         raise ValueError("the model has no PA-SAM adapter to train (use with_adapter first)")
-    if train in ("sam", "head") and model.has_adapter:
+    if ("sam" in parts or "head" in parts) and model.has_adapter:
         raise ValueError(f"--train {train} is for models without adapter (SAM)")
+    if "hq" in parts and model.family != "hq-sam":
+        raise ValueError("the model is not an HQ-SAM (use pasam_plugins.hq.with_hq first)")
+    if "plm" in parts and model.plm is None:
+        raise ValueError("the model has no prompt learning module (use attach_plm first)")
     names = set(trainable_names(model, train))
     params = []
     for n, p in model.named_parameters():
@@ -126,6 +186,29 @@ def freeze_for_training(model: PASam, train: str = "adapter") -> list[torch.nn.P
         if n in names:
             params.append(p)
     return params
+
+
+def prepare_for_training(
+    model: PASam, train: str, *, guide_mode: str = "image", seed: int = 0
+) -> PASam:
+    """``model`` with the modules ``train`` trains: a new PA-SAM adapter (``adapter``, on a
+    SAM), HQ-SAM's additions (``hq``, on a SAM), a new prompt learning module (``plm``).
+    Parts the model already has are trained further. The result may be a new model holding
+    the same weights; the PMM is made by the trainer."""
+    parts = parse_parts(train)
+    if "adapter" in parts:
+        if model.family != "pasam":
+            raise ValueError(f"the PA-SAM adapter is trained on a SAM, not on {model.family}")
+        model = with_adapter(model, guide_mode=guide_mode, seed=seed)
+    if "hq" in parts:
+        from ..hq import with_hq
+
+        model = with_hq(model, seed=seed)
+    if "plm" in parts:
+        from ..prompt_learning import attach_plm
+
+        attach_plm(model, seed=seed)
+    return model
 
 
 def with_adapter(model: PASam, *, guide_mode: str = "image", seed: int = 0) -> PASam:
@@ -139,12 +222,17 @@ def with_adapter(model: PASam, *, guide_mode: str = "image", seed: int = 0) -> P
         new = build_pasam(model.variant, adapter=True, guide_mode=guide_mode)  # type: ignore[arg-type]
     finally:
         torch.random.set_rng_state(state)
+    if model.plm is not None:
+        from ..prompt_learning import attach_plm
+
+        attach_plm(new, seed=seed)
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected, unexpected
     assert all(
         k.startswith(("mask_decoder.guiding_conv.", "mask_decoder.prompt_adapter."))
         for k in missing
     )
+    new.origin = new.origin.derived(plm=new.plm is not None)
     return new.to(next(model.parameters()).device)
 
 
@@ -165,7 +253,9 @@ class PreparedImage:
 
     Attributes:
       embedding: 1xCx64x64 image embedding (frozen encoder output).
-      guide_input: 1x4x256x256 guide input (the trained ``guiding_conv`` runs per step).
+      guide_input: the frozen per-image input of the trained guide (``model.guide_input``:
+        PA-SAM's 1x4x256x256 guide input, HQ-SAM's early encoder features); the trained
+        part (``model.encode_guide``) runs per step.
       target: LxL int32 labels in the padded 1024-px frame at the loss resolution L.
       low: 256x256 int32 labels in the same frame at the mask-input resolution.
       objects: the usable objects.
@@ -228,8 +318,9 @@ def prepare_image(
     x = torch.as_tensor(resized, device=device).permute(2, 0, 1)[None].float()
     x = model.preprocess(x)
     with autocast():
-        embedding = model.image_encoder(x).float()
-    gin = guide_input(model.guide_mode, x, resized).float()
+        embedding, early = _encode(model, x)
+    embedding = embedding.float()
+    gin = model.guide_input(x, resized, None if early is None else early.float()).float()
     input_size = resized.shape[:2]
     target = _labels_to_frame(labels, input_size, loss_size, img)
     low = _labels_to_frame(labels, input_size, 256, img)
@@ -351,22 +442,54 @@ def image_loss(
     mining: str = "off",
     generator: torch.Generator | None = None,
     autocast: Callable[[], Any] = nullcontext,
+    pmm: torch.nn.Module | None = None,
+    balanced: bool = True,
 ):
-    """PA-SAM loss of some objects of one prepared image (gradients to the trainable set)."""
+    """The loss of some objects of one prepared image (gradients to the trainable set):
+    PA-SAM's with the adapter, HQ-SAM's for HQ-SAM, else SAM's (:func:`model_loss`), plus
+    the point matching module's auxiliary loss when ``pmm`` is given."""
     kind = prompt_kinds[int(rng.integers(len(prompt_kinds)))]
     kw = build_prompts(prep, objects, kind, rng, num_points=num_points)
     with autocast():
-        guide = model.mask_decoder.encode_guide(prep.guide_input)
+        guide = model.encode_guide(prep.guide_input, prep.embedding) if model.uses_guide else None
         out = model.decode(
             prep.embedding,
             guide=guide,
             multimask_output=False,
             mining=mining,  # type: ignore[arg-type]
             generator=generator,
+            return_features=pmm is not None,
             **kw,
         )
     gt = torch.stack([(prep.target == prep.objects[i].label) for i in objects])[:, None].float()
-    return pasam_loss(out, gt)
+    terms, chosen = model_loss(model, out, gt, balanced=balanced)
+    return add_pmm_loss(terms, pmm, out, chosen, gt)
+
+
+def model_loss(model: PASam, out, gt: Tensor, *, balanced: bool = True) -> tuple[Any, Tensor]:
+    """The training loss of a decoder output and the Bx1 mask logits it scored (the ones a
+    corrective click is drawn from): PA-SAM's loss with the adapter, HQ-SAM's (the HQ token's
+    mask) for HQ-SAM, else SAM's (the best of the masks; class-balanced BCE when
+    ``balanced``)."""
+    if model.has_adapter:
+        return pasam_loss(out, gt), out.masks[:, :1]
+    if out.hq_masks is not None:
+        return hq_loss(out, gt), out.masks[:, :1]
+    terms, best = sam_loss(out.masks, out.iou_predictions, gt, balanced=balanced)
+    idx = best.view(-1, 1, 1, 1).expand(-1, 1, *out.masks.shape[-2:])
+    return terms, out.masks.gather(1, idx)
+
+
+def add_pmm_loss(terms: Any, pmm: torch.nn.Module | None, out, chosen: Tensor, gt: Tensor) -> Any:
+    """``terms`` plus the point matching module's loss (:func:`pmm_loss`) as ``pmm``."""
+    if pmm is None or out.mask_features is None:
+        return terms
+    from ..prompt_learning import pmm_loss
+
+    aux = pmm_loss(pmm, out.mask_features, chosen.detach(), gt)
+    if aux is None:
+        aux = out.mask_features.sum() * 0.0  # no boundary: a zero term keeps the keys stable
+    return with_term(terms, "pmm", PMM_WEIGHT * aux)
 
 
 #: initial prompt kinds of zoomed-in training (tight crops; wide crops start with clicks)
@@ -412,6 +535,7 @@ def crop_losses(
     generator: torch.Generator | None = None,
     autocast: Callable[[], Any] = nullcontext,
     balanced: bool = True,
+    pmm: torch.nn.Module | None = None,
 ) -> list[Any]:
     """Losses of zoomed-in examples with interactive prompt simulation.
 
@@ -419,9 +543,11 @@ def crop_losses(
     clicks), then ``corrective_clicks`` rounds in which a click drawn from the error region
     of the previous prediction is added and the previous low-res logits are fed back as
     mask prompt (SAM's and micro-sam's iterative training). Every round's loss counts. With
-    the adapter the loss is PA-SAM's (:func:`pasam_loss`), else SAM's (:func:`sam_loss`,
-    class-balanced BCE when ``balanced``). A single click without box or mask asks for
-    multimask output (SAM's rule for ambiguous prompts) on models without adapter.
+    the adapter the loss is PA-SAM's (:func:`pasam_loss`), for HQ-SAM HQ-SAM's
+    (:func:`hq_loss`), else SAM's (:func:`sam_loss`, class-balanced BCE when ``balanced``);
+    with ``pmm`` plus the point matching module's auxiliary loss. A single click without box
+    or mask asks for multimask output (SAM's rule for ambiguous prompts) on models without
+    adapter.
 
     Returns:
       One loss-terms object per example and round.
@@ -433,15 +559,16 @@ def crop_losses(
     x = model.preprocess(x)
     grad_ctx = nullcontext() if train_encoder else torch.no_grad()
     with grad_ctx, autocast():
-        emb = model.image_encoder(x)
+        emb, early = _encode(model, x)  # SAM's encoder through fused attention
     emb = emb.float()
     terms: list[Any] = []
     for i, ex in enumerate(examples):
         guide = None
-        if model.has_adapter:
-            gin = guide_input(model.guide_mode, x[i : i + 1], ex.image).float()
+        if model.uses_guide:
+            early_i = None if early is None else early[i : i + 1].float()
+            gin = model.guide_input(x[i : i + 1], ex.image, early_i).float()
             with autocast():
-                guide = model.mask_decoder.encode_guide(gin)
+                guide = model.encode_guide(gin, emb[i : i + 1])
         kind = "points" if ex.wide else prompt_kinds[int(rng.integers(len(prompt_kinds)))]
         pts, lab, box, mask = _initial_prompts(ex, kind, rng, n)
         gt = torch.as_tensor(ex.target, device=dev)[None, None].float()
@@ -478,14 +605,10 @@ def crop_losses(
                     multimask_output=multimask,
                     mining=mining,  # type: ignore[arg-type]
                     generator=generator,
+                    return_features=pmm is not None,
                 )
-            if model.has_adapter:
-                t = pasam_loss(out, gt)
-                chosen = out.masks[:, :1]
-            else:
-                t, best = sam_loss(out.masks, out.iou_predictions, gt, balanced=balanced)
-                chosen = out.masks[:, int(best[0]) : int(best[0]) + 1]
-            terms.append(t)
+            t, chosen = model_loss(model, out, gt, balanced=balanced)
+            terms.append(add_pmm_loss(t, pmm, out, chosen, gt))
             if r == rounds:
                 break
             with torch.no_grad():
@@ -539,7 +662,8 @@ class TrainConfig:
     device: str | None = None
     #: keep encoder outputs per image and flip (only without jitter); None = when <= 300 images
     cache_embeddings: bool | None = None
-    #: what is trained (see :func:`trainable_names`): adapter, sam or head
+    #: what is trained (see :func:`parse_parts`): adapter, sam, head, hq, plm, or a
+    #: comma-separated combination such as "adapter,plm" or "plm,pmm"
     train: str = "adapter"
     #: zoomed-in examples (one object per crop, :mod:`.crops`) instead of whole frames
     crops: bool = False
@@ -625,17 +749,18 @@ def _autocast_factory(
     device: torch.device, amp: bool
 ) -> tuple[Callable[[], Any], torch.dtype | None]:
     """Mixed precision: bf16 (or fp16 with a gradient scaler) on CUDA; bf16 on CPUs that
-    compute it in hardware (:func:`pasam_plugins.runtime.cpu_has_fast_bf16`), where it is
-    about 2x faster and needs no loss scaling. Off otherwise."""
+    compute it in hardware and measure faster with it (the rule of ``precision="auto"`` at
+    inference, :func:`pasam_plugins.precision.cpu_bf16_is_fast`): no loss scaling is needed
+    for bf16. Off otherwise."""
     if not amp:
         return nullcontext, None
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return (lambda: torch.autocast("cuda", dtype=dtype)), dtype
     if device.type == "cpu":
-        from ..runtime import cpu_has_fast_bf16
+        from ..precision import cpu_bf16_is_fast
 
-        if cpu_has_fast_bf16():
+        if cpu_bf16_is_fast():
             return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), torch.bfloat16
     return nullcontext, None
 
@@ -677,8 +802,22 @@ class Trainer:
         self.cfg = config
         self.device = select_device(config.device)
         self.model = model.to(self.device).eval()
+        self.parts = parse_parts(config.train)
         self.params = freeze_for_training(self.model, config.train)
         self.names = trainable_names(self.model, config.train)
+        #: the point matching module (training only, not saved with the model)
+        self.pmm: torch.nn.Module | None = None
+        if "pmm" in self.parts:
+            from ..prompt_learning import PointMatchingModule
+
+            state = torch.random.get_rng_state()
+            try:
+                torch.manual_seed(config.seed)
+                dim = int(self.model.mask_decoder.transformer_dim) // 8
+                self.pmm = PointMatchingModule(feature_dim=dim).to(self.device)
+            finally:
+                torch.random.set_rng_state(state)
+            self.params = self.params + list(self.pmm.parameters())
         self.train_samples = list(train)
         self.val = list(val)
         self.provenance = dict(provenance or {})
@@ -755,14 +894,21 @@ class Trainer:
         return self.cfg.batch_size * self.world * self.micro_per_step
 
     # -------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
+    def _named_trainable(self) -> dict[str, torch.nn.Parameter]:
         params = dict(self.model.named_parameters())
+        out = {n: params[n] for n in self.names}
+        if self.pmm is not None:
+            out.update({f"pmm.{n}": p for n, p in self.pmm.named_parameters()})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        trainable = self._named_trainable()
         return {
             "format": "pasam-train-state",
             "step": self.step,
             "world_size": self.world,
             "config": self.cfg.to_json(),
-            "trainable": {n: params[n].detach().cpu().clone() for n in self.names},
+            "trainable": {n: p.detach().cpu().clone() for n, p in trainable.items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -774,13 +920,13 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != "pasam-train-state":
             raise ValueError("not a pasam training state file")
-        params = dict(self.model.named_parameters())
-        missing = [n for n in self.names if n not in state["trainable"]]
+        params = self._named_trainable()
+        missing = [n for n in params if n not in state["trainable"]]
         if missing:
             raise ValueError(f"training state lacks trainable weights: {missing[:4]}")
         with torch.no_grad():
-            for n in self.names:
-                params[n].copy_(state["trainable"][n].to(params[n].device))
+            for n, p in params.items():
+                p.copy_(state["trainable"][n].to(p.device))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -940,6 +1086,7 @@ class Trainer:
             generator=gen,
             autocast=self.autocast,
             balanced=cfg.balanced_bce,
+            pmm=self.pmm,
         )
 
     def _frame_micro(self, step: int, micro: int, mining: str) -> list[Any]:
@@ -964,6 +1111,8 @@ class Trainer:
                     mining=mining,
                     generator=gen,
                     autocast=self.autocast,
+                    pmm=self.pmm,
+                    balanced=cfg.balanced_bce,
                 )
             )
         return terms_list
@@ -1082,7 +1231,7 @@ class Trainer:
         """
         if self.out is None:
             raise ValueError("this run has no out_dir to save to")
-        stem = self.cfg.train
+        stem = part_stem(self.cfg.train)
         if best:
             name = f"{stem}-best.safetensors"
         elif final:
@@ -1223,7 +1372,16 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path | 
     fig = Figure(figsize=(10, 4), dpi=100)
     ax1, ax2 = fig.subplots(1, 2)
     steps = [h["step"] for h in history if "total" in h]
-    for key in ("total", "mask_bce", "mask_dice", "coarse", "refined", "uncertainty", "iou_mse"):
+    for key in (
+        "total",
+        "mask_bce",
+        "mask_dice",
+        "coarse",
+        "refined",
+        "uncertainty",
+        "iou_mse",
+        "pmm",
+    ):
         ys = [h.get(key) for h in history if "total" in h]
         if any(y is not None for y in ys):
             ys = [float("nan") if y is None else y for y in ys]
