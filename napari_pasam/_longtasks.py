@@ -184,7 +184,7 @@ class LongTasksMixin:
         self.runner.start(
             worker,
             kind="finetune",
-            title=f"Fine-tuning ({train}) on {n_objects} objects in {len(planes)} planes",
+            title=f"Fine-tuning on {n_objects} objects in {len(planes)} planes ({train})",
             total=steps,
             stop=self._finetune_stop.set,
             on_yield=self._on_finetune_step,

@@ -76,7 +76,9 @@ def test_click_predicts_overlays_and_accept_increments_ids(
     from pasam_plugins.predictor import PASamPredictor
     from pasam_plugins.segment import Segmenter
 
-    core = Segmenter(PASamPredictor(load_model(tiny_checkpoint), device="cpu"))
+    # (with the panel's encoder settings: fast path, precision as chosen)
+    settings = {**widget.predictor.settings(), "cache": None}
+    core = Segmenter(PASamPredictor(load_model(tiny_checkpoint), **settings))
     core.set_image(em_section)
     ref = core.segment([[300, 200]], [1])
     np.testing.assert_array_equal(widget.current.mask, ref.mask)
