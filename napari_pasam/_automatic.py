@@ -1,21 +1,21 @@
-"""The "Segment all" panel of the annotator: every object of the current slice or of the
-whole stack without a click, into the annotator's labels layer, the most uncertain objects
-marked for review first; and the exports (COCO JSON, label TIFF, CSV).
+"""The "Segment all" panel and its logic: every object of the current slice or of the whole
+stack without a click, into the annotator's labels layer, the most uncertain objects marked
+for review first; and the exports (COCO JSON, per-object CSV, label TIFF) of the labels.
 
 The rules are the core's (:class:`pasam_plugins.automatic.AutomaticSegmenter`, the same as
-``pasam segment-all`` and the Label Studio backend). Segmentation runs in a napari thread
-worker with a progress bar (one step per embedding and decoder batch) and can be cancelled
-between steps. Objects are written where the labels layer is still empty (accepted objects
-are kept), with new ids and ``features`` rows: predicted IoU, mean and boundary
-uncertainty, stability, review rank and ``needs_review``. The objects to review first get a
-red ring in a "review first" points layer (with their id as text) and are listed in the
-status line.
+``pasam segment-all`` and the Label Studio backend), run by
+:func:`napari_pasam.jobs.segment_all_job` in a worker: progress in the dock, Cancel stops
+after the step in progress and keeps the objects found so far. Objects are written where
+the labels layer is still empty (accepted objects are kept, whatever the overlap rule for
+clicked objects says), with new ids, as one undo step (``Ctrl+Z``). The features table gains
+stability, boundary uncertainty, review rank and ``needs_review`` for them. The objects to
+review first get a red ring in a "review first" points layer (with their id as text) and
+are listed in the status line.
 """
 
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from napari.layers import Points
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -25,38 +25,24 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QPushButton,
     QSpinBox,
 )
 
-#: extra columns of the labels layer's features written by "Segment all"
-AUTO_COLUMNS = ("boundary_uncertainty", "stability_score", "review_rank", "needs_review")
+from . import _layers as lay
+from .jobs import Failure, guarded, message_of, segment_all_job, segment_all_steps
+from .session import OVERLAP_KEEP
+
 REVIEW_COLOR = "red"
-
-
-def _segment_job(predictor, data, geometry, planes, channel, settings):
-    """Generator for a thread worker: yields (done, total) per step, returns
-    ``{leading: AutomaticResult}``."""
-    from pasam_plugins.automatic import AutomaticSegmenter
-
-    seg = AutomaticSegmenter(predictor, settings)
-    results = {}
-    for leading in planes:
-        plane = geometry.plane(data, leading, channel)
-        results[leading] = yield from seg.steps(plane)
-    return results
+#: export formats of :meth:`AutomaticMixin.export_labels`
+EXPORT_KINDS = ("coco", "csv", "tiff")
 
 
 class SegmentAllPanel(QGroupBox):
-    """Controls of automatic segmentation and export, docked in the annotator."""
+    """Settings of automatic segmentation, scope and "Segment all"."""
 
-    def __init__(self, annotator) -> None:
-        super().__init__("Segment all (no clicks) and export")
-        self.annotator = annotator
-        self.review_layer: Points | None = None
-        self.last_results: dict[tuple[int, ...], Any] = {}
-        self.last_ids: list[int] = []
+    def __init__(self) -> None:
+        super().__init__("Segment all (no clicks)")
         form = QFormLayout(self)
         self.points_spin = QSpinBox()
         self.points_spin.setRange(1, 128)
@@ -81,199 +67,199 @@ class SegmentAllPanel(QGroupBox):
         self.uncertainty_spin.setToolTip(
             "Drop objects whose boundary uncertainty is above this (PA-SAM adapter only)"
         )
-        form.addRow("Max boundary uncertainty", self.uncertainty_spin)
+        form.addRow("Max boundary uncert.", self.uncertainty_spin)
         self.scope_combo = QComboBox()
         self.scope_combo.addItem("current slice", "slice")
         self.scope_combo.addItem("whole stack", "stack")
         form.addRow("Segment", self.scope_combo)
-        row = QHBoxLayout()
         self.run_button = QPushButton("Segment all")
-        self.run_button.clicked.connect(lambda: self.segment_all())
-        row.addWidget(self.run_button)
-        form.addRow(row)
-        self.coco_mode_combo = QComboBox()
-        self.coco_mode_combo.addItem("RLE", "rle")
-        self.coco_mode_combo.addItem("polygons", "polygon")
-        form.addRow("COCO masks", self.coco_mode_combo)
-        row = QHBoxLayout()
-        for text, kind in (("COCO…", "coco"), ("Label TIFF…", "tiff"), ("CSV…", "csv")):
-            button = QPushButton(text)
-            button.clicked.connect(lambda _=False, k=kind: self.export(k))
-            row.addWidget(button)
-        form.addRow("Export labels", row)
+        self.run_button.setToolTip(
+            "Find every object without clicks (the rules of pasam segment-all) and write them "
+            "where the labels layer is empty; the most uncertain ones are ringed for review"
+        )
+        form.addRow(self.run_button)
+
+    def settings(self, has_adapter: bool) -> dict:
+        """Keyword arguments of :class:`pasam_plugins.automatic.AutomaticSettings`."""
+        u = self.uncertainty_spin.value()
+        return {
+            "points_per_side": self.points_spin.value(),
+            "pred_iou_thresh": self.iou_spin.value(),
+            "stability_score_thresh": self.stability_spin.value(),
+            "max_boundary_uncertainty": u
+            if (u > self.uncertainty_spin.minimum() and has_adapter)
+            else None,
+        }
+
+    def set_busy(self, busy: bool) -> None:
+        self.run_button.setEnabled(not busy)
+
+
+class AutomaticMixin:
+    """The "Segment all" and export logic of :class:`AnnotatorWidget`."""
+
+    def _init_automatic(self) -> None:
+        self.review_layer: Points | None = None
+        self.last_segment_all: dict[tuple[int, ...], Any] = {}
+        self.last_segment_all_ids: list[int] = []
+        self._segment_all_stop = None
 
     # ------------------------------------------------------------------ segment
-    def settings(self):
-        from pasam_plugins.automatic import AutomaticSettings
-
-        u = self.uncertainty_spin.value()
-        info = self.annotator.model_info
-        adapter = bool(info and info.has_adapter)
-        return AutomaticSettings(
-            points_per_side=self.points_spin.value(),
-            pred_iou_thresh=self.iou_spin.value(),
-            stability_score_thresh=self.stability_spin.value(),
-            max_boundary_uncertainty=u
-            if (u > self.uncertainty_spin.minimum() and adapter)
-            else None,
-        )
-
     def segment_all(self, scope: str | None = None) -> None:
         """Segment every object of the current slice (``scope="slice"``) or of every slice
-        (``"stack"``) in a worker; objects go into the labels layer."""
-        a = self.annotator
-        if a.busy:
+        (``"stack"``; default: the panel's choice) in a worker; objects go into the labels
+        layer where it is empty."""
+        import threading
+
+        if self.runner.busy or self._pending_predict:
             show_info("PA-SAM: busy, try again when the current task has finished")
             return
-        if a.predictor is None:
+        if self.slot is None:
             show_error("PA-SAM: load a model first, then segment all objects")
             return
-        if a.geometry is None or a.labels_layer is None:
-            a.start()
-            if a.geometry is None:
+        if self.geometry is None or self.layers is None:
+            self.start()
+            if self.geometry is None:
                 return
-        scope = scope or self.scope_combo.currentData()
-        g = a.geometry
+        scope = scope or self.segment_all_panel.scope_combo.currentData()
+        g = self.geometry
         if scope == "stack" and g.leading_ndim:
-            planes = list(np.ndindex(*g.spatial_shape[: g.leading_ndim]))
+            shape = g.spatial_shape[: g.leading_ndim]
+            planes = [tuple(int(i) for i in p) for p in np.ndindex(*shape)]
         else:
-            planes = [a.current_leading()]
+            planes = [self.current_leading()]
+        settings = self.segment_all_panel.settings(bool(self.model_info.has_adapter))
         try:
-            settings = self.settings()
+            per_plane = segment_all_steps(self.slot, settings, g.plane_shape)
         except ValueError as exc:
-            show_error(f"PA-SAM: {exc}")
+            show_error(f"PA-SAM: {message_of(exc)}")
             return
-        from pasam_plugins.automatic import AutomaticSegmenter
-
-        per_plane = AutomaticSegmenter(a.predictor, settings).plan(*g.plane_shape)
-        channel = a.channel_spin.value() if g.channel_axis is not None else None
-        from ._widget import _guarded
-
+        self.clear_prompts()  # the current object belonged to the clicks
+        total = max(per_plane * len(planes), 1)
+        self._segment_all_stop = threading.Event()
         worker = create_worker(
-            _guarded,
-            _segment_job,
-            a.predictor,
-            a._level0(a.image_layer),
+            guarded,
+            segment_all_job,
+            self.slot,
+            lay.level0(self.image_layer),
             g,
-            [tuple(int(i) for i in p) for p in planes],
-            channel,
+            planes,
+            self.current_channel(),
             settings,
-            _progress={"total": per_plane * len(planes), "desc": "PA-SAM: segmenting all"},
+            self._segment_all_stop,
+            _progress={"total": total, "desc": "PA-SAM: segmenting all"},
         )
-        worker.returned.connect(self._on_done)
-        a._predictor_key = None  # the worker moves the predictor between windows
-        a._start_worker(worker, f"Segmenting all objects on {len(planes)} plane(s)")
+        layers = self.layers
+        self.runner.start(
+            worker,
+            kind="segment_all",
+            title=f"Segmenting all objects on {len(planes)} plane(s)",
+            total=total,
+            stop=self._segment_all_stop.set,
+            on_return=lambda r, ls=layers: self._on_segment_all_done(r, ls),
+        )
 
-    def _on_done(self, results: Any) -> None:
+    def _on_segment_all_done(self, results: Any, layers) -> None:
         from pasam_plugins.automatic import instance_attributes
 
-        from ._widget import _Failure
-
-        a = self.annotator
-        if isinstance(results, _Failure):
-            a._set_status("Segment all failed")
+        cancelled = self._segment_all_stop is not None and self._segment_all_stop.is_set()
+        self._segment_all_stop = None
+        if isinstance(results, Failure):
+            self.set_status("Segment all failed")
             show_error(f"PA-SAM: segmentation failed: {results.message}")
             return
-        a._ensure_layer(a.labels_layer)
-        data = a.labels_layer.data
-        next_id = a._next_label_id()
-        rows, review_pts, review_ids, ids = [], [], [], []
+        if layers is not self.layers:  # another image is annotated now
+            return
+        data = self.layers.labels.data
+        self.objects.invalidate()  # pixels painted meanwhile count for the next ids
+        next_id = self.objects.next_id(data)
+        atoms, review_pts, review_ids, ids = [], [], [], []
         for leading, result in results.items():
-            plane = data[leading] if leading else data
             labels = result.label_image()
             attrs = instance_attributes(result)
             for i, inst in enumerate(result.instances):
-                m = (labels == i + 1) & (plane == 0)  # accepted objects are kept
-                if not m.any():
-                    continue
-                plane[m] = next_id
-                at = attrs[i]
-                z = leading[-1] if leading else 0
-                rows.append(
-                    {
-                        "index": next_id,
-                        "predicted_iou": inst.predicted_iou,
-                        "mean_uncertainty": np.nan
-                        if inst.mean_uncertainty is None
-                        else inst.mean_uncertainty,
-                        "slice_start": z,
-                        "slice_stop": z,
-                        "boundary_uncertainty": np.nan
-                        if inst.boundary_uncertainty is None
-                        else inst.boundary_uncertainty,
-                        "stability_score": inst.stability_score,
-                        "review_rank": at["review_rank"],
-                        "needs_review": at["needs_review"],
-                    }
+                atom, painted = self.paint_plane(
+                    leading, labels == i + 1, next_id, rule=OVERLAP_KEEP
                 )
-                if at["needs_review"]:
-                    ys, xs = np.nonzero(m)
+                if atom is None:
+                    continue
+                atoms.append(atom)
+                self.objects.record_found(
+                    next_id, leading, inst.predicted_iou, inst.mean_uncertainty, attrs[i]
+                )
+                if attrs[i]["needs_review"]:
+                    ys, xs = np.nonzero(painted)
                     review_pts.append([*leading, float(ys.mean()), float(xs.mean())])
                     review_ids.append(next_id)
                 ids.append(next_id)
                 next_id += 1
-        a.labels_layer.refresh()
-        self._add_features(rows)
+        if atoms:
+            self.write_labels(atoms)  # one undo step for the whole run
+        self.layers.labels.refresh()
+        self.objects.invalidate(list(results))
+        self.refresh_features()
         self._show_review(review_pts, review_ids)
-        self.last_results = results
-        self.last_ids = ids
-        msg = f"{len(ids)} objects found"
+        self.last_segment_all = results
+        self.last_segment_all_ids = ids
+        msg = f"{len(ids)} objects found" + (" (cancelled)" if cancelled else "")
         if review_ids:
             msg += f"; review first: {', '.join(map(str, review_ids[:10]))}"
             msg += "…" if len(review_ids) > 10 else ""
-        a._set_status(msg)
-        if ids:
+        self.set_status(msg)
+        if ids or cancelled:
             show_info(f"PA-SAM: {msg}")
         else:
             show_warning("PA-SAM: no object passed the filters; lower the thresholds")
 
-    def _add_features(self, rows: list[dict]) -> None:
-        layer = self.annotator.labels_layer
-        if not rows:
-            return
-        new = pd.DataFrame(rows)
-        feats = layer.features
-        table = new if len(feats) == 0 else pd.concat([feats, new], ignore_index=True)
-        table = table.astype({"index": int, "slice_start": int, "slice_stop": int})
-        layer.features = table.sort_values("index").reset_index(drop=True)
-
     def _show_review(self, points: list, ids: list[int]) -> None:
-        a = self.annotator
-        nd = len(a.geometry.spatial_shape)
+        import pandas as pd
+
+        nd = len(self.geometry.spatial_shape)
         coords = np.asarray(points, float).reshape(-1, nd)
-        if self.review_layer is not None and self.review_layer in a.viewer.layers:
-            a.viewer.layers.remove(self.review_layer)  # a fresh layer: new points and texts
-        scale, translate = a._spatial_transform()
-        h, w = a.geometry.plane_shape
+        image = self.image_layer
+        for layer in list(self.viewer.layers):  # a fresh layer: new points and texts
+            meta = layer.metadata
+            if meta.get(lay.ROLE) == "review" and meta.get(lay.IMAGE) == lay.image_id(image):
+                self.viewer.layers.remove(layer)
+        labels = self.layers.labels
+        h, w = self.geometry.plane_shape
         self.review_layer = Points(
             coords,
             ndim=nd,
-            name=f"{a.image_layer.name} PA-SAM review first",
+            name=f"{image.name} PA-SAM review first",
             features=pd.DataFrame({"label": pd.Series(ids, dtype=int)}),
             text={"string": "{label}", "color": REVIEW_COLOR, "anchor": "upper_left"},
             face_color="transparent",
             border_color=REVIEW_COLOR,
             border_width=0.15,
             size=max(12.0, round(max(h, w) / 30)),
-            scale=scale,
-            translate=translate,
-            metadata={"pasam_role": "review"},
+            scale=list(labels.scale),
+            translate=list(labels.translate),
+            metadata={lay.ROLE: "review", lay.IMAGE: lay.image_id(image)},
         )
-        a.viewer.add_layer(self.review_layer)
-        if a.points_layer is not None and a.points_layer in a.viewer.layers:
-            a.viewer.layers.selection.active = a.points_layer
+        self.viewer.add_layer(self.review_layer)
+        if self.layers.points in self.viewer.layers:
+            self.viewer.layers.selection.active = self.layers.points
 
     # ------------------------------------------------------------------ export
-    def export(self, kind: str, path: str | None = None) -> str | None:
-        """Export the labels layer: ``kind`` ``coco``, ``tiff`` or ``csv``; asks for a file
-        name when ``path`` is None. Returns the path written (None when cancelled/failed)."""
+    def _export_dialog(self, kind: str) -> None:
+        self.export_labels(kind)
+
+    def export_labels(self, kind: str, path: str | None = None) -> str | None:
+        """Export the labels layer with its features: ``kind`` ``coco`` (COCO JSON, RLE or
+        polygons as chosen in the Save panel; one COCO image per slice), ``csv`` (one row
+        per object and plane: geometry plus features) or ``tiff`` (label TIFF); asks for a
+        file name when ``path`` is None. Returns the path written (None when cancelled or
+        failed)."""
         from ._export import export_coco, export_csv, export_label_tiff
 
-        a = self.annotator
-        if a.labels_layer is None or a.geometry is None:
+        if self.layers is None or self.geometry is None:
             show_error("PA-SAM: nothing to export: annotate an image first")
             return None
-        name = a.image_layer.name if a.image_layer is not None else "image"
+        if kind not in EXPORT_KINDS:
+            show_error(f"PA-SAM: unknown export format {kind!r}; known: {EXPORT_KINDS}")
+            return None
+        name = self.image_layer.name
         if path is None:
             filters = {"coco": "COCO JSON (*.json)", "tiff": "TIFF (*.tif)", "csv": "CSV (*.csv)"}
             suffix = {"coco": "_coco.json", "tiff": "_labels.tif", "csv": "_objects.csv"}[kind]
@@ -282,27 +268,23 @@ class SegmentAllPanel(QGroupBox):
             )
             if not path:
                 return None
-        nd = a.geometry.leading_ndim
+        self.refresh_features()
+        labels = self.layers.labels
+        nd = self.geometry.leading_ndim
         try:
             if kind == "coco":
-                coco = export_coco(
-                    a.labels_layer,
-                    path,
-                    leading_ndim=nd,
-                    image_name=name,
-                    mode=self.coco_mode_combo.currentData(),
-                )
+                mode = self.save_panel.coco_mode_combo.currentData()
+                coco = export_coco(labels, path, leading_ndim=nd, image_name=name, mode=mode)
                 what = f"{len(coco['annotations'])} objects"
             elif kind == "tiff":
-                export_label_tiff(a.labels_layer, path)
+                export_label_tiff(labels, path)
                 what = "label image"
-            elif kind == "csv":
-                export_csv(a.labels_layer, path, leading_ndim=nd, image_name=name)
-                what = "object table"
             else:
-                raise ValueError(f"unknown export format {kind!r}")
+                export_csv(labels, path, leading_ndim=nd, image_name=name)
+                what = "object table"
         except (ValueError, OSError) as exc:
-            show_error(f"PA-SAM: export failed: {exc}")
+            show_error(f"PA-SAM: export failed: {message_of(exc)}")
             return None
+        self.set_status(f"Exported {what} to {path}")
         show_info(f"PA-SAM: exported {what} to {path}")
         return str(path)

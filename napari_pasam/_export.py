@@ -52,7 +52,8 @@ def layer_planes(data: np.ndarray, leading_ndim: int) -> list[tuple[tuple[int, .
     return out
 
 
-def _plane_name(image_name: str, leading: tuple[int, ...]) -> str:
+def plane_name(image_name: str, leading: tuple[int, ...]) -> str:
+    """The name of plane ``leading`` of an image: ``img``, ``img[z=3]``, ``img[1,3]``."""
     if not leading:
         return image_name
     if len(leading) == 1:
@@ -72,7 +73,7 @@ def layer_objects(
             o.attributes = {"label": int(value), **o.attributes}
         h, w = plane.shape
         im = ImageObjects(
-            file_name=_plane_name(image_name, leading),
+            file_name=plane_name(image_name, leading),
             height=h,
             width=w,
             objects=[o for _, o in objs],

@@ -4,9 +4,12 @@ The samples are the planes of the annotated image that hold at least one labelle
 cut out and normalized exactly as for prediction (:meth:`PlaneGeometry.plane` and the
 predictor's :func:`~pasam_plugins.imageio.normalize_image` settings), with that plane of the
 Labels layer (0 background, every other value one object). Training is
-:func:`pasam_plugins.train.finetune.finetune`; the result is saved atomically into
-:func:`models_dir` and wrapped in a new predictor (its model signature changes with the
-guiding conv, so cached embeddings of the old model are not reused).
+:func:`pasam_plugins.train.finetune.finetune` (it trains zoomed models on crops around each
+object, as they are used); the result is saved by the core's one rule
+(:func:`pasam_plugins.checkpoint.save_finetuned`: an adapter file naming its base, or the
+whole model) into :func:`pasam_plugins.paths.models_dir` and wrapped in a new model slot
+(its model signature changes with the guiding conv, so cached embeddings of the old model
+are not reused).
 """
 
 import queue
@@ -22,14 +25,6 @@ import numpy as np
 
 from ._compat import avoid_triton_llvm_clash
 from .planes import PlaneGeometry
-
-
-def models_dir() -> Path:
-    """Where fine-tuned adapters are saved (:func:`pasam_plugins.paths.models_dir`:
-    ``$PASAM_MODEL_DIR``, else ``$PASAM_CACHE_DIR/models``), as the Label Studio backend."""
-    from pasam_plugins.paths import models_dir as core_models_dir
-
-    return core_models_dir()
 
 
 def output_path(directory: Path, image_name: str, steps: int) -> Path:
@@ -109,10 +104,10 @@ class FinetuneStep:
 
 
 @dataclass
-class FinetuneResult:
-    """A finished fine-tuning run (``predictor`` is None when no step ran)."""
+class FinetuneRun:
+    """A finished fine-tuning run (``slot`` is None when no step ran)."""
 
-    predictor: Any
+    slot: Any
     steps: int
     total_steps: int
     losses: list[float] = field(default_factory=list)
@@ -136,7 +131,7 @@ class FinetuneResult:
 
 
 def finetune_job(
-    predictor,
+    slot,
     data,
     geometry: PlaneGeometry,
     labels: dict[tuple[int, ...], np.ndarray],
@@ -148,7 +143,7 @@ def finetune_job(
     train: str = "adapter",
 ) -> Iterator[FinetuneStep]:
     """Generator for a napari thread worker: yields a :class:`FinetuneStep` per optimizer
-    step and returns a :class:`FinetuneResult` (``stop`` set: ends after the current step).
+    step and returns a :class:`FinetuneRun` (``stop`` set: ends after the current step).
     ``train``: what to adapt (:data:`ADAPT_CHOICES`; the PMM's module is discarded after
     training, the rest is saved).
 
@@ -158,10 +153,14 @@ def finetune_job(
     """
     avoid_triton_llvm_clash()
     from pasam_plugins.checkpoint import save_finetuned
+    from pasam_plugins.paths import models_dir
     from pasam_plugins.predictor import PASamPredictor
     from pasam_plugins.train.finetune import finetune
 
+    from .jobs import make_slot, model_info
+
     t0 = time.perf_counter()
+    predictor = slot.predictor
     samples = training_samples(
         data, geometry, labels, channel=channel, percentiles=predictor.percentiles
     )
@@ -206,8 +205,8 @@ def finetune_job(
         raise outcome["error"]
     tuned = outcome["result"]
     report = tuned.report
-    result = FinetuneResult(
-        predictor=None,
+    result = FinetuneRun(
+        slot=None,
         steps=report.steps,
         total_steps=steps,
         losses=list(report.losses),
@@ -229,9 +228,14 @@ def finetune_job(
         "final_loss": report.losses[-1],
         "stopped_early": report.stopped_early,
     }
+    if model.origin.file:  # what this round started from (a previous round's file, say)
+        provenance["base"] = model.origin.file
     # an adapter file naming its base when the model came from a complete file, else whole
     result.path = save_finetuned(tuned.model, path, provenance=provenance, metadata=extra)
     # same device, cache, precision and encoder path as the predictor it replaces
-    result.predictor = PASamPredictor(tuned.model, **predictor.settings())
+    new_predictor = PASamPredictor(tuned.model, **predictor.settings())
     result.seconds = time.perf_counter() - t0
+    info = model_info(tuned.model, new_predictor, str(result.path), str(result.path))
+    info.finetuned = result.describe()
+    result.slot = make_slot(new_predictor, info)
     return result

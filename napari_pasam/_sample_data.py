@@ -1,11 +1,60 @@
-"""Sample data that needs no download: synthetic fluorescence images and scikit-image's IHC slide.
+"""napari samples: real nuclei images (2018 Data Science Bowl, CC0; see ``samples/README.md``),
+synthetic fluorescence images and scikit-image's IHC slide. No download.
 
 Each function returns napari ``LayerData`` tuples ``(data, metadata, layer_type)``.
 """
 
+from pathlib import Path
+
 import numpy as np
 
 FullLayerData = tuple[np.ndarray, dict, str]
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+#: the shipped nuclei images: sample key -> (file, display name)
+NUCLEI = {
+    "nuclei_fluorescence": ("dsb2018_000_06c779330d6d.png", "nuclei fluorescence 360px"),
+    "nuclei_fluorescence_small": ("dsb2018_007_1b6044e4858a.png", "nuclei fluorescence 256px"),
+    "nuclei_tissue": ("dsb2018_010_2e2d29fc4444.png", "nuclei H&E-like tissue"),
+    "nuclei_fluorescence_wide": ("dsb2018_033_a5e695fce80d.png", "nuclei fluorescence 640px"),
+}
+
+
+def read_nucleus_image(filename: str) -> tuple[np.ndarray, bool]:
+    """A shipped nuclei PNG: grayscale HxW when its colour channels are equal (fluorescence),
+    else RGB HxWx3; the alpha channel is dropped. Returns (data, is_rgb)."""
+    from PIL import Image
+
+    with Image.open(SAMPLES_DIR / filename) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return np.ascontiguousarray(rgb[..., 0]), False
+    return rgb, True
+
+
+def _nuclei(key: str) -> list[FullLayerData]:
+    filename, name = NUCLEI[key]
+    data, rgb = read_nucleus_image(filename)
+    meta = {"name": name, "rgb": rgb, "metadata": {"source": f"DSB 2018 (CC0): {filename}"}}
+    if not rgb:
+        meta["colormap"] = "gray"
+    return [(data, meta, "image")]
+
+
+def nuclei_fluorescence() -> list[FullLayerData]:
+    return _nuclei("nuclei_fluorescence")
+
+
+def nuclei_fluorescence_small() -> list[FullLayerData]:
+    return _nuclei("nuclei_fluorescence_small")
+
+
+def nuclei_tissue() -> list[FullLayerData]:
+    return _nuclei("nuclei_tissue")
+
+
+def nuclei_fluorescence_wide() -> list[FullLayerData]:
+    return _nuclei("nuclei_fluorescence_wide")
 
 
 def _blobs(

@@ -6,13 +6,16 @@ A direction stops at the first slice whose prediction fails the :class:`Propagat
 (predicted IoU below ``min_iou``, mean uncertainty above ``max_uncertainty``, empty mask),
 at the end of the stack, or after ``max_slices`` slices. The failing slice is not kept.
 
-The model call is injected (``segment``), so the rule is testable with any function and the
-napari widget runs the same generator in a thread worker (one yield per slice: progress and
-cancellation).
+The model call is injected (``segment``), so the rule is testable with any function; the
+napari annotator runs the same generator in a thread worker (one yield per slice: progress and
+cancellation) with :meth:`pasam_plugins.segment.Segmenter.segment` as the model call
+(:func:`napari_pasam.jobs.propagation_job`), so every slice is segmented by the same rules as
+a click.
 """
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -67,11 +70,13 @@ class SlicePrompt:
 @dataclass
 class SliceResult:
     """One slice's prediction: ``mask`` HxW bool, predicted ``iou``, mean ``uncertainty``
-    (None without adapter)."""
+    inside the mask (None without adapter or for an empty mask), and the core's
+    :class:`~pasam_plugins.segment.ObjectMask` it came from (``result``, optional)."""
 
     mask: np.ndarray
     iou: float
     uncertainty: float | None
+    result: Any = None
 
 
 @dataclass
@@ -96,16 +101,6 @@ class PropagationSummary:
     kept: list[int] = field(default_factory=list)
     stops: dict[int, str] = field(default_factory=dict)
     cancelled: bool = False
-
-
-def object_uncertainty(uncertainty: np.ndarray | None, mask: np.ndarray) -> float | None:
-    """Mean of the HxW uncertainty map over the object's pixels (None without a map, NaN
-    for an empty mask)."""
-    if uncertainty is None:
-        return None
-    if not mask.any():
-        return float("nan")
-    return float(uncertainty[mask].mean())
 
 
 def prompt_from_mask(mask: np.ndarray, *, num_points: int = 3) -> SlicePrompt:

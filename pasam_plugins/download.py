@@ -261,6 +261,36 @@ def fetch(
     )
 
 
+def local_checkpoint(
+    entry: RegistryEntry,
+    cache_dir: str | Path | None = None,
+    *,
+    progress: bool = False,
+    timeout: float = 30.0,
+) -> Path:
+    """The local file of ``entry`` for front ends that load registry models (the napari
+    panel): the shipped file of a bundled entry (e.g. the default model); the cached copy;
+    for entries that cannot be downloaded automatically, the file the user put into the
+    cache by hand; otherwise downloaded with :func:`fetch`.
+
+    Raises:
+      DownloadError: see :func:`fetch`; for a manual-download entry missing from the cache
+        the message names the folder to put it in.
+    """
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if entry.bundled:  # shipped with the package: fetch checks its digest, copies nothing
+        return fetch(entry, cache, progress=progress, timeout=timeout).path
+    if not entry.direct_download:
+        placed = cache / entry.filename
+        if placed.is_file():
+            return placed
+        raise DownloadError(
+            f"{entry.name} cannot be downloaded automatically: get {entry.filename} from "
+            f"{entry.url} in a browser and put it into {cache} (or choose the file itself)"
+        )
+    return fetch(entry, cache, progress=progress, timeout=timeout).path
+
+
 def download(
     name: str,
     cache_dir: str | Path | None = None,

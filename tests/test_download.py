@@ -14,6 +14,7 @@ from pasam_plugins.download import (
     default_cache_dir,
     download,
     fetch,
+    local_checkpoint,
     sha256_file,
 )
 from pasam_plugins.registry import RegistryError, get_entry, load_registry
@@ -207,6 +208,24 @@ def test_not_directly_downloadable_entry_explains(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_local_checkpoint_uses_the_cache_and_hand_placed_files(tmp_path, server):
+    """What the napari panel loads: a direct entry is downloaded once and then reused; a
+    manual-download entry is the file put into the cache by hand, else a message naming
+    the folder."""
+    cache = tmp_path / "cache"
+    entry = entry_for(tmp_path, f"{server}/ckpt.pth")
+    path = local_checkpoint(entry, cache)
+    assert path == cache / entry.filename and sha256_file(path) == PAYLOAD_SHA
+    assert local_checkpoint(entry, cache) == path
+    manual = entry_for(
+        tmp_path, "https://pan.example/s/share", direct_download=False, filename="epoch_20.pth"
+    )
+    with pytest.raises(DownloadError, match=f"put it into {cache}"):
+        local_checkpoint(manual, cache)
+    (cache / manual.filename).write_bytes(b"placed by hand")
+    assert local_checkpoint(manual, cache) == cache / manual.filename
+
+
 def test_cache_dir_from_environment(tmp_path, server, monkeypatch):
     monkeypatch.setenv("PASAM_CACHE_DIR", str(tmp_path / "envcache"))
     assert default_cache_dir() == tmp_path / "envcache"
@@ -230,3 +249,21 @@ def test_the_shipped_default_model_needs_no_download_and_is_checked(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing copied or downloaded
     with pytest.raises(DownloadError, match="does not match the registry's sha256"):
         fetch(dataclasses.replace(entry, sha256="0" * 64), tmp_path)
+
+
+def test_local_checkpoint_of_a_bundled_entry_is_the_shipped_file(tmp_path, monkeypatch):
+    """The napari panel's default model: local_checkpoint gives the file shipped in the
+    package (checked by fetch) although bundled entries are not 'direct_download', never
+    the manual-download message, with an empty cache and no network."""
+    import dataclasses
+
+    from pasam_plugins.registry import DEFAULT_MODEL, get_entry
+
+    monkeypatch.setenv("PASAM_CACHE_DIR", str(tmp_path / "cache"))
+    entry = get_entry(DEFAULT_MODEL)
+    assert entry.bundled and not entry.direct_download
+    assert local_checkpoint(entry) == entry.bundled_path
+    assert local_checkpoint(entry, tmp_path / "other") == entry.bundled_path
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "other").exists()
+    with pytest.raises(DownloadError, match="does not match the registry's sha256"):
+        local_checkpoint(dataclasses.replace(entry, sha256="f" * 64), tmp_path)

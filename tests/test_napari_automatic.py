@@ -1,7 +1,9 @@
-"""napari "Segment all" (napari_pasam._automatic) and the exports (napari_pasam._export) in a
-real viewer under Xvfb, with a stand-in decoder (tests/automatic_support.py)."""
+"""napari "Segment all" (napari_pasam._automatic, a mixin and panel of the split annotator)
+and the exports (napari_pasam._export, buttons of the Save panel) in a real viewer under
+Xvfb, with a stand-in decoder (tests/automatic_support.py)."""
 
 import csv
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from automatic_support import ComponentModel, disc  # noqa: E402
-from napari_support import loaded_widget, wait_idle  # noqa: E402
+from napari_support import layers_ready, loaded_widget, wait_idle  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
 DISCS = [
@@ -39,18 +41,22 @@ def test_segment_all_fills_the_labels_layer_and_exports(
     widget = loaded_widget(viewer, qtbot, tiny_checkpoint)
     ComponentModel(widget.predictor)
     widget.start(image)
+    layers_ready(qtbot, widget)
     panel = widget.segment_all_panel
     panel.points_spin.setValue(16)
-    # an object accepted by hand stays as it is
-    widget.labels_layer.data[2][disc(160, 180, 140, 120, 16)] = 1
-    widget.labels_layer.features = widget.labels_layer.features.iloc[:0]
+    # an object painted by hand (a brush stroke's data_setitem) stays as it is
+    ys, xs = np.nonzero(disc(160, 180, 140, 120, 16))
+    widget.layers.labels.data_setitem((np.full(len(ys), 2), ys, xs), 1)
     viewer.dims.set_point(0, 1)
-    panel.segment_all("slice")
+    widget.segment_all("slice")
     wait_idle(qtbot, widget)
-    labels = widget.labels_layer.data
+    labels = widget.layers.labels.data
     assert not labels[0].any() and not labels[2][labels[2] != 1].any()  # only the current slice
-    assert len(np.unique(labels[1])) == 2 and len(panel.last_ids) == 1
-    panel.segment_all("stack")
+    assert len(np.unique(labels[1])) == 2 and len(widget.last_segment_all_ids) == 1
+    before_stack = labels.copy()
+    panel.scope_combo.setCurrentIndex(panel.scope_combo.findData("stack"))
+    panel.run_button.click()
+    assert widget.runner.task.kind == "segment_all" and not panel.run_button.isEnabled()
     wait_idle(qtbot, widget)
     for z, discs in enumerate(DISCS):
         for cx, cy, r in discs:
@@ -58,20 +64,31 @@ def test_segment_all_fills_the_labels_layer_and_exports(
             ids, counts = np.unique(labels[z][truth], return_counts=True)
             assert ids[np.argmax(counts)] > 0 and counts.max() > 0.9 * truth.sum()
     assert (labels[2] == 1).sum() == disc(160, 180, 140, 120, 16).sum()  # the accepted object
-    feats = widget.labels_layer.features
-    auto = feats[feats["index"].isin(panel.last_ids)]
+    feats = widget.layers.labels.features
+    last_ids = widget.last_segment_all_ids
+    auto = feats[feats["index"].isin(last_ids)]
     assert len(auto) == 2 + 2  # slices 0 and 2 (slice 1's disc and the accepted one are taken)
     assert {"boundary_uncertainty", "review_rank", "needs_review"} <= set(feats.columns)
     assert auto["boundary_uncertainty"].to_numpy() == pytest.approx(
         [110 / 255] * 2 + [210 / 255] * 2, abs=1e-3
     )
     # the objects to review first (the most uncertain of each plane) are ringed
-    review = panel.review_layer
+    review = widget.review_layer
     flagged = auto[auto["needs_review"].astype(bool)]
     assert len(flagged) >= 2 and set(review.features["label"]) == set(flagged["index"])
+    assert [la for la in viewer.layers if la.metadata.get("pasam_role") == "review"] == [review]
+    assert len(feats) == len(np.unique(labels)) - 1  # features match the labels
+
+    # the whole run is one undo step; redo brings it back with its features
+    widget.undo()
+    np.testing.assert_array_equal(widget.layers.labels.data, before_stack)
+    assert set(widget.layers.labels.features["index"]) == {1, last_ids[0] - 1}
+    widget.redo()
+    labels = widget.layers.labels.data
+    assert set(widget.layers.labels.features["index"]) == set(np.unique(labels)) - {0}
 
     # exports: COCO (pycocotools), label TIFF, CSV
-    coco_path = panel.export("coco", str(tmp_path / "discs_coco.json"))
+    coco_path = widget.export_labels("coco", str(tmp_path / "discs_coco.json"))
     coco = COCO(coco_path)
     assert len(coco.getImgIds()) == 3 and len(coco.getAnnIds()) == int(
         (np.unique(labels) > 0).sum()
@@ -79,12 +96,48 @@ def test_segment_all_fills_the_labels_layer_and_exports(
     img2 = next(i for i in coco.loadImgs(coco.getImgIds()) if i["file_name"] == "discs[z=2]")
     for ann in coco.loadAnns(coco.getAnnIds(imgIds=[img2["id"]])):
         np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), labels[2] == ann["label"])
-    tif = panel.export("tiff", str(tmp_path / "discs_labels.tif"))
+    tif = widget.export_labels("tiff", str(tmp_path / "discs_labels.tif"))
     np.testing.assert_array_equal(tifffile.imread(tif), labels)
-    csv_path = panel.export("csv", str(tmp_path / "discs.csv"))
+    csv_path = widget.export_labels("csv", str(tmp_path / "discs.csv"))
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(coco.getAnnIds())
     assert {"slice", "predicted_iou", "boundary_uncertainty", "review_rank"} <= set(rows[0])
-    row = next(r for r in rows if int(r["label"]) == panel.last_ids[0])
+    row = next(r for r in rows if int(r["label"]) == last_ids[0])
     assert float(row["predicted_iou"]) == pytest.approx(0.95)
+
+
+def test_segment_all_is_cancelled_from_the_dock_and_keeps_what_it_found(
+    make_napari_viewer, qtbot, tiny_checkpoint
+):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(_stack(), name="discs")
+    widget = loaded_widget(viewer, qtbot, tiny_checkpoint)
+    ComponentModel(widget.predictor)
+    model = widget.predictor.model
+    fast = model.decode
+
+    def slow(*args, **kwargs):  # a decoder batch that takes a while, as on a real image
+        time.sleep(0.3)
+        return fast(*args, **kwargs)
+
+    model.decode = slow
+    widget.start(image)
+    layers_ready(qtbot, widget)
+    widget.segment_all_panel.points_spin.setValue(16)
+    tp = widget.task_panel
+    widget.segment_all("stack")
+    task = widget.runner.task
+    assert task.kind == "segment_all" and task.total > 3
+    assert tp.cancel_button.isVisibleTo(widget) and tp.progress_bar.maximum() == task.total
+    qtbot.waitUntil(lambda: task.done >= 2, timeout=60_000)
+    tp.cancel_button.click()
+    wait_idle(qtbot, widget)
+    assert "(cancelled)" in tp.status_label.full_text()
+    assert task.done < task.total, "stopped before the end"
+    labels = widget.layers.labels.data
+    found = widget.last_segment_all_ids
+    assert set(np.unique(labels)) - {0} == set(found)  # what was found is written
+    assert len(found) < sum(len(d) for d in DISCS)
+    feats = widget.layers.labels.features
+    assert sorted(feats["index"]) == sorted(found)

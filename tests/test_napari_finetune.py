@@ -41,13 +41,13 @@ def test_finetune_uses_accepted_objects_and_swaps_in_the_saved_model(
     # the same prompt again: the prediction of the model before fine-tuning
     click(qtbot, widget, (200, 300))
     before = widget.current
-    unc_before = widget.uncertainty_layer.data.copy()
+    unc_before = widget.layers.uncertainty.data.copy()
     old_predictor = widget.predictor
 
     n = len(notification_manager.records)
-    assert widget.finetune_steps_spin.value() == 100, "a small default"
-    widget.finetune_steps_spin.setValue(3)
-    widget.finetune_button.click()
+    assert widget.finetune_panel.finetune_steps_spin.value() == 100, "a small default"
+    widget.finetune_panel.finetune_steps_spin.setValue(3)
+    widget.finetune_panel.finetune_button.click()
     assert widget.busy
     wait_idle(qtbot, widget)
     assert not messages_since(n, NotificationSeverity.ERROR)
@@ -73,7 +73,7 @@ def test_finetune_uses_accepted_objects_and_swaps_in_the_saved_model(
     assert widget.predictor is not old_predictor
     assert widget.predictor.model_signature != old_predictor.model_signature
     assert model_signature(load_model(files[0])) == widget.predictor.model_signature
-    panel = widget.model_label.text()
+    panel = widget.model_panel.model_label.full_text()
     assert "fine-tuned adapter, 3 steps, loss" in panel and str(files[0]) in panel
     assert f"{progress[0].loss:.3f}→{progress[-1].loss:.3f}" in panel
     infos = messages_since(n, NotificationSeverity.INFO)
@@ -84,7 +84,7 @@ def test_finetune_uses_accepted_objects_and_swaps_in_the_saved_model(
     after = widget.current
     assert after is not None and after is not before
     assert widget.predictor.encoder_runs == 1
-    unc_after = widget.uncertainty_layer.data
+    unc_after = widget.layers.uncertainty.data
     assert np.abs(unc_after - unc_before).max() > 1e-3, "the adapter's uncertainty map changed"
     assert after.iou != before.iou or not np.array_equal(after.mask, before.mask)
 
@@ -110,16 +110,16 @@ def test_finetune_errors_stop_and_stacks(
 
     # no model, then no accepted objects: an error notification, nothing starts
     n = len(notification_manager.records)
-    widget.finetune_button.click()
+    widget.finetune_panel.finetune_button.click()
     assert not widget.busy
     assert "load a model first" in messages_since(n, NotificationSeverity.ERROR)[-1]
     load(widget, qtbot, tiny_checkpoint)
     loaded = widget.predictor
-    widget.finetune_button.click()
+    widget.finetune_panel.finetune_button.click()
     assert not widget.busy
     assert "no accepted objects to train on" in messages_since(n, NotificationSeverity.ERROR)[-1]
     widget.start(layer)
-    widget.finetune_button.click()
+    widget.finetune_panel.finetune_button.click()
     assert not widget.busy
     errors = messages_since(n, NotificationSeverity.ERROR)
     assert len(errors) == 3 and "no accepted objects to train on" in errors[-1]
@@ -127,7 +127,7 @@ def test_finetune_errors_stop_and_stacks(
     assert not model_dir.exists() or not list(model_dir.iterdir())
 
     # an object too small to train on (painted by hand): the worker's error is a notification
-    widget.labels_layer.data[1, 5, 5] = 9
+    widget.layers.labels.data[1, 5, 5] = 9
     widget.finetune(steps=5)
     wait_idle(qtbot, widget)
     errors = messages_since(n, NotificationSeverity.ERROR)
@@ -135,7 +135,7 @@ def test_finetune_errors_stop_and_stacks(
     assert "too small" in errors[-1] and "Traceback" not in errors[-1]
     assert widget.predictor is loaded and widget.last_finetune is None
     assert not list(model_dir.glob("*.safetensors"))
-    widget.labels_layer.data[1, 5, 5] = 0
+    widget.layers.labels.data[1, 5, 5] = 0
 
     # objects accepted on planes 0 and 2 of the stack
     for z in (0, 2):
@@ -143,30 +143,44 @@ def test_finetune_errors_stop_and_stacks(
         click(qtbot, widget, (128, 128))
         assert widget.current is not None and widget.current.mask.any()
         widget.accept()
-    assert sorted(np.nonzero(widget.labels_layer.data.any(axis=(1, 2)))[0]) == [0, 2]
+    assert sorted(np.nonzero(widget.layers.labels.data.any(axis=(1, 2)))[0]) == [0, 2]
 
     # stopped at once (before the first step): the model is unchanged, nothing is saved
     widget.finetune(steps=50)
-    widget.finetune_cancel_button.click()
+    widget.task_panel.cancel_button.click()
     wait_idle(qtbot, widget)
     assert widget.predictor is loaded and widget.last_finetune is None
     assert widget.last_finetune_progress == []
     assert not list(model_dir.glob("*.safetensors"))
-    assert "tiny.safetensors" in widget.model_label.text()
+    assert "tiny.safetensors" in widget.model_panel.model_label.full_text()
 
     # stopped after the first step: ends early, the adapter trained so far is used and saved
     widget.finetune(steps=200)
     qtbot.waitUntil(lambda: len(widget.last_finetune_progress) >= 1, timeout=WAIT_MS)
     bars = [p for p in napari_progress._all_instances if p.total == 200]
     assert bars and "fine-tuning" in bars[0].desc, "napari's progress bar counts the steps"
+    # ... and the dock's own bar, in view, with Cancel; what cannot run now is disabled
+    bar = widget.task_panel.progress_bar
+    assert bar.isVisibleTo(widget) and bar.maximum() == 200 and bar.value() >= 1
+    assert "Fine-tuning on 2 objects in 2 planes" in bar.format()
+    assert widget.task_panel.cancel_button.isEnabled()
+    for button in (
+        widget.finetune_panel.finetune_button,
+        widget.propagation_panel.propagate_button,
+        widget.model_panel.load_button,
+        widget.image_panel.start_button,
+        widget.object_panel.accept_button,
+    ):
+        assert not button.isEnabled(), button.text()
     widget.cancel()
     wait_idle(qtbot, widget)
     result = widget.last_finetune
+    assert not bar.isVisibleTo(widget) and widget.finetune_panel.finetune_button.isEnabled()
     assert result.stopped_early and 1 <= result.steps <= 3
     assert len(widget.last_finetune_progress) == result.steps
     assert result.planes == 2 and result.objects == 2
-    assert widget.predictor is result.predictor and widget.predictor is not loaded
-    assert "stopped early of 200" in widget.model_label.text()
+    assert widget.slot is result.slot and widget.predictor is not loaded
+    assert "stopped early of 200" in widget.model_panel.model_label.full_text()
     from pasam_plugins.checkpoint import read_metadata
 
     meta = read_metadata(result.path)
@@ -190,15 +204,15 @@ def test_finetune_adds_an_adapter_to_sam_and_saves_random_models_whole(
     # adapter file names the SAM file as its base
     sam_only = make_test_checkpoint(tmp_path / "sam_only.safetensors", seed=1, adapter=False)
     load(widget, qtbot, sam_only)
-    assert "SAM only" in widget.model_label.text()
+    assert "SAM only" in widget.model_panel.model_label.full_text()
     widget.start(image)
     click(qtbot, widget, (96, 96))
     assert widget.accept() == 1
     widget.finetune(steps=2)
     wait_idle(qtbot, widget)
     result = widget.last_finetune
-    assert result is not None and result.steps == 2, widget.status_label.text()
-    panel = widget.model_label.text()
+    assert result is not None and result.steps == 2, widget.task_panel.status_label.full_text()
+    panel = widget.model_panel.model_label.full_text()
     assert "SAM + PA-SAM adapter" in panel and "guide mode: image" in panel
     meta = read_metadata(result.path)
     assert meta["contents"] == "adapter" and meta["guide_mode"] == "image"
@@ -234,17 +248,20 @@ def test_adapt_choice_trains_a_prompt_learning_module_and_hq_sam_says_what_it_la
     widget = dock(viewer)
     sam_only = make_test_checkpoint(tmp_path / "sam_only.safetensors", seed=1, adapter=False)
     load(widget, qtbot, sam_only)
-    values = [widget.adapt_combo.itemData(i) for i in range(widget.adapt_combo.count())]
+    values = [
+        widget.finetune_panel.adapt_combo.itemData(i)
+        for i in range(widget.finetune_panel.adapt_combo.count())
+    ]
     assert values == ["adapter", "plm", "plm,pmm", "adapter,plm", "hq"]
-    widget.adapt_combo.setCurrentIndex(values.index("plm,pmm"))
+    widget.finetune_panel.adapt_combo.setCurrentIndex(values.index("plm,pmm"))
     widget.start(image)
     click(qtbot, widget, (96, 96))
     assert widget.accept() == 1
     widget.finetune(steps=2)
     wait_idle(qtbot, widget)
     result = widget.last_finetune
-    assert result is not None and result.steps == 2, widget.status_label.text()
-    panel = widget.model_label.text()
+    assert result is not None and result.steps == 2, widget.task_panel.status_label.full_text()
+    panel = widget.model_panel.model_label.full_text()
     assert "prompt learning module" in panel and "fine-tuned plm + pmm, 2 steps" in panel
     assert not widget.predictor.model.has_adapter and widget.predictor.model.plm is not None
     meta = read_metadata(result.path)
@@ -257,9 +274,12 @@ def test_adapt_choice_trains_a_prompt_learning_module_and_hq_sam_says_what_it_la
 
     hq_path = save_checkpoint(make_test_hq_model(seed=2), tmp_path / "hq.safetensors")
     load(widget, qtbot, hq_path)
-    panel = widget.model_label.text()
+    panel = widget.model_panel.model_label.full_text()
     assert "HQ-SAM" in panel and "no uncertainty map or mined points" in panel
-    values = [widget.adapt_combo.itemData(i) for i in range(widget.adapt_combo.count())]
+    values = [
+        widget.finetune_panel.adapt_combo.itemData(i)
+        for i in range(widget.finetune_panel.adapt_combo.count())
+    ]
     assert values == ["plm", "plm,pmm", "hq"]
     widget.start(image)
     click(qtbot, widget, (96, 96))

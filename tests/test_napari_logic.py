@@ -17,7 +17,6 @@ from napari_pasam.propagation import (
     PropagationRule,
     PropagationSummary,
     SliceResult,
-    object_uncertainty,
     prompt_from_mask,
     propagate,
 )
@@ -55,13 +54,17 @@ def test_prompt_from_mask_small_and_empty():
 
 
 def test_object_uncertainty_is_mean_over_object():
+    """Propagation's per-slice uncertainty is the core's summary (one rule everywhere):
+    the mean inside the mask; None without a map or for an empty mask."""
+    from pasam_plugins.segment import summarize
+
     unc = np.zeros((4, 4), np.float32)
     unc[:2] = 0.8
     mask = np.zeros((4, 4), bool)
     mask[1:3, :] = True  # half at 0.8, half at 0
-    assert object_uncertainty(unc, mask) == pytest.approx(0.4)
-    assert object_uncertainty(None, mask) is None
-    assert np.isnan(object_uncertainty(unc, np.zeros((4, 4), bool)))
+    assert summarize(mask, unc)[0] == pytest.approx(0.4)
+    assert summarize(mask, None) == (None, None)
+    assert summarize(np.zeros((4, 4), bool), unc) == (None, None)
 
 
 # ---------------------------------------------------------------------------- stop rule
@@ -236,10 +239,19 @@ def test_plane_geometry_layouts():
         PlaneGeometry((64,))
     with pytest.raises(ValueError, match="first axis"):
         PlaneGeometry((5, 3, 64, 48), channel_axis=1)
+    # channels last cannot be a channel axis (napari shows the last two axes as the image)
+    with pytest.raises(ValueError, match="channels-last"):
+        PlaneGeometry((64, 48, 5), channel_axis=-1)
+    # read without a channel axis, a (Y, X, C) layer would be 64 planes of 48 x 5 pixels
+    with pytest.raises(ValueError, match="48 x 5 pixels; the last axis has only 5 entries"):
+        PlaneGeometry((64, 48, 5))
+    # a 512-entry axis as channels leaves a 512 x 3 "plane": refused, not 512 channels
+    with pytest.raises(ValueError, match="512 x 3 pixels"):
+        PlaneGeometry((512, 512, 3), channel_axis=0)
 
 
 def test_plane_extraction():
-    data = np.arange(3 * 4 * 5 * 6).reshape(3, 4, 5, 6)
+    data = np.arange(3 * 4 * 9 * 10).reshape(3, 4, 9, 10)  # planes of at least 8 x 8 pixels
     mc = PlaneGeometry(data.shape, channel_axis=0)
     np.testing.assert_array_equal(mc.plane(data, (2,), channel=1), data[1, 2])
     with pytest.raises(ValueError, match="channel 3"):
@@ -286,13 +298,56 @@ def test_sample_data_needs_no_download():
     assert ihc.dtype == np.uint8 and ihc.shape[-1] == 3 and meta["rgb"] is True
 
 
+def test_nuclei_samples_are_the_shipped_dsb_images():
+    """The real samples: byte-identical copies of the shared DSB 2018 training images (CC0,
+    attributed in samples/README.md); fluorescence opens grayscale, tissue as RGB."""
+    from PIL import Image
+
+    from napari_pasam import _sample_data as sd
+
+    readme = (sd.SAMPLES_DIR / "README.md").read_text()
+    assert "CC0" in readme and "Caicedo" in readme and "ISBI" in readme
+    shared = sd.SAMPLES_DIR.parents[2] / "shared" / "data" / "dsb2018-nuclei" / "image"
+    assert len(sd.NUCLEI) <= 5
+    for key, (filename, _) in sd.NUCLEI.items():
+        original = shared / filename.removeprefix("dsb2018_")
+        assert (sd.SAMPLES_DIR / filename).read_bytes() == original.read_bytes()
+        assert int(filename.split("_")[1]) % 5 != 4, "a training-split image"
+        assert filename in readme
+        ((data, meta, kind),) = getattr(sd, key)()
+        rgb = np.asarray(Image.open(original).convert("RGB"))
+        assert kind == "image" and data.dtype == np.uint8
+        if meta["rgb"]:
+            np.testing.assert_array_equal(data, rgb)
+        else:
+            np.testing.assert_array_equal(data, rgb[..., 0])
+            assert data.ndim == 2 and (rgb[..., 0] == rgb[..., 2]).all()
+    assert sd.nuclei_tissue()[0][1]["rgb"] and not sd.nuclei_fluorescence()[0][1]["rgb"]
+
+
 def test_manifest_is_valid_and_package_import_is_light():
     from npe2 import PluginManifest
 
     mf = PluginManifest.from_distribution("pasam-plugins")
     assert mf.name == "pasam-plugins"
     assert [w.display_name for w in mf.contributions.widgets] == ["PA-SAM Annotator"]
-    assert {s.key for s in mf.contributions.sample_data} == {"fluorescence_2d", "stack_3d", "ihc"}
+    assert {s.key for s in mf.contributions.sample_data} == {
+        "nuclei_fluorescence",
+        "nuclei_fluorescence_small",
+        "nuclei_tissue",
+        "nuclei_fluorescence_wide",
+        "fluorescence_2d",
+        "stack_3d",
+        "ihc",
+    }
     code = "import sys, napari_pasam; print('torch' in sys.modules, 'qtpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+    # the state, job, axes and plane modules are Qt-free and import no torch (and no pandas)
+    mods = "session, jobs, axes, planes, propagation, _finetune"
+    code = (
+        f"import sys\nfrom napari_pasam import {mods}\n"
+        "print(*[m in sys.modules for m in ('torch', 'qtpy', 'napari', 'pandas')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"] * 4

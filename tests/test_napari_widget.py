@@ -22,13 +22,13 @@ from napari_support import (  # noqa: E402
     wait_idle,
 )
 
-from napari_pasam._widget import FEATURE_COLUMNS  # noqa: E402
 from napari_pasam.propagation import (  # noqa: E402
     STOP_EMPTY,
     STOP_IOU,
     STOP_LIMIT,
     STOP_UNCERTAINTY,
 )
+from napari_pasam.session import FEATURE_COLUMNS  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -43,7 +43,7 @@ def em_stack(isbi_dir: Path) -> np.ndarray:
 def test_widget_and_samples_come_from_the_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
     widget = dock(viewer)
-    assert widget.model_label.text() == "No model loaded"
+    assert widget.model_panel.model_label.full_text() == "No model loaded"
     viewer.open_sample("pasam-plugins", "fluorescence_2d")
     viewer.open_sample("pasam-plugins", "ihc")
     names = [layer.name for layer in viewer.layers]
@@ -51,7 +51,10 @@ def test_widget_and_samples_come_from_the_manifest(make_napari_viewer):
     assert viewer.layers["synthetic nuclei 2D"].data.dtype == np.uint16
     assert viewer.layers["IHC slide"].rgb
     # the widget offers the new image layers
-    items = [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]
+    items = [
+        widget.image_panel.image_combo.itemText(i)
+        for i in range(widget.image_panel.image_combo.count())
+    ]
     assert items == names
 
 
@@ -61,23 +64,35 @@ def test_click_predicts_overlays_and_accept_increments_ids(
     viewer = make_napari_viewer()
     image = viewer.add_image(em_section, name="em")
     widget = loaded_widget(viewer, qtbot, tiny_checkpoint)
-    assert "SAM + PA-SAM adapter" in widget.model_label.text()
-    assert "guide mode: reference" in widget.model_label.text()
+    assert "SAM + PA-SAM adapter" in widget.model_panel.model_label.full_text()
+    assert "guide mode: reference" in widget.model_panel.model_label.full_text()
     widget.start(image)
-    assert widget.labels_layer.data.shape == em_section.shape
+    assert widget.layers.labels.data.shape == em_section.shape
 
     click(qtbot, widget, (200, 300))
     assert widget.current is not None
+    # the same prompt through the core's Segmenter gives the same object (one rule set)
+    from pasam_plugins.checkpoint import load_model
+    from pasam_plugins.predictor import PASamPredictor
+    from pasam_plugins.segment import Segmenter
+
+    # (with the panel's encoder settings: fast path, precision as chosen)
+    settings = {**widget.predictor.settings(), "cache": None}
+    core = Segmenter(PASamPredictor(load_model(tiny_checkpoint), **settings))
+    core.set_image(em_section)
+    ref = core.segment([[300, 200]], [1])
+    np.testing.assert_array_equal(widget.current.mask, ref.mask)
+    assert widget.current.iou == pytest.approx(ref.score, abs=1e-6)
     h, w = em_section.shape
     assert widget.current.mask.shape == (h, w)
-    assert widget.current_layer.data.shape == (h, w)
-    np.testing.assert_array_equal(widget.current_layer.data > 0, widget.current.mask)
-    unc = widget.uncertainty_layer.data
+    assert widget.layers.current.data.shape == (h, w)
+    np.testing.assert_array_equal(widget.layers.current.data > 0, widget.current.mask)
+    unc = widget.layers.uncertainty.data
     assert unc.shape == (h, w) and unc.dtype == np.float32
     assert 0.0 <= unc.min() and unc.max() <= 1.0 and unc.max() > 0
-    assert widget.uncertainty_layer.colormap.name == "magma"
-    assert str(widget.uncertainty_layer.blending) == "additive"
-    sugg = widget.suggestions_layer
+    assert widget.layers.uncertainty.colormap.name == "magma"
+    assert str(widget.layers.uncertainty.blending) == "additive"
+    sugg = widget.layers.suggestions
     assert sugg.data.shape == (8, 2) and sugg.shown.all()
     np.testing.assert_array_equal(widget.suggestions()[0], sugg.data)
     assert ((sugg.data >= 0) & (sugg.data < [h, w])).all()
@@ -87,27 +102,30 @@ def test_click_predicts_overlays_and_accept_increments_ids(
 
     # a negative click re-predicts; the prompt is shown in the negative colour
     click(qtbot, widget, (50, 60), positive=False)
-    assert widget.points_layer.features["positive"].tolist() == [True, False]
-    pos_color, neg_color = widget.points_layer.face_color
+    assert widget.layers.points.features["positive"].tolist() == [True, False]
+    # a refinement click: the object's last result is fed back, as the core expects
+    ref2 = core.segment([[300, 200], [60, 50]], [1, 0], previous=ref)
+    np.testing.assert_array_equal(widget.current.mask, ref2.mask)
+    pos_color, neg_color = widget.layers.points.face_color
     assert not np.allclose(pos_color, neg_color)
-    assert widget.prompts()[1].tolist() == [1, 0]
+    assert widget.prompts().labels.tolist() == [1, 0]
 
     # overlays can be hidden and their opacity follows the slider
-    widget.opacity_slider.setValue(25)
-    assert widget.uncertainty_layer.opacity == pytest.approx(0.25)
-    widget.show_uncertainty_check.setChecked(False)
-    widget.show_suggestions_check.setChecked(False)
-    assert not widget.uncertainty_layer.visible and not widget.suggestions_layer.visible
+    widget.overlay_panel.opacity_slider.setValue(25)
+    assert widget.layers.uncertainty.opacity == pytest.approx(0.25)
+    widget.overlay_panel.show_uncertainty_check.setChecked(False)
+    widget.overlay_panel.show_suggestions_check.setChecked(False)
+    assert not widget.layers.uncertainty.visible and not widget.layers.suggestions.visible
 
     mask1 = widget.current.mask.copy()
-    unc1 = widget.uncertainty_layer.data.copy()
+    unc1 = widget.layers.uncertainty.data.copy()
     assert mask1.any(), "random weights still give a non-empty mask for this click"
-    assert widget.accept_button.text().startswith("Accept")
-    widget.accept_button.click()
-    assert len(widget.points_layer.data) == 0, "accept clears the prompts"
-    assert widget.current is None and not widget.current_layer.data.any()
-    assert len(widget.suggestions()[0]) == 0 and not widget.uncertainty_layer.data.any()
-    labels = widget.labels_layer
+    assert widget.object_panel.accept_button.text().startswith("Accept")
+    widget.object_panel.accept_button.click()
+    assert len(widget.layers.points.data) == 0, "accept clears the prompts"
+    assert widget.current is None and not widget.layers.current.data.any()
+    assert len(widget.suggestions()[0]) == 0 and not widget.layers.uncertainty.data.any()
+    labels = widget.layers.labels
     np.testing.assert_array_equal(labels.data == 1, mask1)
     feats = labels.features
     assert list(feats.columns) == list(FEATURE_COLUMNS)
@@ -117,14 +135,16 @@ def test_click_predicts_overlays_and_accept_increments_ids(
     assert feats.loc[0, "mean_uncertainty"] == pytest.approx(unc1[mask1].mean(), rel=1e-4)
 
     # second object: a box; accept by key binding path
-    widget.boxes_layer.add_rectangles(np.array([[300, 300], [420, 460]]))
+    widget.layers.boxes.add_rectangles(np.array([[300, 300], [420, 460]]))
     wait_idle(qtbot, widget)
-    assert widget.prompts()[2].tolist() == [300, 300, 460, 420]
+    assert widget.prompts().box.tolist() == [300, 300, 460, 420]
     mask2 = widget.current.mask.copy()
     widget._accept_key(viewer)
     assert labels.features["index"].tolist() == [1, 2]
-    assert len(widget.boxes_layer.data) == 0
-    np.testing.assert_array_equal(labels.data == 2, mask2)
+    assert len(widget.layers.boxes.data) == 0
+    # the default overlap rule: a new object paints only background, object 1 stays
+    np.testing.assert_array_equal(labels.data == 2, mask2 & ~mask1)
+    np.testing.assert_array_equal(labels.data == 1, mask1)
     # accepting with no prompt is refused with a message, not an exception
     n = len(notification_manager.records)
     assert widget.accept() is None
@@ -142,28 +162,29 @@ def test_uint16_and_multichannel_inputs(make_napari_viewer, qtbot, tiny_checkpoi
     widget.start(layer16)
     click(qtbot, widget, (150, 120))
     assert widget.current.mask.shape == img16.shape
-    assert widget.uncertainty_layer.data.shape == img16.shape
-    assert widget.labels_layer.data.shape == img16.shape
+    assert widget.layers.uncertainty.data.shape == img16.shape
+    assert widget.layers.labels.data.shape == img16.shape
     assert widget.accept() == 1
 
     # multichannel (C, Y, X), channel axis first: channel 1 segments like the same data alone
     noise = np.random.default_rng(0).integers(0, 60000, crop.shape, dtype=np.uint16)
     mc = np.stack([noise, img16])
     layer_mc = viewer.add_image(mc, name="em multichannel")
-    widget.channel_spin.setValue(1)
     widget.start(layer_mc, channel_axis=0)
-    assert widget.labels_layer.data.shape == img16.shape
+    widget.image_panel.channel_spin.setValue(1)  # moves napari's channel slider
+    assert viewer.dims.current_step[0] == 1 and widget.current_channel() == 1
+    assert widget.layers.labels.data.shape == img16.shape
     click(qtbot, widget, (150, 120))
     mc_mask = widget.current.mask.copy()
-    mc_unc = widget.uncertainty_layer.data.copy()
+    mc_unc = widget.layers.uncertainty.data.copy()
     single_mask = viewer.layers["em16 PA-SAM labels"].data == 1
     np.testing.assert_array_equal(mc_mask, single_mask)
     # switching to the noise channel re-embeds and predicts on different content
-    widget.channel_spin.setValue(0)
+    widget.image_panel.channel_spin.setValue(0)
     wait_idle(qtbot, widget)
     assert widget.current is not None
-    assert not np.array_equal(widget.uncertainty_layer.data, mc_unc)
-    widget.channel_spin.setValue(1)
+    assert not np.array_equal(widget.layers.uncertainty.data, mc_unc)
+    widget.image_panel.channel_spin.setValue(1)
     wait_idle(qtbot, widget)
     np.testing.assert_array_equal(widget.current.mask, mc_mask)
 
@@ -173,7 +194,7 @@ def test_uint16_and_multichannel_inputs(make_napari_viewer, qtbot, tiny_checkpoi
     widget.start(layer_rgb)
     click(qtbot, widget, (150, 120))
     assert widget.current.mask.shape == crop.shape
-    assert widget.labels_layer.data.shape == crop.shape
+    assert widget.layers.labels.data.shape == crop.shape
 
 
 def test_large_image_sam_only_model_and_time_series(
@@ -184,7 +205,7 @@ def test_large_image_sam_only_model_and_time_series(
     viewer = make_napari_viewer()
     sam_only = make_test_checkpoint(tmp_path / "sam_only.safetensors", seed=1, adapter=False)
     widget = loaded_widget(viewer, qtbot, sam_only)
-    assert "SAM only" in widget.model_label.text()
+    assert "SAM only" in widget.model_panel.model_label.full_text()
 
     # a large 16-bit image (2048 x 3072): overlays and labels at full resolution
     big = np.tile(em_section, (4, 6)).astype(np.uint16) * 100
@@ -194,16 +215,16 @@ def test_large_image_sam_only_model_and_time_series(
     assert widget.current.mask.shape == big.shape
     # no adapter: no uncertainty, no mined points, and the features say so
     assert widget.current.uncertainty is None
-    assert not widget.uncertainty_layer.data.any() and len(widget.suggestions()[0]) == 0
+    assert not widget.layers.uncertainty.data.any() and len(widget.suggestions()[0]) == 0
     assert widget.current.mask.any(), "this seed and click give a non-empty mask"
     label_id = widget.accept()
-    row = widget.labels_layer.features.set_index("index").loc[label_id]
+    row = widget.layers.labels.features.set_index("index").loc[label_id]
     assert np.isnan(row["mean_uncertainty"])
 
     # the same image as a multiscale pyramid: segmented at full resolution (level 0)
     pyramid = viewer.add_image([big, big[::2, ::2], big[::4, ::4]], name="pyramid", multiscale=True)
     widget.start(pyramid)
-    assert widget.labels_layer.data.shape == big.shape
+    assert widget.layers.labels.data.shape == big.shape
     click(qtbot, widget, (1500, 2500))
     assert widget.current.mask.shape == big.shape
     np.testing.assert_array_equal(widget.current.mask, viewer.layers["big PA-SAM labels"].data > 0)
@@ -213,16 +234,16 @@ def test_large_image_sam_only_model_and_time_series(
     series[1, 2] = em_section[200:328, 100:260]
     ts = viewer.add_image(series, name="series")
     widget.start(ts)
-    assert widget.labels_layer.data.shape == series.shape
+    assert widget.layers.labels.data.shape == series.shape
     viewer.dims.set_current_step(0, 1)
     viewer.dims.set_current_step(1, 2)
     assert widget.current_leading() == (1, 2)
     click(qtbot, widget, (60, 80))
     assert widget.current.leading == (1, 2)
-    assert widget.points_layer.data[-1][:2].tolist() == [1, 2]
+    assert widget.layers.points.data[-1][:2].tolist() == [1, 2]
     assert widget.current.mask.any(), "this seed and click give a non-empty mask"
     label_id = widget.accept()
-    written = np.argwhere((widget.labels_layer.data == label_id).any(axis=(2, 3)))
+    written = np.argwhere((widget.layers.labels.data == label_id).any(axis=(2, 3)))
     assert written.tolist() == [[1, 2]]
 
 
@@ -233,7 +254,10 @@ def test_stack_propagation_follows_the_stop_rule(
     stack = viewer.add_image(em_stack, name="em stack")
     widget = loaded_widget(viewer, qtbot, tiny_checkpoint)
     widget.start(stack)
-    assert widget.labels_layer.data.shape == em_stack.shape
+    assert widget.layers.labels.data.shape == em_stack.shape
+    # every object here starts from the same click: each replaces the one before it
+    overlap = widget.object_panel.overlap_combo
+    overlap.setCurrentIndex(overlap.findData("replace"))
     z0 = 15
     viewer.dims.set_current_step(0, z0)
     assert widget.current_leading() == (z0,)
@@ -241,20 +265,22 @@ def test_stack_propagation_follows_the_stop_rule(
     # object 1: permissive rule, at most 2 slices each way
     click(qtbot, widget, (256, 256))
     assert widget.current.leading == (z0,)
-    assert widget.uncertainty_layer.data.shape == em_stack.shape[1:]
+    assert widget.layers.uncertainty.data.shape == em_stack.shape[1:]
     assert widget.accept() == 1
-    widget.min_iou_spin.setValue(widget.min_iou_spin.minimum())  # "off"
-    widget.max_uncertainty_spin.setValue(1.0)
-    widget.max_slices_spin.setValue(2)
+    widget.propagation_panel.min_iou_spin.setValue(
+        widget.propagation_panel.min_iou_spin.minimum()
+    )  # "off"
+    widget.propagation_panel.max_uncertainty_spin.setValue(1.0)
+    widget.propagation_panel.max_slices_spin.setValue(2)
     rule = widget.propagation_rule()
     assert rule.min_iou is None and rule.max_uncertainty == 1.0 and rule.max_slices == 2
-    widget.propagate_button.click()
+    widget.propagation_panel.propagate_button.click()
     wait_idle(qtbot, widget)
     steps = widget.last_propagation
     summary = widget.last_propagation_summary
     kept = sorted(s.slice_index for s in steps if s.kept)
     labelled = sorted(
-        int(z) for z in np.nonzero((widget.labels_layer.data == 1).any(axis=(1, 2)))[0]
+        int(z) for z in np.nonzero((widget.layers.labels.data == 1).any(axis=(1, 2)))[0]
     )
     assert labelled == sorted([z0, *kept])
     assert set(summary.stops.values()) <= {STOP_LIMIT, STOP_EMPTY}
@@ -264,9 +290,9 @@ def test_stack_propagation_follows_the_stop_rule(
     for s in steps:
         if s.kept:
             np.testing.assert_array_equal(
-                widget.labels_layer.data[s.slice_index] == 1, s.result.mask
+                widget.layers.labels.data[s.slice_index] == 1, s.result.mask
             )
-    row = widget.labels_layer.features.set_index("index").loc[1]
+    row = widget.layers.labels.features.set_index("index").loc[1]
     assert (row["slice_start"], row["slice_stop"]) == (min(labelled), max(labelled))
 
     # object 2: the same start, with an IoU threshold between the values seen above, must
@@ -275,7 +301,7 @@ def test_stack_propagation_follows_the_stop_rule(
     threshold = float(np.median(ious)) + 1e-6
     click(qtbot, widget, (256, 256))
     assert widget.accept() == 2
-    widget.min_iou_spin.setValue(threshold)
+    widget.propagation_panel.min_iou_spin.setValue(threshold)
     threshold = widget.propagation_rule().min_iou  # as the spin box holds it
     assert min(ious) < threshold, "the threshold lies between the IoUs of the first run"
     widget.propagate()
@@ -290,37 +316,37 @@ def test_stack_propagation_follows_the_stop_rule(
     assert kept2 == sorted(expected)
     stops2 = widget.last_propagation_summary.stops
     assert STOP_IOU in stops2.values()
-    labelled2 = np.nonzero((widget.labels_layer.data == 2).any(axis=(1, 2)))[0].tolist()
+    labelled2 = np.nonzero((widget.layers.labels.data == 2).any(axis=(1, 2)))[0].tolist()
     assert sorted(labelled2) == sorted([z0, *expected])
 
     # object 3: max uncertainty 0 stops at the very first neighbour in both directions
     click(qtbot, widget, (256, 256))
     assert widget.accept() == 3
-    widget.min_iou_spin.setValue(widget.min_iou_spin.minimum())
-    widget.max_uncertainty_spin.setValue(0.0)
+    widget.propagation_panel.min_iou_spin.setValue(widget.propagation_panel.min_iou_spin.minimum())
+    widget.propagation_panel.max_uncertainty_spin.setValue(0.0)
     widget.propagate()
     wait_idle(qtbot, widget)
     assert [s.slice_index for s in widget.last_propagation] == [z0 + 1, z0 - 1]
     assert not any(s.kept for s in widget.last_propagation)
     assert set(widget.last_propagation_summary.stops.values()) <= {STOP_UNCERTAINTY, STOP_EMPTY}
-    assert np.nonzero((widget.labels_layer.data == 3).any(axis=(1, 2)))[0].tolist() == [z0]
-    row = widget.labels_layer.features.set_index("index").loc[3]
+    assert np.nonzero((widget.layers.labels.data == 3).any(axis=(1, 2)))[0].tolist() == [z0]
+    row = widget.layers.labels.features.set_index("index").loc[3]
     assert (row["slice_start"], row["slice_stop"]) == (z0, z0)
 
     # object 4: whole-stack propagation, cancelled after the first slice
     click(qtbot, widget, (256, 256))
     assert widget.accept() == 4
-    widget.max_uncertainty_spin.setValue(1.0)
-    widget.max_slices_spin.setValue(0)  # "whole stack"
+    widget.propagation_panel.max_uncertainty_spin.setValue(1.0)
+    widget.propagation_panel.max_slices_spin.setValue(0)  # "whole stack"
     assert widget.propagation_rule().max_slices is None
     widget.propagate()
     assert widget.busy
     qtbot.waitUntil(lambda: len(widget.last_propagation) >= 1, timeout=WAIT_MS)
-    widget.cancel_button.click()
+    widget.task_panel.cancel_button.click()
     wait_idle(qtbot, widget)
     assert widget.last_propagation_summary.cancelled
     assert len(widget.last_propagation) <= 3, "stops within a slice or two of the cancel"
-    written = np.nonzero((widget.labels_layer.data == 4).any(axis=(1, 2)))[0].tolist()
+    written = np.nonzero((widget.layers.labels.data == 4).any(axis=(1, 2)))[0].tolist()
     kept4 = [s.slice_index for s in widget.last_propagation if s.kept]
     assert sorted(written) == sorted([z0, *kept4])
 
@@ -329,9 +355,9 @@ def test_stack_propagation_follows_the_stop_rule(
     assert widget.current is not None
     viewer.dims.set_current_step(0, z0 + 1)
     wait_idle(qtbot, widget)
-    assert widget.current is None and not widget.current_layer.data.any()
+    assert widget.current is None and not widget.layers.current.data.any()
     assert len(widget.suggestions()[0]) == 0
-    assert len(widget.prompts()[0]) == 0
+    assert len(widget.prompts().points) == 0
     viewer.dims.set_current_step(0, z0)
     wait_idle(qtbot, widget)
     assert widget.current is not None and widget.current.leading == (z0,)
@@ -346,22 +372,26 @@ def test_bad_checkpoint_shows_error_and_viewer_stays_usable(
     bad = tmp_path / "not_a_model.pth"
     bad.write_bytes(b"this is not a checkpoint")
     n = len(notification_manager.records)
-    widget.checkpoint_edit.setText(str(bad))
-    widget.load_button.click()
+    combo = widget.model_panel.source_combo
+    combo.setCurrentIndex(combo.findData("file"))
+    widget.model_panel.checkpoint_edit.setText(str(bad))
+    widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
     errors = errors_since(n)
     assert len(errors) == 1 and "could not load the model" in errors[0]
     assert str(bad) in errors[0] or "not_a_model" in errors[0]
     assert "Traceback" not in errors[0]
-    assert widget.predictor is None and widget.model_label.text() == "No model loaded"
+    assert (
+        widget.predictor is None and widget.model_panel.model_label.full_text() == "No model loaded"
+    )
 
     # empty path: a message, no worker
-    widget.checkpoint_edit.setText("")
+    widget.model_panel.checkpoint_edit.setText("")
     widget.load_model()
     assert not widget.busy and "choose a checkpoint" in errors_since(n)[-1]
 
     # the viewer and the widget keep working: load a good model and segment
-    widget.checkpoint_edit.setText(str(tiny_checkpoint))
+    widget.model_panel.checkpoint_edit.setText(str(tiny_checkpoint))
     widget.load_model()
     wait_idle(qtbot, widget)
     widget.start(image)
@@ -379,12 +409,12 @@ def test_key_bindings_reach_the_annotator(make_napari_viewer, qtbot):
     widget.start(image)
     canvas = viewer.window._qt_viewer.canvas.native
     canvas.setFocus()
-    assert widget.positive_radio.isChecked()
+    assert widget.object_panel.positive_radio.isChecked()
     qtbot.keyClick(canvas, Qt.Key.Key_N)
-    assert widget.negative_radio.isChecked()
-    assert not widget.points_layer.feature_defaults["positive"].iloc[0]
+    assert widget.object_panel.negative_radio.isChecked()
+    assert not widget.layers.points.feature_defaults["positive"].iloc[0]
     qtbot.keyClick(canvas, Qt.Key.Key_N)
-    assert widget.points_layer.feature_defaults["positive"].iloc[0]
+    assert widget.layers.points.feature_defaults["positive"].iloc[0]
     n = len(notification_manager.records)
     qtbot.keyClick(canvas, Qt.Key.Key_K)  # accept with nothing predicted: a message
     assert any("nothing to accept" in str(r.message) for r in notification_manager.records[n:])
@@ -398,12 +428,12 @@ def test_precision_choice_reaches_the_encoder(make_napari_viewer, qtbot, tiny_ch
 
     viewer = make_napari_viewer()
     widget = dock(viewer)
-    assert widget.precision_combo.currentText() == "auto"
+    assert widget.model_panel.precision_combo.currentText() == "auto"
     load(widget, qtbot, tiny_checkpoint)
     assert widget.predictor.fast_encoder
     assert widget.predictor.precision == resolve_precision("auto", widget.predictor.device)
     for choice in ("bf16", "float32"):
-        widget.precision_combo.setCurrentText(choice)
+        widget.model_panel.precision_combo.setCurrentText(choice)
         load(widget, qtbot, tiny_checkpoint)
         assert widget.predictor.precision == choice and widget.predictor.fast_encoder
 
@@ -447,24 +477,28 @@ def test_model_registry_entries(make_napari_viewer, qtbot, monkeypatch, tmp_path
     viewer = make_napari_viewer()
     widget = dock(viewer)
     entries = {
-        widget.source_combo.itemData(i): widget.source_combo.itemText(i)
-        for i in range(widget.source_combo.count())
+        widget.model_panel.source_combo.itemData(i): widget.model_panel.source_combo.itemText(i)
+        for i in range(widget.model_panel.source_combo.count())
     }
     assert entries["registry:tiny_pasam"] == "tiny_pasam: tiny test model (download)"
     assert "manual download" in entries["registry:manual"]
     assert "random:vit_b" in entries
 
-    widget.source_combo.setCurrentIndex(widget.source_combo.findData("registry:tiny_pasam"))
-    widget.load_button.click()
+    widget.model_panel.source_combo.setCurrentIndex(
+        widget.model_panel.source_combo.findData("registry:tiny_pasam")
+    )
+    widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
     assert widget.predictor is not None
-    assert "registry entry tiny_pasam" in widget.model_label.text()
-    assert "SAM + PA-SAM adapter" in widget.model_label.text()
+    assert "registry entry tiny_pasam" in widget.model_panel.model_label.full_text()
+    assert "SAM + PA-SAM adapter" in widget.model_panel.model_label.full_text()
     loaded = widget.predictor
 
     n = len(notification_manager.records)
-    widget.source_combo.setCurrentIndex(widget.source_combo.findData("registry:manual"))
-    widget.load_button.click()
+    widget.model_panel.source_combo.setCurrentIndex(
+        widget.model_panel.source_combo.findData("registry:manual")
+    )
+    widget.model_panel.load_button.click()
     wait_idle(qtbot, widget)
     errors = errors_since(n)
     assert len(errors) == 1 and "cannot be downloaded automatically" in errors[0]
@@ -472,7 +506,7 @@ def test_model_registry_entries(make_napari_viewer, qtbot, monkeypatch, tmp_path
     assert widget.predictor is loaded, "the loaded model stays in use"
 
     # embeddings persist in $PASAM_CACHE_DIR/embeddings when asked to
-    widget.disk_cache_check.setChecked(True)
+    widget.model_panel.disk_cache_check.setChecked(True)
     assert Path(widget.predictor.cache.disk_dir) == cache / "embeddings"
     image = viewer.add_image(np.tile(np.arange(96, dtype=np.uint8), (80, 1)), name="ramp")
     widget.start(image)
