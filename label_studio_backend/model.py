@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pasam_plugins.lsformat import mask_to_rle
 from pasam_plugins.metrics import UNCERTAINTY_BAND_RATIO, erosion_iterations, uncertainty_band
 from pasam_plugins.predictor import PASamPredictor
 
@@ -27,7 +28,6 @@ from .errors import BackendError, BadRequest, InvalidPrompt
 from .images import ImageLoader
 from .labelconfig import ParsedConfig, parse_label_config
 from .prompts import Prompt, interactive_prompt, regions_of, task_prompts
-from .rle import mask_to_rle
 
 logger = logging.getLogger(__name__)
 

@@ -72,7 +72,7 @@ def rectangle(x: float, y: float, w: float, h: float, *, label: str = "Cell", ri
 
 def brush(mask: np.ndarray, *, label: str = "Cell", rid: str = "br", from_name: str = "tag") -> dict:
     """A BrushLabels region (Label Studio RLE) of an HxW mask, as stored in an annotation."""
-    from label_studio_backend.rle import mask_to_rle
+    from pasam_plugins.lsformat import mask_to_rle
 
     h, w = mask.shape
     return {

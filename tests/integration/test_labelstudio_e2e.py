@@ -379,7 +379,7 @@ def test_start_training_fine_tunes_on_a_brush_annotation_and_serves_a_new_versio
     serves (and reports to Label Studio's interactive requests) a new model version."""
     import cv2
 
-    from label_studio_backend.rle import mask_to_rle
+    from pasam_plugins.lsformat import mask_to_rle
 
     pid, ml, tasks = project
     task = tasks[0]  # 0-wide.png: rows 64:448 of section 0
