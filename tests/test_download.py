@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from pasam_plugins.registry import RegistryError, get_entry, load_registry
 from pasam_plugins.download import (
     DownloadError,
     default_cache_dir,
@@ -17,6 +16,7 @@ from pasam_plugins.download import (
     fetch,
     sha256_file,
 )
+from pasam_plugins.registry import RegistryError, get_entry, load_registry
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # ~1 MiB + 4 bytes: more than one chunk
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
