@@ -31,7 +31,10 @@ def serve(
         typer.Option(help="Label Studio URL images are downloaded from ($LABEL_STUDIO_URL)."),
     ] = None,
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Cache directory; embeddings persist in its embeddings/ ($PASAM_CACHE_DIR).")
+        Path | None,
+        typer.Option(
+            help="Cache directory; embeddings persist in its embeddings/ ($PASAM_CACHE_DIR)."
+        ),
     ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="DEBUG, INFO, WARNING ... ($LOG_LEVEL, default INFO).")
@@ -64,6 +67,40 @@ def serve(
     run_server(settings, host=host, port=port)
 
 
+def startup_notes(settings, *, host: str, port: int, untrained: bool = False) -> list[str]:
+    """What a team needs to know at start-up: settings that are missing for a working
+    connection to Label Studio, and how Label Studio must be started to accept this URL."""
+    notes = []
+    if untrained:
+        notes.append(
+            "the checkpoint holds UNTRAINED random weights (make-test-checkpoint): masks are "
+            "meaningless; use it only to try the wiring"
+        )
+    if not settings.label_studio_url:
+        notes.append(
+            "LABEL_STUDIO_URL is not set: images uploaded to Label Studio cannot be downloaded "
+            "(predictions fail with HTTP 502), Start Training cannot fetch annotations, and the "
+            "project's Prediction score column is not kept on this model's version. Set it to "
+            "Label Studio's address as seen from here, e.g. LABEL_STUDIO_URL=http://localhost:8080"
+        )
+    if not settings.label_studio_api_key:
+        notes.append(
+            "LABEL_STUDIO_API_KEY is not set: downloads, training and the model-version sync "
+            "use the token Label Studio sends with /setup, which Label Studio 1.23 accepts only "
+            "with legacy tokens enabled. Set a personal access token (Label Studio: Account & "
+            "Settings -> Personal Access Token)"
+        )
+    local = host in ("127.0.0.1", "localhost", "::1") or host.startswith(("10.", "192.168."))
+    if local or host == "0.0.0.0":
+        notes.append(
+            f"a stock Label Studio refuses ML backends on local and private addresses ('URL "
+            f"resolves to a reserved network address'): start Label Studio with "
+            f"LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false, then connect http://{host}:{port} "
+            f"under Settings -> Model -> Connect Model"
+        )
+    return notes
+
+
 def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090) -> None:
     """Load the model from ``settings`` and serve it with uvicorn until interrupted."""
     import uvicorn
@@ -87,15 +124,42 @@ def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090) -> None:
     if settings.basic_auth_user and settings.basic_auth_pass:
         auth = (settings.basic_auth_user, settings.basic_auth_pass)
     app = create_app(backend, basic_auth=auth, max_request_bytes=settings.max_request_bytes)
+    origin = backend.predictor.model.origin
     log.info(
-        "PA-SAM ML backend %s on %s (device %s) at http://%s:%d",
+        "PA-SAM ML backend %s on %s (%s; device %s) at http://%s:%d",
         backend.model_version,
         settings.checkpoint,
+        origin.describe(),
         backend.predictor.device,
         host,
         port,
     )
+    for note in startup_notes(settings, host=host, port=port, untrained=origin.untrained):
+        log.warning("%s", note)
+    quiet_sdk_download_log()
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+
+
+class _DownloadNoise(logging.Filter):
+    """label-studio-sdk logs at INFO for every image it downloads: the file it wrote, and
+    "Download failed for proxy URL, retrying legacy upload path" for each uploaded image
+    (Label Studio 1.23 serves uploads at /data/upload/, not at the SDK's proxy URL). Both are
+    the normal path: shown at DEBUG only; real failures are the backend's own errors."""
+
+    NOISE = ("Download failed for proxy URL", "File downloaded to ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.INFO and str(record.msg).startswith(self.NOISE):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def quiet_sdk_download_log() -> None:
+    """Install :class:`_DownloadNoise` on the SDK's download logger (once)."""
+    sdk = logging.getLogger("label_studio_sdk._extensions.label_studio_tools.core.utils.io")
+    if not any(isinstance(f, _DownloadNoise) for f in sdk.filters):
+        sdk.addFilter(_DownloadNoise())
 
 
 def main() -> None:

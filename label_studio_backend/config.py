@@ -30,6 +30,17 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={value!r} is not a number") from None
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    value = _env(name)
+    if value is None:
+        return default
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"environment variable {name}={value!r} is not true/false")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything the server can be configured with.
@@ -57,7 +68,7 @@ class Settings:
         [PASAM_MODEL_VERSION]; default: derived from the weights.
       log_level: [LOG_LEVEL].
       model_dir: where fine-tuned models are saved [PASAM_MODEL_DIR]; default
-        ``$PASAM_CACHE_DIR/models`` or ``~/.cache/pasam/models``.
+        :func:`pasam_plugins.paths.models_dir` (``models/`` in pasam's cache directory).
       train_steps: optimizer steps per fine-tuning run [PASAM_TRAIN_STEPS].
       train_lr: learning rate [PASAM_TRAIN_LR].
       train_images_per_step / train_objects_per_image: images drawn per step and objects
@@ -67,6 +78,10 @@ class Settings:
       train_every_n_annotations: also fine-tune after every N ``ANNOTATION_CREATED`` /
         ``ANNOTATION_UPDATED`` webhook events of a project; 0 = off
         [PASAM_TRAIN_EVERY_N_ANNOTATIONS].
+      sync_model_version: name this backend's card in each connected Label Studio project
+        after the model version it serves, so the project scores and sorts by its
+        predictions (see :mod:`label_studio_backend.sync`); needs ``label_studio_url`` and a
+        token [PASAM_SYNC_MODEL_VERSION, default on].
     """
 
     checkpoint: Path | None = None
@@ -93,6 +108,7 @@ class Settings:
     train_objects_per_image: int = 4
     train_max_tasks: int = 200
     train_every_n_annotations: int = 0
+    sync_model_version: bool = True
 
     def __post_init__(self) -> None:
         for key in ("checkpoint", "local_files_root", "cache_dir", "model_dir"):
@@ -137,6 +153,7 @@ class Settings:
             train_every_n_annotations=_env_int(
                 "PASAM_TRAIN_EVERY_N_ANNOTATIONS", cls.train_every_n_annotations
             ),
+            sync_model_version=_env_bool("PASAM_SYNC_MODEL_VERSION", cls.sync_model_version),
         )
         names = {f.name for f in fields(cls)}
         unknown = set(overrides) - names
@@ -146,13 +163,11 @@ class Settings:
 
     @property
     def models_dir(self) -> Path:
-        """Where fine-tuned models go: ``model_dir``, else ``<cache_dir>/models``, else
-        ``~/.cache/pasam/models``."""
-        if self.model_dir is not None:
-            return self.model_dir
-        if self.cache_dir is not None:
-            return self.cache_dir / "models"
-        return Path.home() / ".cache" / "pasam" / "models"
+        """Where fine-tuned models go: ``model_dir``, else :func:`pasam_plugins.paths.models_dir`
+        of ``cache_dir``."""
+        from pasam_plugins.paths import models_dir
+
+        return self.model_dir if self.model_dir is not None else models_dir(self.cache_dir)
 
     def with_(self, **changes: object) -> "Settings":
         """A copy with the given fields changed (None values are ignored)."""

@@ -16,6 +16,7 @@ from labelstudio_support import (
     SAM_CONFIG,
     FakeLabelStudio,
     brush,
+    decode_brush,
     keypoint,
     predict_body,
     rectangle,
@@ -76,6 +77,9 @@ def make_backend(checkpoint, fake, tmp_path, **train) -> PASamBackend:
         train_steps=train.pop("steps", 2),
         train_images_per_step=1,
         train_objects_per_image=1,
+        # the card sync has its own test below; off here, so the API calls counted are
+        # fine-tuning's own
+        sync_model_version=train.pop("sync", False),
         **train,
     )
     return PASamBackend.from_settings(settings)
@@ -121,6 +125,9 @@ def test_start_training_answers_at_once_then_serves_the_fine_tuned_model(
         assert time.perf_counter() - t0 < 5.0
         assert r.status_code == 201, r.text
         assert r.json()["status"] == "training started" and r.json()["project"] == TRAINED
+        # a meaningful answer: what runs, on which model, and where progress shows
+        assert r.json()["steps"] == 2 and r.json()["model_version"] == old_version
+        assert "Settings -> Model" in r.json()["progress"]
         # a second click on "Start Training" while the first run is going
         again = start_training(client, TRAINED)
         assert again.status_code == 201 and again.json()["status"] == "already training"
@@ -155,8 +162,10 @@ def test_start_training_answers_at_once_then_serves_the_fine_tuned_model(
     assert gets and all(auth and auth.startswith("Bearer ") for _, auth in gets)
     assert "fields=all" in gets[0][0] and f"project={TRAINED}" in gets[0][0]
 
-    # saved atomically as an adapter file naming its base; a restart on it serves the same model
+    # saved atomically as an adapter file naming its base, named after its model version; a
+    # restart on it serves the same model
     saved = status["checkpoint"]
+    assert saved.endswith(f"labelstudio-project{TRAINED}-{new_version}.safetensors")
     meta = read_metadata(saved)
     assert meta["contents"] == "adapter"
     assert meta["base_checkpoint"] == str(tiny_checkpoint.resolve())
@@ -270,8 +279,8 @@ def test_plain_sam_gets_an_adapter_and_a_fine_tuned_adapter_file_is_saved_in_ful
 ):
     """Serving plain SAM weights: fine-tuning adds a PA-SAM adapter (predictions then carry
     uncertainties) and saves it as an adapter file on the SAM file. A server restarted on
-    that adapter file (base found through its metadata) saves its own fine-tuning in full,
-    as its base is not a complete model."""
+    that adapter file (base found through its metadata) saves its own fine-tuning as an
+    adapter file on the same SAM file."""
     from pasam_plugins.testing import make_test_checkpoint
 
     sam = make_test_checkpoint(tmp_path / "sam.safetensors", seed=2, adapter=False)
@@ -294,5 +303,90 @@ def test_plain_sam_gets_an_adapter_and_a_fine_tuned_adapter_file_is_saved_in_ful
     start_training(second, TRAINED, label_config=SAM_CONFIG)
     status2 = wait_until_finished(second)
     assert status2["status"] == "done", status2
-    assert read_metadata(status2["checkpoint"])["contents"] == "full"
+    # the core's save rule (pasam_plugins.checkpoint.save_finetuned): the adapter file's base
+    # is a complete model, so the second fine-tuning is again an adapter file on it
+    meta2 = read_metadata(status2["checkpoint"])
+    assert meta2["contents"] == "adapter" and meta2["base_checkpoint"] == str(sam.resolve())
     assert again.model_version not in (backend.model_version, status["previous_model_version"])
+
+
+def test_retraining_on_unchanged_annotations_makes_no_new_version_or_file(
+    tiny_checkpoint, fake_ls, tmp_path
+):
+    backend = make_backend(tiny_checkpoint, fake_ls, tmp_path, steps=1)
+    client = TestClient(create_app(backend))
+    start_training(client, TRAINED, label_config=SAM_CONFIG)
+    first = wait_until_finished(client)
+    assert first["status"] == "done" and not first["unchanged"]
+    version = backend.model_version
+    files = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert len(files) == 1
+
+    # "Start Training" again, nothing annotated since: nothing trained, nothing written
+    r = start_training(client, TRAINED, label_config=SAM_CONFIG)
+    assert r.status_code == 201 and r.json()["status"] == "training started"
+    again = wait_until_finished(client)
+    assert again["status"] == "done" and again["unchanged"] is True
+    assert again["model_version"] == version == backend.model_version
+    assert again["checkpoint"] == first["checkpoint"] and "images" not in again
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == files
+
+    # changed annotations (the cells drawn a few pixels wider) train a new model, saved
+    # next to the first
+    task = dict(fake_ls.tasks[TRAINED][0])
+    kernel = np.ones((7, 7), np.uint8)
+    wider = [brush(cv2.dilate(decode_brush(r).astype(np.uint8), kernel) > 0, rid=r["id"])
+             for r in task["annotations"][0]["result"]]
+    ann = dict(task["annotations"][0], result=wider, updated_at="2026-01-03T10:00:00Z")
+    fake_ls.tasks[TRAINED] = [dict(task, annotations=[ann]), *fake_ls.tasks[TRAINED][1:]]
+    try:
+        start_training(client, TRAINED, label_config=SAM_CONFIG)
+        third = wait_until_finished(client)
+    finally:
+        fake_ls.tasks[TRAINED] = [task, *fake_ls.tasks[TRAINED][1:]]
+    assert third["status"] == "done" and not third["unchanged"]
+    assert backend.model_version not in (version, first["previous_model_version"])
+    assert len(list((tmp_path / "models").iterdir())) == 2
+
+
+def test_progress_and_outcome_show_on_the_model_card_in_label_studio(
+    tiny_checkpoint, fake_ls, tmp_path
+):
+    """With the sync on, the backend's card in the project (Settings -> Model) reads the
+    step while a run goes, then the new model version (and the project scores it); a failed
+    run leaves its reason on the card."""
+    backend = make_backend(tiny_checkpoint, fake_ls, tmp_path, sync=True)
+    for pid, ml_id in ((TRAINED, 70), (NO_BRUSH, 80)):
+        fake_ls.projects[pid].update(model_version="PA-SAM", show_collab_predictions=True)
+        fake_ls.ml_backends[ml_id] = {"id": ml_id, "project": pid, "url": "http://127.0.0.1:9090",
+                                      "title": "PA-SAM", "model_version": backend.model_version,
+                                      "auth_method": "NONE"}
+    fake_ls.on_list_ml = lambda b: b.update(model_version=backend.model_version)  # its /setup
+    client = TestClient(create_app(backend))
+    try:
+        old = backend.model_version
+        assert client.post("/setup", json={"project": f"{TRAINED}.1", "schema": SAM_CONFIG}).status_code == 200
+        assert backend.sync.wait_idle()
+        assert fake_ls.ml_backends[70]["title"] == old and fake_ls.projects[TRAINED]["model_version"] == old
+
+        start_training(client, TRAINED, label_config=SAM_CONFIG)
+        status = wait_until_finished(client)
+        assert status["status"] == "done"
+        assert backend.sync.wait_idle()
+        new = backend.model_version
+        assert fake_ls.ml_backends[70]["title"] == new
+        assert fake_ls.projects[TRAINED]["model_version"] == new
+        titles = [h["title"] for h in backend.sync.status()["history"] if h["project"] == TRAINED]
+        assert any(t.startswith(f"{old} (fine-tuning") for t in titles), titles
+        assert titles[-1] == new
+
+        start_training(client, NO_BRUSH)
+        assert wait_until_finished(client)["status"] == "failed"
+        assert backend.sync.wait_idle()
+        card = fake_ls.ml_backends[80]["title"]
+        assert card.startswith(f"{new} (fine-tuning failed: project {NO_BRUSH} has no usable annotations")
+    finally:
+        for ml_id in (70, 80):
+            fake_ls.ml_backends.pop(ml_id, None)
+        fake_ls.on_list_ml = None
+        backend.close()
