@@ -52,7 +52,9 @@ def _runs(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # token forms by category: 0 = 0 00 000 value (length 1), 1 = 1 00 LLL value (<= 8),
 # 2 = 1 01 LLLL value (<= 16), 3 = 1 10 L*8 value (<= 256), 4 = 1 11 L*16 value (long runs)
-_PREFIX = np.array([0, 1 << 13, (1 << 14) | (1 << 12), (1 << 18) | (2 << 16), (1 << 26) | (3 << 24)], np.uint64)
+_PREFIX = np.array(
+    [0, 1 << 13, (1 << 14) | (1 << 12), (1 << 18) | (2 << 16), (1 << 26) | (3 << 24)], np.uint64
+)
 _BITS = np.array([14, 14, 15, 19, 27], np.uint64)
 
 
@@ -70,9 +72,7 @@ def _tokens(lengths: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarr
         lengths = np.where(full, _MAX_RUN, np.repeat(lengths - extra * _MAX_RUN, reps))
         vals = np.repeat(vals, reps)
         long_run = np.repeat(long_run, reps)
-    cat = np.where(
-        long_run, 4, (lengths > 1).astype(np.int8) + (lengths > 8) + (lengths > 16)
-    )
+    cat = np.where(long_run, 4, (lengths > 1).astype(np.int8) + (lengths > 8) + (lengths > 16))
     n = (lengths.astype(np.uint64) - np.uint64(1)) << np.uint64(8)  # 0 for category 0
     return _PREFIX[cat] | n | vals.astype(np.uint64), _BITS[cat]
 
@@ -217,9 +217,7 @@ def region_mask(region: dict[str, Any]) -> np.ndarray:
         raise FormatError(f"brush region of size {w}x{h}")
     flat = decode_rle(value["rle"])
     if flat.size != h * w * 4:
-        raise FormatError(
-            f"brush RLE holds {flat.size} values, expected {h}x{w}x4 = {h * w * 4}"
-        )
+        raise FormatError(f"brush RLE holds {flat.size} values, expected {h}x{w}x4 = {h * w * 4}")
     return flat.reshape(h, w, 4)[..., 3] > 0
 
 

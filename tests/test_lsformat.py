@@ -41,7 +41,9 @@ def test_mask_rle_matches_the_sdk_and_decodes(mask):
     np.testing.assert_array_equal(decode_rle(ours), brush.decode_rle(ours))
 
 
-@pytest.mark.parametrize("n", [1, 2, 8, 9, 16, 17, 256, 257, 65536, 65537, 65536 + 300, 2 * 65536 + 1])
+@pytest.mark.parametrize(
+    "n", [1, 2, 8, 9, 16, 17, 256, 257, 65536, 65537, 65536 + 300, 2 * 65536 + 1]
+)
 def test_run_length_boundaries_match_the_sdk(n):
     arr = np.concatenate([np.full(n, 3, np.uint8), np.array([1, 2, 2, 7], np.uint8)])
     assert encode_rle_bytes(arr) == brush.encode_rle(arr)
@@ -87,8 +89,14 @@ def test_broken_streams_are_format_errors():
 def test_region_round_trip_keeps_mask_size_label_and_meta():
     mask = np.zeros((37, 53), bool)
     mask[5:20, 10:40] = True
-    region = mask_region(mask, label="Cell", from_name="tag", to_name="image", score=0.8123456789,
-                         meta={"text": "IoU 0.81"})
+    region = mask_region(
+        mask,
+        label="Cell",
+        from_name="tag",
+        to_name="image",
+        score=0.8123456789,
+        meta={"text": "IoU 0.81"},
+    )
     assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Cell"]
     assert (region["original_width"], region["original_height"]) == (53, 37)
     assert region["score"] == 0.812346 and region["meta"] == {"text": "IoU 0.81"}
