@@ -31,8 +31,10 @@ from .config import Settings
 from .errors import BackendError, BadRequest, InvalidPrompt
 from .images import ImageLoader
 from .labelconfig import ParsedConfig, parse_label_config
+from .lsapi import LabelStudioClient
 from .prompts import Prompt, interactive_prompt, regions_of, task_prompts
 from .sync import ModelVersionSync
+from .training import FineTuner
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +164,6 @@ class PASamBackend:
         from pasam_plugins.cache import EmbeddingCache
         from pasam_plugins.checkpoint import load_model
         from pasam_plugins.paths import embeddings_dir
-
-        from .lsapi import LabelStudioClient
-        from .training import FineTuner
 
         if settings.checkpoint is None:
             raise ValueError("no checkpoint: pass --checkpoint or set PASAM_CHECKPOINT")
