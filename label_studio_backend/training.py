@@ -446,6 +446,10 @@ class FineTuner:
             "first_loss": report.losses[0] if report.losses else None,
             "final_loss": report.losses[-1] if report.losses else None,
         }
+        # what this run started from (the fine-tuned model has no file of its own yet)
+        start = self.base_model.origin
+        if start.file:
+            provenance["base"] = start.file
         return save_finetuned(result.model, path, provenance=provenance)
 
 

@@ -11,6 +11,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from labelstudio_support import (
     SAM_CONFIG,
@@ -27,7 +28,7 @@ from label_studio_backend.app import create_app
 from label_studio_backend.config import Settings
 from label_studio_backend.model import PASamBackend
 from label_studio_backend.training import project_id_of
-from pasam_plugins.checkpoint import read_metadata
+from pasam_plugins.checkpoint import load_model, read_metadata
 
 TRAINED = 7  # project with brush annotations
 NO_BRUSH = 8  # project whose annotations hold only rectangles
@@ -280,7 +281,8 @@ def test_plain_sam_gets_an_adapter_and_a_fine_tuned_adapter_file_is_saved_in_ful
     """Serving plain SAM weights: fine-tuning adds a PA-SAM adapter (predictions then carry
     uncertainties) and saves it as an adapter file on the SAM file. A server restarted on
     that adapter file (base found through its metadata) saves its own fine-tuning as an
-    adapter file on the same SAM file."""
+    adapter file on the same SAM file (the core's rule, ``save_finetuned``), with the adapter
+    file it started from as its provenance."""
     from pasam_plugins.testing import make_test_checkpoint
 
     sam = make_test_checkpoint(tmp_path / "sam.safetensors", seed=2, adapter=False)
@@ -303,10 +305,14 @@ def test_plain_sam_gets_an_adapter_and_a_fine_tuned_adapter_file_is_saved_in_ful
     start_training(second, TRAINED, label_config=SAM_CONFIG)
     status2 = wait_until_finished(second)
     assert status2["status"] == "done", status2
-    # the core's save rule (pasam_plugins.checkpoint.save_finetuned): the adapter file's base
-    # is a complete model, so the second fine-tuning is again an adapter file on it
     meta2 = read_metadata(status2["checkpoint"])
     assert meta2["contents"] == "adapter" and meta2["base_checkpoint"] == str(sam.resolve())
+    assert meta2["provenance"]["base"] == status["checkpoint"]  # what the run started from
+    assert meta["provenance"]["base"] == str(sam)
+    # the adapter file on the SAM file is the whole fine-tuned model
+    reloaded = load_model(status2["checkpoint"])
+    for k, v in again.predictor.model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[k], v.cpu()), k
     assert again.model_version not in (backend.model_version, status["previous_model_version"])
 
 
