@@ -141,12 +141,12 @@ def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090) -> None:
 
 
 class _DownloadNoise(logging.Filter):
-    """label-studio-sdk logs at INFO for every image it downloads: the file it wrote, and
-    "Download failed for proxy URL, retrying legacy upload path" for each uploaded image
-    (Label Studio 1.23 serves uploads at /data/upload/, not at the SDK's proxy URL). Both are
-    the normal path: shown at DEBUG only; real failures are the backend's own errors."""
+    """label-studio-sdk logs at INFO for every image it downloads: the URL it resolved, the
+    file it wrote, and "Download failed for proxy URL, retrying legacy upload path" when
+    Label Studio does not serve an upload at the SDK's proxy URL. All are the normal path:
+    shown at DEBUG only; real failures are the backend's own errors."""
 
-    NOISE = ("Download failed for proxy URL", "File downloaded to ")
+    NOISE = ("Download failed for proxy URL", "File downloaded to ", "Storage proxy file: ")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno <= logging.INFO and str(record.msg).startswith(self.NOISE):

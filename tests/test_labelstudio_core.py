@@ -232,8 +232,10 @@ def test_sdk_download_chatter_is_debug_only(caplog):
             "Download failed for proxy URL, retrying legacy upload path: %s", "/data/upload/1/a.png"
         )
         sdk.info("File downloaded to /tmp/x")
+        sdk.info("Storage proxy file: Resolving url using hostname [%s]: %s", "h", "u")
         sdk.warning("something else")
     assert "proxy URL" not in caplog.text and "File downloaded" not in caplog.text
+    assert "Storage proxy file" not in caplog.text
     assert "something else" in caplog.text
 
 
