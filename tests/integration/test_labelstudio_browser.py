@@ -375,18 +375,24 @@ def test_data_manager_ordered_by_prediction_score(page, label_studio, ls, scored
         ],
     )
 
-    def shown() -> list[float] | None:
+    # close the menu (a click on the status bar); the table reloads in the new order
+    page.find_element(By.XPATH, "//*[starts-with(normalize-space(text()), 'Tasks:')]").click()
+
+    def shown_in_order() -> list[float]:
         rows = visible(page, '[data-testid="table-row"]')
         values = []
         for row in rows:
             found = re.findall(r"\b[01]\.\d+\b", row.text)
             if not found:
-                return None
+                raise ValueError(f"a row without a score: {row.text!r}")
             values.append(float(found[-1]))
-        return values if len(values) == len(scores) else None
+        if len(values) != len(scores):
+            raise ValueError(f"{len(values)} rows: {values}")
+        if values != sorted(values):  # the least certain task first
+            raise ValueError(f"not ordered by prediction score: {values}")
+        return values
 
-    values = wait_for("six scored rows", shown)
-    assert values == sorted(values)  # the least certain task first
+    values = wait_for("six rows ordered by prediction score", shown_in_order, timeout=60)
     assert values == pytest.approx(sorted(round(v, 3) for v in scores.values()), abs=1.5e-3)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.save_screenshot(str(SCREENSHOTS / "labelstudio_data_manager.png"))
