@@ -6,6 +6,7 @@ Options default to the environment (``PASAM_CHECKPOINT``, ``DEVICE``, ``LABEL_ST
 ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``, ``HOST``/``PORT``).
 """
 
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -90,8 +91,7 @@ def startup_notes(settings, *, host: str, port: int, untrained: bool = False) ->
             "with legacy tokens enabled. Set a personal access token (Label Studio: Account & "
             "Settings -> Personal Access Token)"
         )
-    local = host in ("127.0.0.1", "localhost", "::1") or host.startswith(("10.", "192.168."))
-    if local or host == "0.0.0.0":
+    if _reserved_host(host):
         notes.append(
             f"a stock Label Studio refuses ML backends on local and private addresses ('URL "
             f"resolves to a reserved network address'): start Label Studio with "
@@ -99,6 +99,18 @@ def startup_notes(settings, *, host: str, port: int, untrained: bool = False) ->
             f"under Settings -> Model -> Connect Model"
         )
     return notes
+
+
+def _reserved_host(host: str) -> bool:
+    """A bind address Label Studio's default SSRF guard refuses (loopback, private and
+    link-local networks, 0.0.0.0 whose reachable addresses are usually such)."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # a host name: Label Studio checks what it resolves to
+    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified
 
 
 def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090) -> None:

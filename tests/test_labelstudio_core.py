@@ -222,6 +222,30 @@ def test_serve_says_what_is_missing_at_start_up(tiny_checkpoint, monkeypatch, ca
     assert r.exit_code == 0 and "is not set" not in caplog.text
 
 
+@pytest.mark.parametrize(
+    "host, refused",
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("0.0.0.0", True),
+        ("10.1.2.3", True),
+        ("172.20.0.5", True),  # Docker's default networks
+        ("192.168.1.5", True),
+        ("::1", True),
+        ("8.8.8.8", False),
+        ("ml.example.org", False),
+    ],
+)
+def test_start_up_names_the_label_studio_setting_for_addresses_its_guard_refuses(host, refused):
+    from label_studio_backend.cli import startup_notes
+    from label_studio_backend.config import Settings
+
+    settings = Settings(label_studio_url="http://ls:8080", label_studio_api_key="abc")
+    notes = startup_notes(settings, host=host, port=9090)
+    assert any("LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false" in n for n in notes) == refused
+    assert not any("is not set" in n for n in notes)
+
+
 def test_sdk_download_chatter_is_debug_only(caplog):
     from label_studio_backend.cli import quiet_sdk_download_log
 
