@@ -1,8 +1,10 @@
 """Per-click and set_image latency of PASamPredictor vs segment_anything's SamPredictor.
 
 Both predictors hold the same ViT-B-sized random weights (no pretrained weights needed) and
-see the same 1024x1024 image and prompts in one run; medians of repeated calls are printed
-with their ratios. Targets: click <= 1.25x SAM, set_image <= 1.05x SAM, 16 prompt sets in one
+see the same images and prompts in one run (a square 1024x1024 image and a non-square
+768x1024 one by default); medians of repeated calls are printed with their ratios. The two
+sides are called alternately and the order flips every repeat, so neither always runs first
+(warm caches, frequency boost). Targets: click <= 1.25x SAM, set_image <= 1.05x SAM, 16 prompt sets in one
 call <= 0.8x the time of 16 single calls.
 
 The 16-set comparison is measured twice in the same run: first with glibc's default
@@ -10,7 +12,8 @@ allocator settings (what a host process such as napari has), then after
 ``pasam_plugins.runtime.retain_freed_memory()``, the setting the ``pasam`` command line and
 the Label Studio backend run with (large freed buffers are reused instead of unmapped).
 
-    python benchmarks/click_latency.py [--variant vit_b] [--repeats 30] [--device cpu]
+    python benchmarks/click_latency.py [--variant vit_b] [--sizes 1024x1024,768x1024]
+                                       [--repeats 30] [--device cpu]
 """
 
 import argparse
@@ -29,11 +32,12 @@ from pasam_plugins.testing import make_test_model
 
 
 def paired_medians(fn_a, fn_b, repeats: int, sync) -> tuple[float, float]:
-    """Median times of two functions called alternately, so that load changes on the
-    machine hit both sides alike."""
+    """Median times of two functions called alternately, the order flipping every repeat
+    (A B, B A, A B ...), so that load changes and warm-up effects hit both sides alike."""
     ta, tb = [], []
-    for _ in range(repeats):
-        for fn, acc in ((fn_a, ta), (fn_b, tb)):
+    for i in range(repeats):
+        pairs = ((fn_a, ta), (fn_b, tb)) if i % 2 == 0 else ((fn_b, tb), (fn_a, ta))
+        for fn, acc in pairs:
             sync()
             t0 = time.perf_counter()
             fn()
@@ -42,10 +46,16 @@ def paired_medians(fn_a, fn_b, repeats: int, sync) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``HxW`` -> (H, W)."""
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", default="vit_b")
-    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--sizes", default="1024x1024,768x1024", help="image sizes HxW, comma-separated")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--encoder-repeats", type=int, default=3)
     ap.add_argument("--device", default=None)
@@ -69,10 +79,16 @@ def main() -> None:
     sam = sam.to(pa.device)
     ref = SamPredictor(sam)
     sync = torch.cuda.synchronize if pa.device.type == "cuda" else (lambda: None)
+    for size in args.sizes.split(","):
+        h, w = parse_size(size)
+        measure(pa, ref, sync, h, w, args)
+
+
+def measure(pa, ref, sync, height: int, width: int, args) -> None:
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     print(
-        f"device={pa.device} variant={args.variant} image={args.size}x{args.size} "
+        f"device={pa.device} variant={args.variant} image={height}x{width} (HxW) "
         f"threads={torch.get_num_threads()}"
     )
 
@@ -83,7 +99,8 @@ def main() -> None:
             lambda: pa.set_image(image), lambda: ref.set_image(image), args.encoder_repeats, sync
         )
 
-        pts = np.array([[400.0, 500.0]])
+        sy, sx = height / 1024, width / 1024
+        pts = np.array([[400.0 * sx, 500.0 * sy]])
         lbl = np.array([1])
         for _ in range(3):
             ref.predict(pts, lbl, multimask_output=False)
@@ -94,7 +111,7 @@ def main() -> None:
             args.repeats,
             sync,
         )
-        box = np.array([100, 200, 600, 700])
+        box = np.array([100 * sx, 200 * sy, 600 * sx, 700 * sy])
         t_box_pa, t_box_sam = paired_medians(
             lambda: pa.predict(box=box, multimask_output=False),
             lambda: ref.predict(box=box, multimask_output=False),
@@ -137,6 +154,7 @@ def main() -> None:
         row("16 sets: 1 call vs 16, as pasam runs", t_batch_r, t_single_r, 0.8)
     else:
         print("(retain_freed_memory() does not apply here: not glibc)")
+    print()
 
 
 if __name__ == "__main__":

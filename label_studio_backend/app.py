@@ -8,12 +8,17 @@ background), ``POST /train`` (legacy training request with the annotated tasks),
 ``GET /metrics`` (JSON counters and the ``training`` status). Optional basic
 auth (``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``). Every problem with a request is a 4xx answer
 ``{"error": "..."}``; unexpected failures are a 500 ``{"error": ...}`` without a trace.
+
+Request bodies are strict JSON (:func:`parse_json`: UTF-8, no ``NaN``/``Infinity``, no lone
+surrogates, numbers that fit a double, at most :data:`MAX_JSON_DEPTH` levels of nesting),
+at most ``max_request_bytes`` long and received within ``body_timeout`` seconds (else 408).
+A client that disconnects before its body arrived is logged in one line, not as an error.
 """
 
+import asyncio
 import base64
 import binascii
 import hmac
-import json
 import logging
 from contextlib import asynccontextmanager
 
@@ -21,15 +26,66 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from pasam_plugins.imageio import ImageError as CoreImageError
+from pasam_plugins.imageio import ImageTooLarge
 
 from .errors import BackendError, BadRequest
 from .model import PASamBackend
 
 logger = logging.getLogger(__name__)
 
+#: deeper JSON is refused (Label Studio's requests nest about 8 levels)
+MAX_JSON_DEPTH = 64
+#: longer error messages are cut (they can quote request data)
+MAX_MESSAGE_CHARS = 2000
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+def _clean(message: str) -> str:
+    """An error message that always serializes: lone surrogates escaped, length bounded."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(message) > MAX_MESSAGE_CHARS:
+        cut = len(message) - MAX_MESSAGE_CHARS
+        message = f"{message[:MAX_MESSAGE_CHARS]}... ({cut} more characters)"
+    return message
+
 
 def _error(status: int, message: str, **extra: object) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status, **extra}, status_code=status)
+    return JSONResponse({"error": _clean(message), "status": status, **extra}, status_code=status)
+
+
+def parse_json(raw: bytes | bytearray) -> object:
+    """Parse a request body as strict JSON.
+
+    Raises:
+      BadRequest: empty, not UTF-8, not JSON, ``NaN``/``Infinity``, a lone surrogate, a
+        number beyond a double's range, or nested deeper than :data:`MAX_JSON_DEPTH`.
+    """
+    if not raw.strip():
+        raise BadRequest("empty request body: expected JSON")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"malformed JSON in the request body: {e}") from None
+    if isinstance(value, dict | list) and raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        _check_depth(value)  # (fewer brackets than the limit cannot nest deeper)
+    return value
+
+
+def _check_depth(value: dict | list) -> None:
+    stack: list[tuple[dict | list, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
 
 
 def create_app(
@@ -37,6 +93,7 @@ def create_app(
     *,
     basic_auth: tuple[str, str] | None = None,
     max_request_bytes: int = 64 << 20,
+    body_timeout: float = 60.0,
 ) -> FastAPI:
     """The HTTP app around an already loaded backend (weights are never loaded per request).
 
@@ -44,7 +101,9 @@ def create_app(
       backend (PASamBackend): the model side.
       basic_auth (tuple or None): (user, password) required on every request.
       max_request_bytes (int): larger request bodies get HTTP 413.
+      body_timeout (float): seconds to receive a request body (else HTTP 408).
     """
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
@@ -67,29 +126,55 @@ def create_app(
 
     async def read_json(request: Request) -> object:
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_request_bytes:
+        if length and length.isdigit() and (len(length) > 18 or int(length) > max_request_bytes):
             raise BackendError(
-                f"request body too large: {length} bytes > {max_request_bytes}", status_code=413
+                f"request body too large: {length[:40]} bytes > {max_request_bytes}",
+                status_code=413,
             )
         raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > max_request_bytes:
-                raise BackendError(
-                    f"request body too large: > {max_request_bytes} bytes", status_code=413
-                )
-        if not raw.strip():
-            raise BadRequest("empty request body: expected JSON")
         try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BadRequest(f"malformed JSON in the request body: {e}") from None
+            async with asyncio.timeout(body_timeout):
+                async for chunk in request.stream():
+                    raw += chunk
+                    if len(raw) > max_request_bytes:
+                        raise BackendError(
+                            f"request body too large: > {max_request_bytes} bytes",
+                            status_code=413,
+                        )
+        except TimeoutError:
+            raise BackendError(
+                f"the request body did not arrive within {body_timeout:g} s "
+                f"({len(raw)} bytes received)",
+                status_code=408,
+            ) from None
+        except ClientDisconnect:
+            raise _ClientGone() from None
+        # parse off the event loop: a 64 MiB body takes a while
+        return await run_in_threadpool(parse_json, raw)
 
     @app.exception_handler(BackendError)
     async def backend_error(request: Request, exc: BackendError):
         backend.count_error()
-        logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.message)
-        return _error(exc.status_code, exc.message)
+        message = _clean(exc.message)
+        logger.warning(
+            "%s %s -> %d: %s", request.method, request.url.path, exc.status_code, message
+        )
+        return _error(exc.status_code, message)
+
+    @app.exception_handler(CoreImageError)
+    async def image_error(request: Request, exc: CoreImageError):
+        # the core refuses an image it cannot embed (e.g. an extreme aspect ratio)
+        status = 413 if isinstance(exc, ImageTooLarge) else 422
+        return await backend_error(request, BackendError(str(exc), status_code=status))
+
+    @app.exception_handler(_ClientGone)
+    async def client_gone(request: Request, exc: _ClientGone):
+        logger.info(
+            "%s %s: the client disconnected before sending the whole request body",
+            request.method,
+            request.url.path,
+        )
+        return Response(status_code=400)  # nobody is listening
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception):
@@ -100,7 +185,14 @@ def create_app(
     @app.get("/")
     @app.get("/health")
     async def health():
-        answer = {"status": "UP", "model_class": "PASamBackend", "model_version": backend.model_version}
+        await run_in_threadpool(backend.refresh)  # (a model another worker fine-tuned)
+        answer = {
+            "status": "UP",
+            "model_class": "PASamBackend",
+            "model_version": backend.model_version,
+            # what the network is; says so when there is no uncertainty map or mined points
+            "model": backend.predictor.model.origin.architecture(),
+        }
         training = backend.training_status()
         if training is not None:
             answer["training"] = training
@@ -109,7 +201,7 @@ def create_app(
     @app.post("/setup")
     async def setup(request: Request):
         body = await read_json(request)
-        return backend.setup(body)
+        return await run_in_threadpool(backend.setup, body)
 
     @app.post("/predict")
     async def predict(request: Request):

@@ -61,9 +61,13 @@ class Settings:
       max_image_bytes: largest image file accepted [PASAM_MAX_IMAGE_BYTES].
       max_image_pixels: largest image (width x height) accepted [PASAM_MAX_IMAGE_PIXELS].
       max_request_bytes: largest request body accepted [PASAM_MAX_REQUEST_BYTES].
-      download_timeout: seconds for one image download [PASAM_DOWNLOAD_TIMEOUT].
+      download_timeout: total seconds for one image download, redirects and retries
+        included [PASAM_DOWNLOAD_TIMEOUT].
+      body_timeout: seconds a client has to send its whole request body, else HTTP 408
+        [PASAM_BODY_TIMEOUT].
       max_batch: prompt sets per decoder call in batch mode [PASAM_MAX_BATCH].
-      basic_auth_user / basic_auth_pass: require HTTP basic auth [BASIC_AUTH_USER/PASS].
+      basic_auth_user / basic_auth_pass: require HTTP basic auth [BASIC_AUTH_USER/PASS];
+        setting only one of them is refused (:meth:`basic_auth`).
       model_version: override the version string reported to Label Studio
         [PASAM_MODEL_VERSION]; default: derived from the weights.
       log_level: [LOG_LEVEL].
@@ -82,6 +86,10 @@ class Settings:
         after the model version it serves, so the project scores and sorts by its
         predictions (see :mod:`label_studio_backend.sync`); needs ``label_studio_url`` and a
         token [PASAM_SYNC_MODEL_VERSION, default on].
+      train_parts: what "Start Training" adapts on the frozen model [PASAM_TRAIN_PARTS]:
+        ``adapter`` (PA-SAM's adapter, the default), ``plm`` (a prompt learning module),
+        ``plm,pmm`` (with the point matching loss), ``adapter,plm``, ``hq`` (HQ-SAM's token)
+        (:func:`pasam_plugins.train.finetune.finetune_parts`).
     """
 
     checkpoint: Path | None = None
@@ -96,6 +104,7 @@ class Settings:
     max_image_pixels: int = 64_000_000
     max_request_bytes: int = 64 << 20
     download_timeout: float = 30.0
+    body_timeout: float = 60.0
     max_batch: int = 16
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
@@ -109,6 +118,7 @@ class Settings:
     train_max_tasks: int = 200
     train_every_n_annotations: int = 0
     sync_model_version: bool = True
+    train_parts: str = "adapter"
 
     def __post_init__(self) -> None:
         for key in ("checkpoint", "local_files_root", "cache_dir", "model_dir"):
@@ -127,8 +137,7 @@ class Settings:
             checkpoint=Path(ckpt) if ckpt else None,
             device=_env("DEVICE"),
             label_studio_url=_env("LABEL_STUDIO_URL") or _env("LABEL_STUDIO_HOST"),
-            label_studio_api_key=_env("LABEL_STUDIO_API_KEY")
-            or _env("LABEL_STUDIO_ACCESS_TOKEN"),
+            label_studio_api_key=_env("LABEL_STUDIO_API_KEY") or _env("LABEL_STUDIO_ACCESS_TOKEN"),
             local_files_root=Path(root) if root else None,
             cache_dir=Path(cache) if cache else None,
             cache_max_mb=_env_int("PASAM_CACHE_MAX_MB", cls.cache_max_mb),
@@ -137,6 +146,7 @@ class Settings:
             max_image_pixels=_env_int("PASAM_MAX_IMAGE_PIXELS", cls.max_image_pixels),
             max_request_bytes=_env_int("PASAM_MAX_REQUEST_BYTES", cls.max_request_bytes),
             download_timeout=_env_float("PASAM_DOWNLOAD_TIMEOUT", cls.download_timeout),
+            body_timeout=_env_float("PASAM_BODY_TIMEOUT", cls.body_timeout),
             max_batch=_env_int("PASAM_MAX_BATCH", cls.max_batch),
             basic_auth_user=_env("BASIC_AUTH_USER"),
             basic_auth_pass=_env("BASIC_AUTH_PASS"),
@@ -145,7 +155,9 @@ class Settings:
             model_dir=Path(model_dir) if model_dir else None,
             train_steps=_env_int("PASAM_TRAIN_STEPS", cls.train_steps),
             train_lr=_env_float("PASAM_TRAIN_LR", cls.train_lr),
-            train_images_per_step=_env_int("PASAM_TRAIN_IMAGES_PER_STEP", cls.train_images_per_step),
+            train_images_per_step=_env_int(
+                "PASAM_TRAIN_IMAGES_PER_STEP", cls.train_images_per_step
+            ),
             train_objects_per_image=_env_int(
                 "PASAM_TRAIN_OBJECTS_PER_IMAGE", cls.train_objects_per_image
             ),
@@ -154,12 +166,61 @@ class Settings:
                 "PASAM_TRAIN_EVERY_N_ANNOTATIONS", cls.train_every_n_annotations
             ),
             sync_model_version=_env_bool("PASAM_SYNC_MODEL_VERSION", cls.sync_model_version),
+            train_parts=_env("PASAM_TRAIN_PARTS", cls.train_parts) or cls.train_parts,
         )
         names = {f.name for f in fields(cls)}
         unknown = set(overrides) - names
         if unknown:
             raise TypeError(f"unknown settings: {sorted(unknown)}")
         return s.with_(**overrides)
+
+    def basic_auth(self) -> tuple[str, str] | None:
+        """``(user, password)`` when both are set, None when neither is.
+
+        Raises:
+          ValueError: only one of them is set (e.g. a typo in the other variable's name):
+            the server would otherwise run without authentication.
+        """
+        user, password = self.basic_auth_user, self.basic_auth_pass
+        if user and password:
+            return user, password
+        if user or password:
+            given, missing = (
+                ("BASIC_AUTH_USER", "BASIC_AUTH_PASS")
+                if user
+                else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
+            )
+            raise ValueError(
+                f"{given} is set but {missing} is not: refusing to start without the "
+                "authentication you asked for (set both, or neither)"
+            )
+        return None
+
+    def validate(self) -> None:
+        """Check the settings a server needs before it loads the model.
+
+        Raises:
+          ValueError: naming the setting (half-set basic auth, a non-positive limit or
+            timeout).
+        """
+        self.basic_auth()
+        positive = {
+            "PASAM_DOWNLOAD_TIMEOUT": self.download_timeout,
+            "PASAM_BODY_TIMEOUT": self.body_timeout,
+            "PASAM_MAX_IMAGE_BYTES": self.max_image_bytes,
+            "PASAM_MAX_IMAGE_PIXELS": self.max_image_pixels,
+            "PASAM_MAX_REQUEST_BYTES": self.max_request_bytes,
+            "PASAM_MAX_BATCH": self.max_batch,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name}={value} must be a positive number")
+        from pasam_plugins.train.finetune import finetune_parts
+
+        try:
+            finetune_parts(self.train_parts)
+        except ValueError as e:
+            raise ValueError(f"PASAM_TRAIN_PARTS={self.train_parts!r}: {e}") from None
 
     @property
     def models_dir(self) -> Path:

@@ -1,14 +1,19 @@
 """Parse a Label Studio labeling config into what PA-SAM needs.
 
-A usable config has an ``<Image>``, a ``<BrushLabels>`` on it (where the masks go) and at least
-one prompt tag on the same image: ``<KeyPointLabels>``/``<KeyPoint>`` (clicks, positive or
-negative) and/or ``<RectangleLabels>``/``<Rectangle>`` (boxes). ``smart="true"`` on a prompt tag
+A usable config has an ``<Image>``, a ``<BrushLabels>`` on it (where the masks go) and
+prompt tags on the same image: ``<KeyPointLabels>``/``<KeyPoint>`` (clicks, positive or
+negative) and/or ``<RectangleLabels>``/``<Rectangle>`` (boxes). Tasks without prompts are
+pre-annotated automatically (every object, :mod:`label_studio_backend.automatic`), as
+polygons when the config has a ``<PolygonLabels>`` on the image (then, without prompt
+tags, no ``<BrushLabels>`` is needed), else as brush masks. ``smart="true"`` on a prompt tag
 makes Label Studio send its regions to the backend while the annotator draws (interactive
 mode); any prompt tag on the image is read in batch mode (e.g. boxes from a detector).
 """
 
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from label_studio_sdk.label_interface import LabelInterface
 
@@ -67,6 +72,9 @@ class ParsedConfig:
     brush_name: str
     brush_labels: tuple[str, ...]
     prompts: dict[str, PromptControl] = field(default_factory=dict)
+    #: a <PolygonLabels> on the image: automatic pre-annotations are polygons (issue 17)
+    polygon_name: str | None = None
+    polygon_labels: tuple[str, ...] = ()
 
     def brush_label_for(self, prompt_label: str | None, *, from_name: str) -> str:
         """The brush label a prompt's label maps to: the brush label of the same name, or
@@ -91,19 +99,49 @@ class ParsedConfig:
 
 REQUIRED = (
     "the labeling config needs an <Image>, a <BrushLabels toName=...> on it, and a "
-    "<KeyPointLabels smart=\"true\"> and/or <RectangleLabels smart=\"true\"> on the same image"
+    '<KeyPointLabels smart="true"> and/or <RectangleLabels smart="true"> on the same image '
+    "(or, for automatic pre-annotation without prompts, a <BrushLabels> or <PolygonLabels>)"
 )
 
 
-@lru_cache(maxsize=64)
+#: parsed configs kept (Label Studio sends the project's config with every request)
+CACHE_SIZE = 64
+#: longer configs are parsed every time (what a parsed config keeps, its names and labels,
+#: is at most this long, so the cache holds at most CACHE_SIZE x this)
+CACHE_MAX_CHARS = 256 << 10
+_cache: OrderedDict[bytes, ParsedConfig] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
 def parse_label_config(config: str) -> ParsedConfig:
     """Parse a labeling config (XML) with label-studio-sdk's ``LabelInterface``.
+
+    The last :data:`CACHE_SIZE` results of configs up to :data:`CACHE_MAX_CHARS` long are
+    kept, keyed by a SHA-256 digest (never the config text itself, which a request can make
+    megabytes long).
 
     Raises:
       LabelConfigError: invalid XML or missing tags; the message says what is missing.
     """
     if not isinstance(config, str) or not config.strip():
         raise LabelConfigError(f"no labeling config given: {REQUIRED}")
+    key = hashlib.sha256(config.encode("utf-8", "surrogatepass")).digest()
+    with _cache_lock:
+        parsed = _cache.get(key)
+        if parsed is not None:
+            _cache.move_to_end(key)
+            return parsed
+    parsed = _parse(config)
+    if len(config) > CACHE_MAX_CHARS:
+        return parsed
+    with _cache_lock:
+        _cache[key] = parsed
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return parsed
+
+
+def _parse(config: str) -> ParsedConfig:
     try:
         interface = LabelInterface(config)
     except Exception as e:  # the SDK raises several XML/validation error types
@@ -117,6 +155,14 @@ def parse_label_config(config: str) -> ParsedConfig:
         for c in interface.controls
         if c.tag == "BrushLabels" and any(n in images for n in (c.to_name or []))
     ]
+    polygons = [
+        c
+        for c in interface.controls
+        if c.tag == "PolygonLabels" and any(n in images for n in (c.to_name or []))
+    ]
+    if not brushes and polygons and not any(c.tag in PROMPT_TAGS for c in interface.controls):
+        # automatic pre-annotation only: polygons, no prompts (label_studio_backend.automatic)
+        brushes = polygons
     if not brushes:
         raise LabelConfigError(
             "the labeling config has no <BrushLabels> whose toName is an <Image> "
@@ -142,16 +188,23 @@ def parse_label_config(config: str) -> ParsedConfig:
             labels=tuple(str(v) for v in (getattr(c, "labels", None) or [])),
             smart=str(c.attr.get("smart", "")).lower() == "true",
         )
-    if not prompts:
+    polygon = next((c for c in polygons if image_name in (c.to_name or [])), None)
+    polygon_labels = tuple(str(v) for v in (polygon.labels or [])) if polygon else ()
+    if polygon is not None and not polygon_labels:
+        raise LabelConfigError(
+            f"<PolygonLabels name={polygon.name!r}> has no <Label> children: add at least one"
+        )
+    if not prompts and any(c.tag in PROMPT_TAGS for c in interface.controls):
         raise LabelConfigError(
             f"the labeling config has no <KeyPointLabels> or <RectangleLabels> on the image "
             f"{image_name!r}: {REQUIRED}"
         )
+    # no prompt tags at all is fine: every object of a task is pre-annotated automatically
     value = str(images[image_name].value or "")
     image_key = value[1:] if value.startswith("$") else value
     if not image_key:
         raise LabelConfigError(
-            f"<Image name={image_name!r}> has no value=\"$key\" naming the task data field"
+            f'<Image name={image_name!r}> has no value="$key" naming the task data field'
         )
     return ParsedConfig(
         image_name=image_name,
@@ -159,4 +212,6 @@ def parse_label_config(config: str) -> ParsedConfig:
         brush_name=brush.name,
         brush_labels=labels,
         prompts=prompts,
+        polygon_name=polygon.name if polygon is not None else None,
+        polygon_labels=polygon_labels,
     )

@@ -12,6 +12,7 @@ with Label Studio (:mod:`label_studio_backend.sync`) are wired in by
 
 import hashlib
 import logging
+import os
 import statistics
 import threading
 import time
@@ -24,6 +25,7 @@ import torch
 
 from pasam_plugins.lsformat import mask_to_rle, rle_region
 from pasam_plugins.metrics import UNCERTAINTY_BAND_RATIO, erosion_iterations, uncertainty_band
+from pasam_plugins.metrics import task_score as core_task_score
 from pasam_plugins.predictor import PASamPredictor
 from pasam_plugins.segment import ObjectMask, PromptError, Segmenter
 
@@ -33,8 +35,10 @@ from .images import ImageLoader
 from .labelconfig import ParsedConfig, parse_label_config
 from .lsapi import LabelStudioClient
 from .prompts import Prompt, interactive_prompt, regions_of, task_prompts
+from .shared import Announcements, server_started
 from .sync import ModelVersionSync
 from .training import FineTuner
+from .validation import project_id
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +131,10 @@ class PASamBackend:
         self.trainer: Trainer = trainer or NoTrainer()
         self.sync = sync
         self.lock = threading.Lock()
+        #: the models directory other workers announce fine-tuned models in (see
+        #: :mod:`label_studio_backend.shared`); None: this process alone decides
+        self.announcements: Announcements | None = None
+        self._reload_lock = threading.Lock()
         self._image: np.ndarray | None = None
         self._image_key: str | None = None
         self._stats_lock = threading.Lock()
@@ -216,12 +224,47 @@ class PASamBackend:
                 token_for=lambda project: backend.project_tokens.get(str(project)),
                 report=sync.note if sync is not None else None,
             )
+        # several workers (pasam serve --workers N, or one per GPU) share the models dir:
+        # a model fine-tuned by any of them is served by all
+        backend.announcements = Announcements(settings.models_dir, since=server_started())
         return backend
+
+    def refresh(self) -> str | None:
+        """Serve the model another worker announced after fine-tuning, if there is a new
+        one (checked at most once a second; see :mod:`label_studio_backend.shared`).
+        Returns the new model version, or None when nothing changed. Never raises: a
+        checkpoint that cannot be loaded is logged and the current model keeps serving."""
+        if self.announcements is None or not self._reload_lock.acquire(blocking=False):
+            return None  # (another thread is loading it: this request uses the old model)
+        try:
+            record = self.announcements.poll()
+            if record is None or record.get("model_version") == self.model_version:
+                return None
+            from pathlib import Path
+
+            from pasam_plugins.checkpoint import load_model
+
+            path = Path(record["checkpoint"])
+            try:
+                model = load_model(path, device="cpu")
+            except (ValueError, OSError) as e:  # CheckpointError is a ValueError
+                logger.error(
+                    "cannot load the announced model %s: %s; keeping %s",
+                    path,
+                    e,
+                    self.model_version,
+                )
+                return None
+            logger.info("another worker fine-tuned %s: loading it", path)
+            return self.swap_model(model)
+        finally:
+            self._reload_lock.release()
 
     # ------------------------------------------------------------------ endpoints
     def setup(self, body: object) -> dict:
         """``POST /setup``: validate the labeling config, remember the project's token."""
         body = _object(body, "the /setup body")
+        self.refresh()
         schema = body.get("schema")
         if schema is None:
             raise BadRequest("missing 'schema' (the project's labeling config)")
@@ -243,6 +286,7 @@ class PASamBackend:
         prediction: Label Studio stores nothing, so a later run with prompts predicts it)."""
         t0 = time.perf_counter()
         body = _object(body, "the /predict body")
+        self.refresh()
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
             raise BadRequest("missing 'tasks' (a list of Label Studio tasks)")
@@ -306,14 +350,14 @@ class PASamBackend:
         tasks = body.get("annotations")
         if not isinstance(tasks, list):
             raise BadRequest("missing 'annotations' (the annotated tasks)")
-        project = _project_id(body.get("project"))
-        if not project.isdigit():
-            raise BadRequest("missing 'project' (the Label Studio project id)")
+        project = project_id(body.get("project"))
+        if project is None:
+            raise BadRequest("missing or invalid 'project' (the Label Studio project id)")
         config = body.get("label_config")
         data = {
             "action": "START_TRAINING",
             "project": {
-                "id": int(project),
+                "id": project,
                 "label_config": config if isinstance(config, str) else None,
             },
             "tasks": tasks,
@@ -377,6 +421,7 @@ class PASamBackend:
             counters = dict(self.counters)
         return {
             "model_version": self.model_version,
+            "pid": os.getpid(),  # which worker answered (pasam serve --workers N)
             "device": str(predictor.device),
             "zoomed": self.segmenter.zoom is not None,
             "uptime_s": round(time.time() - self.started, 1),
@@ -416,10 +461,14 @@ class PASamBackend:
         if regions is None and not any(
             isinstance(r, dict) and r.get("from_name") in config.prompts for r in regions_of(task)
         ):
-            # batch task without boxes or keypoints: no prediction (an empty one would be
-            # stored under this model version and make Label Studio skip the task later,
-            # after boxes were added), and no download
-            return []
+            # batch task without boxes or keypoints: every object, no prompts (issue 17);
+            # nothing found (or automatic pre-annotation off, or already annotated): no
+            # prediction (an empty one would be stored under this model version and make
+            # Label Studio skip the task later, after boxes were added)
+            from .automatic import predict_task
+
+            found = predict_task(self, task, config, token)
+            return found if found.get("result") else []
         image = self.loader.load(
             data[config.image_key],
             task_id=task_id if isinstance(task_id, int) else None,
@@ -571,25 +620,20 @@ def band_stats(mask: np.ndarray, uncertainty: np.ndarray) -> tuple[float, int]:
 
 
 def task_score(found: list[RegionResult]) -> float:
-    """Task-level score: 1 - mean uncertainty over the predicted objects' boundary bands
-    (pixel-weighted over all objects), so sorting by prediction score puts the least certain
-    tasks first. An object with an empty mask counts as fully uncertain. Without the adapter
-    (no uncertainty) it is the mean predicted IoU."""
-    if not found:
-        return 0.0
-    if all(r.mean_uncertainty is None for r in found):
-        return round(float(np.mean([r.score for r in found])), 6)
-    total = sum(r.band_uncertainty_sum for r in found)
-    pixels = sum(r.band_pixels for r in found)
-    empty = sum(1 for r in found if r.area == 0)
-    if pixels == 0:
-        return 0.0
-    mean_u = total / pixels
-    # empty masks: weight them as much as an average object, with uncertainty 1
-    if empty:
-        n = len(found) - empty
-        mean_u = (mean_u * n + empty) / len(found)
-    return round(float(1.0 - mean_u), 6)
+    """Task-level score (:func:`pasam_plugins.metrics.task_score`, the one definition that
+    ``pasam eval`` measures): 1 - mean uncertainty over the predicted objects' boundary
+    bands, so sorting by prediction score puts the least certain tasks first; an object with
+    an empty mask counts as fully uncertain; without the adapter the mean predicted IoU."""
+    has_u = any(r.mean_uncertainty is not None for r in found)
+    return round(
+        core_task_score(
+            [r.score for r in found],
+            [r.band_uncertainty_sum for r in found] if has_u else None,
+            [r.band_pixels for r in found],
+            [r.area for r in found],
+        ),
+        6,
+    )
 
 
 def _object(body: object, what: str) -> dict:

@@ -7,6 +7,7 @@ line up with the pixels whatever ``original_width``/``original_height`` the regi
 """
 
 import math
+import reprlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,8 @@ from .errors import InvalidPrompt
 from .labelconfig import ParsedConfig, PromptControl
 
 _TOL = 1e-3  # percent; Label Studio's float arithmetic can overshoot 100 by a hair
+#: more regions in one interactive request are refused (HTTP 422)
+MAX_INTERACTIVE_REGIONS = 1000
 
 
 @dataclass
@@ -41,10 +44,24 @@ class Prompt:
         return len(self.points), self.box is not None
 
 
+def _finite(v: object) -> bool:
+    try:
+        return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+    except OverflowError:  # an integer beyond a float's range
+        return False
+
+
+def _show(v: object) -> str:
+    """A short description of a bad value for an error message."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return "an integer too large for a float"
+    return reprlib.repr(v)
+
+
 def _number(value: dict, key: str, where: str) -> float:
     v = value.get(key)
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise InvalidPrompt(f"{where}: value.{key} must be a number, got {v!r}")
+    if not _finite(v):
+        raise InvalidPrompt(f"{where}: value.{key} must be a number, got {_show(v)}")
     return float(v)
 
 
@@ -85,7 +102,7 @@ def parse_region(region: object, config: ParsedConfig, width: int, height: int) 
         raise InvalidPrompt(f"a region must be a JSON object, got {type(region).__name__}")
     rid = str(region.get("id", "?"))
     from_name = region.get("from_name")
-    where = f"region {rid!r} (from_name={from_name!r})"
+    where = f"region {reprlib.repr(rid)} (from_name={reprlib.repr(from_name)})"
     control = config.prompts.get(from_name) if isinstance(from_name, str) else None
     if control is None:
         raise InvalidPrompt(
@@ -94,7 +111,9 @@ def parse_region(region: object, config: ParsedConfig, width: int, height: int) 
         )
     to_name = region.get("to_name")
     if to_name is not None and to_name != config.image_name:
-        raise InvalidPrompt(f"{where}: to_name {to_name!r} is not the image {config.image_name!r}")
+        raise InvalidPrompt(
+            f"{where}: to_name {reprlib.repr(to_name)} is not the image {config.image_name!r}"
+        )
     value = region.get("value")
     if not isinstance(value, dict):
         raise InvalidPrompt(f"{where}: missing 'value' object with the region geometry")
@@ -114,8 +133,8 @@ def parse_region(region: object, config: ParsedConfig, width: int, height: int) 
     w = w_pct / 100.0 * width
     h = h_pct / 100.0 * height
     rotation = value.get("rotation", 0) or 0
-    if isinstance(rotation, bool) or not isinstance(rotation, int | float) or not math.isfinite(rotation):
-        raise InvalidPrompt(f"{where}: value.rotation must be a number, got {rotation!r}")
+    if not _finite(rotation):
+        raise InvalidPrompt(f"{where}: value.rotation must be a number, got {_show(rotation)}")
     if rotation % 360:
         # corners rotated clockwise (image y points down) around the top-left corner
         t = math.radians(rotation)
@@ -147,6 +166,13 @@ def parse_region(region: object, config: ParsedConfig, width: int, height: int) 
 def interactive_prompt(regions: list, config: ParsedConfig, width: int, height: int) -> Prompt:
     """All regions of an interactive request as ONE prompt: every keypoint (positive, or
     negative with ``is_positive: false``) plus the box (the last one if several)."""
+    if len(regions) > MAX_INTERACTIVE_REGIONS:
+        # every point is a token the decoder attends over the whole image with: a
+        # request must not be able to make it allocate gigabytes
+        raise InvalidPrompt(
+            f"the interactive context has {len(regions)} regions; at most "
+            f"{MAX_INTERACTIVE_REGIONS} keypoints and boxes make one object"
+        )
     parsed = [parse_region(r, config, width, height) for r in regions]
     points = [p for p in parsed if p.kind == "point"]
     boxes = [p for p in parsed if p.kind == "box"]

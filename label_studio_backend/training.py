@@ -14,11 +14,14 @@ start a run of :func:`pasam_plugins.train.finetune.finetune`:
 3. the brush regions of each task's newest annotation become a label map (one object per
    region, read with :mod:`pasam_plugins.lsformat`) and the image is loaded with the
    backend's guarded image loader;
-4. the adapter is fine-tuned, starting from the model the server was started with;
+4. the adapter (or what ``PASAM_TRAIN_PARTS`` names) is fine-tuned, starting from the model the server was started with;
 5. the result is saved atomically under ``PASAM_MODEL_DIR`` as
    ``labelstudio-project<ID>-<model version>.safetensors`` (identical weights: the same
    file, never a copy) by :func:`pasam_plugins.checkpoint.save_finetuned`, and swapped in
-   with its new model version (Label Studio then re-predicts).
+   with its new model version (Label Studio then re-predicts); other workers of ``pasam
+   serve --workers N`` load it from the ``current.json`` announcement
+   (:mod:`label_studio_backend.shared`). One run at a time over all workers sharing the
+   models directory (a file lock).
 
 Progress and the outcome are in :meth:`FineTuner.status` (``/health`` and ``/metrics``),
 in the log, and on the model's card in Label Studio (``report``, see
@@ -44,6 +47,8 @@ from .config import Settings
 from .errors import BackendError
 from .labelconfig import parse_label_config
 from .lsapi import LabelStudioAPIError, LabelStudioClient
+from .shared import TrainingLock, announce
+from .validation import project_id as parse_project_id
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +119,8 @@ class FineTuner:
         self._trained: dict[int, tuple[str, str, str]] = {}
         self.runs = 0
         self._status: dict[str, Any] = {"status": "idle"}
+        #: one run at a time over every worker sharing the models dir
+        self._shared = TrainingLock(settings.models_dir)
 
     # ------------------------------------------------------------------ the hook
     def fit(self, event: str, data: dict) -> dict:
@@ -196,6 +203,15 @@ class FineTuner:
                     "step": self._status.get("step"),
                     "steps": self._status.get("steps"),
                 }
+            try:
+                mine = self._shared.acquire()
+            except OSError as e:  # (saving the result would fail the same way)
+                logger.warning(
+                    "cannot lock %s (%s): not coordinating with other workers", self._shared.path, e
+                )
+                mine = True
+            if not mine:
+                return {"status": "already training", "where": "another worker"}
             self.runs += 1
             self._stop.clear()
             self._status = {
@@ -251,6 +267,12 @@ class FineTuner:
             self._status.update(fields)
 
     def _run(self, project_id: int, label_config: str | None, tasks: list | None) -> None:
+        try:
+            self._run_locked(project_id, label_config, tasks)
+        finally:
+            self._shared.release()
+
+    def _run_locked(self, project_id: int, label_config: str | None, tasks: list | None) -> None:
         t0 = time.perf_counter()
         self.report(project_id, "fine-tuning: fetching annotations")
         try:
@@ -283,6 +305,11 @@ class FineTuner:
             self.report(project_id, None)
             return
         version, path, unchanged = outcome
+        if not unchanged:
+            try:  # every other worker serves it from its next request
+                announce(self.settings.models_dir, checkpoint=path, model_version=version)
+            except OSError as e:
+                logger.warning("cannot announce %s to the other workers: %s", path, e)
         self._update(
             status="done",
             phase=None,
@@ -386,6 +413,7 @@ class FineTuner:
             device=predictor.device,
             progress_callback=progress,
             should_stop=self._stop.is_set,
+            train=self.settings.train_parts,
         )
         report = result.report
         if self._stop.is_set() or report.steps == 0:
@@ -413,6 +441,7 @@ class FineTuner:
                     s.train_lr,
                     s.train_images_per_step,
                     s.train_objects_per_image,
+                    s.train_parts,
                 ]
             ).encode()
         )
@@ -437,6 +466,7 @@ class FineTuner:
         report = result.report
         provenance = {
             "kind": "label studio fine-tuning",
+            "train": self.settings.train_parts,
             "project": project_id,
             "tasks": n_tasks,
             "images": report.images,
@@ -503,12 +533,9 @@ def project_id_of(payload: dict) -> int | None:
         if isinstance(obj, dict):
             candidates.append(obj.get("project"))
     for c in candidates:
-        if isinstance(c, bool):
-            continue
-        if isinstance(c, int):
-            return c
-        if isinstance(c, str) and c.split(".", 1)[0].isdigit():
-            return int(c.split(".", 1)[0])
+        pid = parse_project_id(c)
+        if pid is not None:
+            return pid
     return None
 
 

@@ -74,6 +74,31 @@ def training_samples(
     return out
 
 
+#: what the napari panel offers to adapt: (``train`` value, label); see
+#: :func:`pasam_plugins.train.trainer.parse_parts`
+ADAPT_CHOICES: tuple[tuple[str, str], ...] = (
+    ("adapter", "PA-SAM adapter"),
+    ("plm", "prompt learning module (PLM)"),
+    ("plm,pmm", "PLM + point matching loss (PMM)"),
+    ("adapter,plm", "PA-SAM adapter + PLM"),
+    ("hq", "HQ-SAM token (SAM / HQ-SAM models)"),
+)
+
+
+def adapt_choices(model) -> list[tuple[str, str]]:
+    """The :data:`ADAPT_CHOICES` that fit ``model``: the PA-SAM adapter is trained on SAM
+    (not on HQ-SAM), HQ-SAM's token on SAM or HQ-SAM (not on a PA-SAM model)."""
+    family = getattr(model, "family", "pasam")
+    out = []
+    for value, label in ADAPT_CHOICES:
+        if "adapter" in value and family != "pasam":
+            continue
+        if value == "hq" and model.has_adapter:
+            continue
+        out.append((value, label))
+    return out
+
+
 @dataclass
 class FinetuneStep:
     """One optimizer step, as reported to the progress bar."""
@@ -96,9 +121,11 @@ class FinetuneResult:
     planes: int = 0
     objects: int = 0
     seconds: float = 0.0
+    #: what was adapted (``adapter``, ``plm``, ``plm,pmm``, ``adapter,plm`` ...)
+    train: str = "adapter"
 
     def describe(self) -> str:
-        text = f"fine-tuned adapter, {self.steps} steps"
+        text = f"fine-tuned {self.train.replace(',', ' + ')}, {self.steps} steps"
         if self.losses:
             text += f", loss {self.losses[0]:.3f}→{self.losses[-1]:.3f}"
         if self.stopped_early:
@@ -118,9 +145,12 @@ def finetune_job(
     steps: int,
     image_name: str,
     stop: threading.Event,
+    train: str = "adapter",
 ) -> Iterator[FinetuneStep]:
     """Generator for a napari thread worker: yields a :class:`FinetuneStep` per optimizer
     step and returns a :class:`FinetuneResult` (``stop`` set: ends after the current step).
+    ``train``: what to adapt (:data:`ADAPT_CHOICES`; the PMM's module is discarded after
+    training, the rest is saved).
 
     Training runs in a helper thread so that steps reach the progress bar as they happen;
     the generator returns only once that thread is done. Errors raise (the widget reports
@@ -159,6 +189,7 @@ def finetune_job(
                 steps=steps,
                 device=predictor.device,
                 progress_callback=progress,
+                train=train,
                 should_stop=stop.is_set,
             )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
@@ -183,12 +214,14 @@ def finetune_job(
         stopped_early=bool(report.stopped_early),
         planes=len(samples),
         objects=objects,
+        train=train,
     )
     if report.steps == 0:  # stopped before the first step: nothing trained, nothing kept
         result.seconds = time.perf_counter() - t0
         return result
     provenance = {
         "kind": "pasam finetune (napari)",
+        "train": train,
         "steps": report.steps,
         "images": report.images,
         "objects": report.objects,

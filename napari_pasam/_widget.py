@@ -45,7 +45,14 @@ from qtpy.QtWidgets import (
 )
 
 from ._compat import avoid_triton_llvm_clash
-from ._finetune import FinetuneResult, FinetuneStep, finetune_job, labelled_planes
+from ._finetune import (
+    FinetuneResult,
+    FinetuneStep,
+    adapt_choices,
+    finetune_job,
+    labelled_planes,
+)
+from ._jobs import _Failure, _guarded, _message, _run_safely  # noqa: F401 - re-exported
 from .planes import PlaneGeometry, box_on_slice, points_on_slice
 from .propagation import (
     PropagationRule,
@@ -110,9 +117,14 @@ class ModelInfo:
     device: str
     untrained: bool
     finetuned: str | None = None
+    #: the network in words (:meth:`pasam_plugins.origin.ModelOrigin.architecture`: says
+    #: when there is no uncertainty map or mined points)
+    architecture: str | None = None
 
     def describe(self) -> str:
-        kind = "SAM + PA-SAM adapter" if self.has_adapter else "SAM only (no adapter)"
+        kind = self.architecture or (
+            "SAM + PA-SAM adapter" if self.has_adapter else "SAM only (no adapter)"
+        )
         text = f"{kind} · {self.variant} · guide mode: {self.guide_mode} · {self.device}"
         if self.untrained:
             text += "\nuntrained (random weights): masks are arbitrary"
@@ -138,25 +150,6 @@ class AcceptedObject:
     mask: np.ndarray
     iou: float
     uncertainty: float | None
-
-
-@dataclass
-class _Failure:
-    message: str
-
-
-def _message(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, ValueError | OSError) else f"{type(exc).__name__}: {text}"
-
-
-def _run_safely(fn, *args, **kwargs):
-    """Run ``fn`` in a worker thread; exceptions come back as :class:`_Failure` values so
-    they reach the user as notifications, never as tracebacks."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - reported to the user by the main thread
-        return _Failure(_message(exc))
 
 
 def _registry_file(entry) -> str:
@@ -224,17 +217,9 @@ def _load_job(
         guide_mode=str(model.guide_mode),
         device=str(predictor.device),
         untrained=model.origin.untrained,
+        architecture=model.origin.architecture(),
     )
     return predictor, info
-
-
-def _guarded(gen_fn, *args, **kwargs):
-    """Run the generator ``gen_fn`` in a worker thread; an exception ends it with a
-    :class:`_Failure` return value (shown as a notification, never a traceback)."""
-    try:
-        return (yield from gen_fn(*args, **kwargs))
-    except Exception as exc:  # noqa: BLE001 - reported to the user by the main thread
-        return _Failure(_message(exc))
 
 
 def _embed_job(predictor, data, geometry: PlaneGeometry, leading, channel, key):
@@ -500,8 +485,16 @@ class AnnotatorWidget(QWidget):
         form.addRow(row)
         layout.addWidget(prop_box)
 
-        ft_box = QGroupBox("Fine-tune adapter")
+        ft_box = QGroupBox("Fine-tune")
         form = QFormLayout(ft_box)
+        self.adapt_combo = QComboBox()
+        self.adapt_combo.setToolTip(
+            "What to adapt on the frozen model: PA-SAM's adapter, a prompt learning module "
+            "(PLM, arXiv 2403.09199; with the point matching loss PMM in training), both, or "
+            "HQ-SAM's output token. The choices follow the loaded model."
+        )
+        self._fill_adapt_choices(None)
+        form.addRow("Adapt", self.adapt_combo)
         self.finetune_steps_spin = QSpinBox()
         self.finetune_steps_spin.setRange(1, 100_000)
         self.finetune_steps_spin.setValue(100)
@@ -509,20 +502,25 @@ class AnnotatorWidget(QWidget):
         row = QHBoxLayout()
         self.finetune_button = QPushButton("Fine-tune adapter")
         self.finetune_button.setToolTip(
-            "Train the model's PA-SAM adapter on the objects accepted into the labels layer "
+            "Train what 'Adapt' names on the objects accepted into the labels layer "
             "(every plane holding an object); the result replaces the model and is saved to "
             "$PASAM_MODEL_DIR (default $PASAM_CACHE_DIR/models, ~/.cache/pasam/models)"
         )
         self.finetune_button.clicked.connect(lambda: self.finetune())
         self.finetune_cancel_button = QPushButton("Stop")
         self.finetune_cancel_button.setToolTip(
-            "End fine-tuning after the current step; the adapter trained so far is used and saved"
+            "End fine-tuning after the current step; what was trained so far is used and saved"
         )
         self.finetune_cancel_button.clicked.connect(lambda: self.cancel())
         row.addWidget(self.finetune_button)
         row.addWidget(self.finetune_cancel_button)
         form.addRow(row)
         layout.addWidget(ft_box)
+
+        from ._automatic import SegmentAllPanel  # issue 17: segment all, export
+
+        self.segment_all_panel = SegmentAllPanel(self)
+        layout.addWidget(self.segment_all_panel)
 
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
@@ -583,10 +581,16 @@ class AnnotatorWidget(QWidget):
     def _on_disk_cache_toggled(self, on: bool) -> None:
         if self.predictor is not None and not self.busy:
             try:
-                self.predictor.cache = shared_embedding_cache(on_disk=bool(on))
+                cache = shared_embedding_cache(on_disk=bool(on))
             except OSError as exc:
                 show_error(f"PA-SAM: cannot use the embeddings directory: {_message(exc)}")
                 self.disk_cache_check.setChecked(False)
+                return
+            if on and not cache.disk_writable:  # read-only or full: memory only
+                show_warning(f"PA-SAM: cannot write embeddings to {cache.disk_dir}; kept in memory")
+                self.disk_cache_check.setChecked(False)
+                return
+            self.predictor.cache = cache
         elif self.busy:
             show_info("PA-SAM: the cache setting applies to the next model load")
 
@@ -658,6 +662,7 @@ class AnnotatorWidget(QWidget):
         self.predictor, self.model_info = result
         self._predictor_key = None
         self.model_label.setText(self.model_info.describe())
+        self._fill_adapt_choices(self.predictor.model)
         self._set_status("Model loaded")
         if self.model_info.untrained:
             show_warning("PA-SAM: this model has random weights; its masks are arbitrary")
@@ -1186,7 +1191,21 @@ class AnnotatorWidget(QWidget):
         show_info(msg)
 
     # ------------------------------------------------------------------ fine-tune
-    def finetune(self, steps: int | None = None) -> None:
+    def _fill_adapt_choices(self, model) -> None:
+        """The 'Adapt' choices for ``model`` (all of them before a model is loaded); keeps
+        the current choice when it still fits."""
+        from ._finetune import ADAPT_CHOICES
+
+        current = self.adapt_combo.currentData()
+        choices = ADAPT_CHOICES if model is None else adapt_choices(model)
+        self.adapt_combo.clear()
+        for value, label in choices:
+            self.adapt_combo.addItem(label, value)
+        values = [v for v, _ in choices]
+        if current in values:
+            self.adapt_combo.setCurrentIndex(values.index(current))
+
+    def finetune(self, steps: int | None = None, train: str | None = None) -> None:
         """Fine-tune the model's adapter on the accepted objects (worker, progress bar,
         stoppable with :meth:`cancel`); the result becomes the widget's model and is saved
         into :func:`napari_pasam._finetune.models_dir`."""
@@ -1194,7 +1213,7 @@ class AnnotatorWidget(QWidget):
             show_info("PA-SAM: busy, try again when the current task has finished")
             return
         if self.predictor is None:
-            show_error("PA-SAM: load a model first, then fine-tune its adapter")
+            show_error("PA-SAM: load a model first, then fine-tune it")
             return
         planes = []
         if self.labels_layer is not None and self.geometry is not None:
@@ -1206,6 +1225,7 @@ class AnnotatorWidget(QWidget):
             )
             return
         steps = int(steps or self.finetune_steps_spin.value())
+        train = train or self.adapt_combo.currentData() or "adapter"
         data = self.labels_layer.data
         labels = {p: np.array(data[p]) for p in planes}  # snapshot: the user may keep editing
         n_objects = sum(len(np.setdiff1d(np.unique(lab), [0])) for lab in labels.values())
@@ -1223,7 +1243,8 @@ class AnnotatorWidget(QWidget):
             steps=steps,
             image_name=self.image_layer.name,
             stop=self._finetune_stop,
-            _progress={"total": steps, "desc": "PA-SAM: fine-tuning the adapter"},
+            train=train,
+            _progress={"total": steps, "desc": f"PA-SAM: fine-tuning ({train})"},
         )
         worker.yielded.connect(self._on_finetune_step)
         worker.returned.connect(self._on_finetune_returned)
@@ -1253,10 +1274,12 @@ class AnnotatorWidget(QWidget):
         self.model_info = replace(
             self.model_info,
             source=str(result.path),
-            has_adapter=True,
+            has_adapter=bool(result.predictor.model.has_adapter),
             guide_mode=str(result.predictor.model.guide_mode),
             finetuned=result.describe(),
+            architecture=result.predictor.model.origin.architecture(),
         )
+        self._fill_adapt_choices(result.predictor.model)
         self.model_label.setText(self.model_info.describe())
         self._set_status(f"Using the {result.describe()}")
         show_info(f"PA-SAM: {result.describe()}; saved to {result.path}")

@@ -4,6 +4,8 @@ Formats understood by :func:`load_model` (detected from the file's keys, never i
 
 - official SAM ``sam_vit_{b,l,h}_*.pth``: a plain state dict; the variant is read from the
   image encoder's shapes. Loaded without adapter.
+- official HQ-SAM ``sam_hq_vit_{b,l,h}.pth``: the same plus HQ-SAM's decoder keys
+  (``mask_decoder.hf_token.*`` ...): loaded as :class:`pasam_plugins.hq.HQSam`.
 - official PA-SAM decoder ``epoch_N.pth``: SAM's mask decoder keys plus ``guiding_conv.*``
   and ``prompt_adapter.*`` without prefix; needs ``sam_checkpoint`` for the rest of SAM.
 - merged ``sam_pa_epoch_N.pth``: a SAM state dict whose ``mask_decoder.*`` holds the above.
@@ -11,7 +13,8 @@ Formats understood by :func:`load_model` (detected from the file's keys, never i
   document (variant, guide mode, contents, training provenance, version). ``contents`` is
   ``"full"`` (whole model) or ``"adapter"`` (the trainable decoder parts only; needs
   ``sam_checkpoint``, ``$PASAM_SAM_CHECKPOINT`` or an existing ``base_checkpoint`` path in
-  its metadata).
+  its metadata). ``family`` (``pasam`` or ``hq-sam``) and ``plm`` (a prompt learning module)
+  say which network the tensors belong to; an adapter file holds :data:`DELTA_PREFIXES`.
 
 Every ``torch.load`` uses ``weights_only=True``. Errors are :class:`CheckpointError` and name
 the file, what was expected and which keys are missing or unexpected.
@@ -32,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from . import __version__
+from .hq_keys import HQ_KEY, HQ_PREFIXES
 from .modeling import ENCODER_CONFIGS, GUIDE_MODES, PASam, build_pasam
 from .origin import ModelOrigin
 
@@ -45,7 +49,40 @@ ADAPTER_PREFIXES = (
     "output_hypernetworks_mlps.",
     "mask_tokens.",
 )
+#: the prompt learning module (:mod:`pasam_plugins.prompt_learning`)
+PLM_PREFIXES = ("plm.",)
+#: what an adapter-only file stores (decoder-relative): every part a run on a frozen SAM can
+#: train (PA-SAM's set, HQ-SAM's additions, the PLM); parts a model lacks match nothing
+DELTA_PREFIXES = ADAPTER_PREFIXES + HQ_PREFIXES + PLM_PREFIXES
+FAMILIES = ("pasam", "hq-sam")
 _MAX_LISTED = 8
+
+
+def build_model(
+    variant: str,
+    *,
+    family: str = "pasam",
+    adapter: bool = False,
+    guide_mode: str = "reference",
+    plm: bool = False,
+    hq_token_only: bool = False,
+) -> PASam:
+    """An untrained network of the given architecture (what a file's metadata describes)."""
+    if family == "hq-sam":
+        if adapter:
+            raise CheckpointError("HQ-SAM with a PA-SAM adapter is not a supported model")
+        from .hq import build_hq
+
+        model: PASam = build_hq(variant, hq_token_only=hq_token_only)
+    elif family == "pasam":
+        model = build_pasam(variant, adapter=adapter, guide_mode=guide_mode)  # type: ignore[arg-type]
+    else:
+        raise CheckpointError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    if plm:
+        from .prompt_learning import attach_plm
+
+        attach_plm(model)
+    return model
 
 
 class CheckpointError(ValueError):
@@ -246,7 +283,13 @@ def load_model(
     sd = _torch_load(path)
     source = str(path)
     base_source = None
-    if "image_encoder.patch_embed.proj.weight" in sd:
+    family = "pasam"
+    if "image_encoder.patch_embed.proj.weight" in sd and HQ_KEY in sd:
+        variant = detect_variant(sd, source=source)
+        family = "hq-sam"
+        model = build_model(variant, family=family)
+        _load_strict(model, sd, source=source, what=f"HQ-SAM {variant} (segment-anything-hq)")
+    elif "image_encoder.patch_embed.proj.weight" in sd:
         variant = detect_variant(sd, source=source)
         adapter = any(k.startswith("mask_decoder.prompt_adapter.") for k in sd)
         model = build_pasam(variant, adapter=adapter, guide_mode=guide_mode or "reference")
@@ -273,13 +316,15 @@ def load_model(
             f"prompt_adapter.*) or a pasam-plugins .safetensors file; found keys like "
             f"{_fmt_keys(list(sd)[:_MAX_LISTED])}"
         )
+    kind = "official-pasam" if model.has_adapter else "official-sam"
     model.origin = ModelOrigin(
-        kind="official-pasam" if model.has_adapter else "official-sam",
+        kind="official-hq-sam" if family == "hq-sam" else kind,
         file=source,
         base_file=str(Path(base_source).resolve()) if base_source else None,
         variant=variant,
         guide_mode=model.guide_mode,
         has_adapter=model.has_adapter,
+        family=family,
     )
     return model.to(device).eval()
 
@@ -291,11 +336,19 @@ def _load_ours(path: Path, *, sam_checkpoint: str | Path | None, guide_mode: str
         raise CheckpointError(f"{path}: unknown variant {variant!r} in metadata")
     mode = guide_mode or meta.get("guide_mode", "reference")
     has_adapter = bool(meta.get("has_adapter", True))
+    family = meta.get("family", "pasam")
     try:
         sd = load_file(str(path))
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{path}: cannot read tensors ({exc})") from exc
-    model = build_pasam(variant, adapter=has_adapter, guide_mode=mode)
+    model = build_model(
+        variant,
+        family=family,
+        adapter=has_adapter,
+        guide_mode=mode,
+        plm=bool(meta.get("plm", False)),
+        hq_token_only=bool(meta.get("hq_token_only", False)),
+    )
     contents = meta.get("contents", "full")
     base_source = None
     if contents == "adapter":
@@ -305,10 +358,14 @@ def _load_ours(path: Path, *, sam_checkpoint: str | Path | None, guide_mode: str
             raise CheckpointError(
                 f"{path}: adapter trained on SAM {variant}, but {base_source} is SAM {base_variant}"
             )
+        # the base supplies what the file does not hold; its own additions (an adapter, HQ
+        # parts, a PLM) are used only where this model has them and the file does not
+        expected = model.state_dict()
         full = {
             k: v
             for k, v in base.items()
-            if not k.startswith("mask_decoder.guiding_conv.")
+            if k in expected
+            and not k.startswith("mask_decoder.guiding_conv.")
             and not k.startswith("mask_decoder.prompt_adapter.")
         }
         full.update(sd)
@@ -325,6 +382,8 @@ def _load_ours(path: Path, *, sam_checkpoint: str | Path | None, guide_mode: str
         has_adapter=model.has_adapter,
         untrained=bool(meta.get("untrained", False)),
         metadata=meta,
+        family=family,
+        plm=model.plm is not None,
     )
     return model
 
@@ -346,8 +405,9 @@ def save_checkpoint(
     """Save in this project's format, atomically (temp file in the same directory + rename).
 
     Arguments:
-      adapter_only: store only the decoder parts PA-SAM trains (``ADAPTER_PREFIXES``: the
-        adapter when there is one, and SAM's mask head); loading needs the base SAM.
+      adapter_only: store only the decoder parts a run on a frozen SAM trains
+        (:data:`DELTA_PREFIXES`: the adapter when there is one, SAM's mask head, HQ-SAM's
+        additions, the PLM); loading needs the base SAM.
       metadata: extra entries (e.g. ``provenance``: dataset, steps, losses).
       dtype: store floating-point tensors in this type (``torch.float16`` halves the file;
         loading casts back to the model's float32).
@@ -358,7 +418,7 @@ def save_checkpoint(
         sd = {
             k: v
             for k, v in sd.items()
-            if any(k.startswith(f"mask_decoder.{p}") for p in ADAPTER_PREFIXES)
+            if any(k.startswith(f"mask_decoder.{p}") for p in DELTA_PREFIXES)
         }
     tensors = {
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
@@ -372,9 +432,13 @@ def save_checkpoint(
         "guide_mode": model.guide_mode,
         "has_adapter": model.has_adapter,
         "contents": "adapter" if adapter_only else "full",
+        "family": getattr(model, "family", "pasam"),
+        "plm": model.plm is not None,
         "version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if getattr(model, "family", "pasam") == "hq-sam":
+        meta["hq_token_only"] = bool(model.mask_decoder.hq_token_only)
     if dtype is not None:
         meta["stored_dtype"] = str(dtype).removeprefix("torch.")
     if metadata:
@@ -421,7 +485,7 @@ def save_finetuned(
     """
     origin = model.origin
     base = origin.complete_base
-    adapter_only = bool(base) and Path(base).is_file() and model.has_adapter
+    adapter_only = bool(base) and Path(base).is_file()
     meta: dict[str, Any] = {"provenance": dict(provenance)}
     meta["provenance"].setdefault(
         "base", origin.file or base or f"{origin.variant} ({origin.kind})"
@@ -441,5 +505,7 @@ def save_finetuned(
         base_file=str(Path(base).resolve()) if adapter_only else None,  # type: ignore[arg-type]
         has_adapter=model.has_adapter,
         metadata=read_metadata(path),
+        family=model.family,
+        plm=model.plm is not None,
     )
     return path

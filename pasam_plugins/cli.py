@@ -1,8 +1,8 @@
 """The ``pasam`` command line.
 
-Commands: ``info``, ``download``, ``make-test-checkpoint``, ``pack-checkpoint``, ``predict``,
-``serve`` (Label
-Studio ML backend), ``train`` and ``eval``. Heavy modules (torch, the model core, the
+Commands: ``info``, ``download``, ``make-test-checkpoint``, ``pack-checkpoint``, ``embed``,
+``predict``, ``segment-all``, ``convert``, ``train``, ``eval``, and the commands adapters
+register (``serve``: the Label Studio ML backend). Heavy modules (torch, the model core, the
 backends) are imported inside the commands so that ``pasam --help`` is instant.
 
 Expected failures (a bad checkpoint, an unreadable image, no network, malformed prompts)
@@ -113,21 +113,18 @@ def parse_point(text: str) -> tuple[float, float, int]:
     return values[0], values[1], label
 
 
-def _fallback_checkpoint(cache_dir: Path) -> Path:
-    """The cached random-weight test model, created on first use (offline)."""
-    from .checkpoint import CheckpointError, read_metadata
-    from .testing import make_test_checkpoint
+def _default_checkpoint(announce: bool = True) -> Path:
+    """The shipped model (registry DEFAULT_MODEL), used wherever the user names none."""
+    from .registry import DEFAULT_MODEL, bundled_checkpoint
 
-    path = cache_dir / f"test-checkpoint-{FALLBACK_VARIANT}-seed{FALLBACK_SEED}.safetensors"
-    if path.is_file():
-        try:
-            meta = read_metadata(path)
-            if meta.get("untrained") and meta.get("variant") == FALLBACK_VARIANT:
-                return path
-        except CheckpointError:
-            pass  # corrupted: write it again
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    return make_test_checkpoint(path, seed=FALLBACK_SEED, variant=FALLBACK_VARIANT)
+    path = bundled_checkpoint()
+    if announce:
+        typer.echo(
+            f"No --checkpoint given (nor PASAM_CHECKPOINT): using the shipped model "
+            f"{DEFAULT_MODEL} ({path}); see `pasam info` for its model card.",
+            err=True,
+        )
+    return path
 
 
 def _version_callback(value: bool) -> None:
@@ -221,8 +218,8 @@ def info(
         typer.echo(
             f"PASAM_CHECKPOINT: {env_ckpt}"
             if env_ckpt
-            else "PASAM_CHECKPOINT: not set (predict without --checkpoint uses untrained "
-            "random weights)"
+            else "PASAM_CHECKPOINT: not set (commands without --checkpoint use the shipped "
+            "model pasam_micro)"
         )
         cache = _cache_dir(cache_dir)
         typer.echo(f"cache: {cache}")
@@ -243,6 +240,7 @@ def _checkpoint_summary(path: Path, sam_checkpoint: Path | None) -> None:
     typer.echo(f"checkpoint: {path}")
     typer.echo(f"  size        {path.stat().st_size / 2**20:.1f} MiB")
     typer.echo(f"  variant     {model.variant}")
+    typer.echo(f"  model       {model.origin.architecture()}")
     typer.echo(f"  adapter     {'yes (PA-SAM)' if model.has_adapter else 'no (plain SAM)'}")
     typer.echo(f"  guide mode  {model.guide_mode}")
     typer.echo(f"  parameters  {n_params / 1e6:.2f} M")
@@ -354,6 +352,13 @@ def pack_checkpoint_cmd(
             "to OUT's folder (files shipped together) or absolute."
         ),
     ] = None,
+    zoom: Annotated[
+        str | None,
+        typer.Option(
+            help="For zoomed models: JSON settings merged into the stored zoom settings, e.g. "
+            "'{\"box_context\": 1.75}' (values picked on validation data)."
+        ),
+    ] = None,
 ) -> None:
     """Re-save a checkpoint for shipping: optionally float16, with its base named relative to it.
 
@@ -386,6 +391,23 @@ def pack_checkpoint_cmd(
             if not target.is_file():
                 raise ValueError(f"--base {base}: {target} does not exist")
             keep["base_checkpoint"] = base
+        if zoom is not None:
+            import json
+
+            from .segment import ZoomSettings
+
+            current = ZoomSettings.from_metadata(meta)
+            if current is None:
+                raise typer.BadParameter(f"{src} is not a zoomed model", param_hint="--zoom")
+            try:
+                change = json.loads(zoom)
+                if not isinstance(change, dict) or set(change) - set(current.to_metadata()):
+                    raise ValueError(f"keys must be among {sorted(current.to_metadata())}")
+                merged = ZoomSettings.from_metadata({"zoom": {**current.to_metadata(), **change}})
+            except (ValueError, TypeError) as e:
+                raise typer.BadParameter(f"{zoom!r}: {e}", param_hint="--zoom") from None
+            assert merged is not None
+            keep["zoom"] = merged.to_metadata()
         keep.setdefault("provenance", {})["packed_from"] = src.name
         path = save_checkpoint(
             model,
@@ -396,6 +418,135 @@ def pack_checkpoint_cmd(
         )
         load_model(path)  # the packed file loads (its base included)
         typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+# ---------------------------------------------------------------------------- embed
+def _planes(path: Path, channel: int | None):
+    """(name, 2D array-like) of an image file; a TIFF stack (ZxHxW or ZxHxWxC) gives one per
+    plane, read lazily."""
+    from .tiling import open_image
+
+    arr = open_image(path)
+    shape = tuple(arr.shape)
+    stack = len(shape) == 4 or (len(shape) == 3 and shape[-1] > 4 and channel is None)
+    if not stack:
+        yield path.name, arr
+        return
+    for z in range(shape[0]):
+        yield f"{path.name}[z={z}]", arr[z]
+
+
+@app.command()
+def embed(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Images, TIFF stacks or folders of them.", show_default=False),
+    ],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="The model (default: the shipped model).",
+            envvar="PASAM_CHECKPOINT",
+            dir_okay=False,
+        ),
+    ] = None,
+    sam_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Base SAM weights for decoder-only files.", envvar="PASAM_SAM_CHECKPOINT"
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Embedding store (default $PASAM_CACHE_DIR/embeddings, shared by all tools)."
+        ),
+    ] = None,
+    channel: Annotated[int | None, typer.Option(help="Channel of multichannel images.")] = None,
+    tile: Annotated[
+        int | None, typer.Option(min=1, help="Tile core in px (default: input - 2 halo).")
+    ] = None,
+    halo: Annotated[
+        int | None, typer.Option(min=0, help="Tile halo in px (default: input / 8).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cuda, mps or cpu (default: the best).")
+    ] = None,
+) -> None:
+    """Precompute image embeddings (whole images, or the tiles of large ones) into the shared
+    store, so that pasam predict, the Label Studio backend and napari never run the encoder
+    for these images. Resumable: what is stored already is skipped.
+
+    Zoomed models (this project's small models) embed a window around each prompt when it
+    arrives (a few ms each); for them there is nothing to precompute per image.
+
+    Under torchrun (torchrun --nproc_per_node=N --no-python pasam embed ...) every rank
+    embeds its share of the files on its own GPU into the same store.
+    """
+    from . import distributed
+
+    with _readable_errors(), distributed.session(device) as rank_device:
+        from tqdm.auto import tqdm
+
+        from .cache import EmbeddingCache
+        from .checkpoint import load_model
+        from .paths import embeddings_dir
+        from .predictor import PASamPredictor, select_device
+        from .segment import Segmenter
+        from .train.datasets import IMAGE_EXTS
+
+        files: list[Path] = []
+        for item in inputs:
+            if item.is_dir():
+                files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+            elif item.is_file():
+                files.append(item)
+            else:
+                raise ValueError(f"{item}: no such file or folder")
+        if not files:
+            raise ValueError("no image files found in " + ", ".join(map(str, inputs)))
+        main = distributed.is_main()
+        files = distributed.shard(files)  # all of them in a single process
+        ckpt = checkpoint or _default_checkpoint()
+        model = load_model(ckpt, sam_checkpoint=sam_checkpoint)
+        store = Path(cache_dir) if cache_dir else embeddings_dir()
+        cache = EmbeddingCache(max_bytes=256 << 20, disk_dir=store)
+        seg = Segmenter(
+            PASamPredictor(model, device=select_device(rank_device), cache=cache),
+            tile=tile,
+            halo=halo,
+        )
+        if seg.zoom is not None:
+            if main:
+                typer.echo(
+                    f"{ckpt} is used zoomed in: it embeds a window around each prompt when the "
+                    "prompt arrives; nothing to precompute per image."
+                )
+            return
+        ran = cached = 0
+        bar = tqdm(files, desc="embed", unit="image", disable=not main)
+        for path in bar:
+            for name, plane in _planes(path, channel):
+                bar.set_postfix_str(name[-40:])
+                runs = seg.predictor.encoder_runs
+                seg.set_image(plane, channel=channel)
+                windows = seg.windows()
+                if not windows:  # the whole image, embedded by set_image (or found stored)
+                    ran += seg.predictor.encoder_runs > runs
+                    cached += seg.predictor.encoder_runs == runs
+                for window in windows:
+                    if seg.embed_window(window):
+                        ran += 1
+                    else:
+                        cached += 1
+        counts = distributed.gather((ran, cached))
+        if counts is None:  # not rank 0
+            return
+        ran, cached = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        ranks = f" by {len(counts)} ranks" if len(counts) > 1 else ""
+        typer.echo(f"{ran} embedding(s) computed{ranks}, {cached} already stored, in {store}")
 
 
 # ---------------------------------------------------------------------------- predict
@@ -410,8 +561,8 @@ def predict(
         typer.Option(
             "--checkpoint",
             "-c",
-            help="PA-SAM or SAM weights. Without one, a random-weight test model is used "
-            "(untrained, offline, for trying the tool out).",
+            help="PA-SAM or SAM weights. Without one, the shipped model pasam_micro (a small "
+            "SAM + PA-SAM adapter trained on EM and nuclei microscopy) is used.",
             envvar="PASAM_CHECKPOINT",
             dir_okay=False,
         ),
@@ -432,10 +583,6 @@ def predict(
             "0 = background. Repeatable."
         ),
     ] = None,
-    multimask: Annotated[
-        bool,
-        typer.Option(help="Let the model choose among several masks (keeps the best)."),
-    ] = False,
     channel: Annotated[
         int | None,
         typer.Option(help="Channel to segment in a multichannel image (0-based)."),
@@ -451,7 +598,10 @@ def predict(
     ] = "png",
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Where the fallback test model is kept (default $PASAM_CACHE_DIR)."),
+        typer.Option(
+            help="Deprecated, ignored (the default model is shipped, nothing is cached).",
+            hidden=True,
+        ),
     ] = None,
 ) -> None:
     """Segment one object in IMAGE from a box and/or points.
@@ -505,16 +655,8 @@ def predict(
         except (ValueError, RuntimeError) as e:
             raise typer.BadParameter(str(e), param_hint="--device") from None
 
-        fallback = checkpoint is None
-        if fallback:
-            checkpoint = _fallback_checkpoint(_cache_dir(cache_dir))
-            typer.echo(
-                f"No --checkpoint given (nor PASAM_CHECKPOINT): using the random-weight test "
-                f"model {checkpoint}.",
-                err=True,
-            )
-            typer.echo(UNTRAINED_WARNING, err=True)
-        assert checkpoint is not None
+        if checkpoint is None:
+            checkpoint = _default_checkpoint()
         result = _run_prediction(
             arr=arr,
             rgb=rgb,
@@ -523,7 +665,6 @@ def predict(
             sam_checkpoint=sam_checkpoint,
             box=box_xyxy,
             points=points,
-            multimask=multimask,
             channel=channel,
             device=dev,
             out_dir=out_dir,
@@ -548,7 +689,6 @@ def _run_prediction(
     sam_checkpoint: Path | None,
     box: tuple[float, float, float, float] | None,
     points: list[tuple[float, float, int]],
-    multimask: bool,
     channel: int | None,
     device: Any,
     out_dir: Path,
@@ -560,24 +700,21 @@ def _run_prediction(
 
     from .checkpoint import load_model
     from .predictor import PASamPredictor
+    from .segment import Segmenter, use_multimask
     from .viz import colorize_uncertainty, save_overlay_png, save_png
 
     model = load_model(checkpoint, sam_checkpoint=sam_checkpoint)
     untrained = model.origin.untrained
-    predictor = PASamPredictor(model, device=device)
-    predictor.set_image(arr, channel=channel)
+    segmenter = Segmenter(PASamPredictor(model, device=device))
+    segmenter.set_image(arr, channel=channel)
     coords = labels = None
     if points:
         coords = np.array([[x, y] for x, y, _ in points], dtype=np.float32)
         labels = np.array([lab for _, _, lab in points], dtype=np.int64)
-    pred = predictor.predict(
-        point_coords=coords,
-        point_labels=labels,
-        box=None if box is None else np.array(box, dtype=np.float32),
-        multimask_output=multimask,
-    )
-    best = int(np.argmax(pred.scores))
-    mask = np.asarray(pred.masks[best], dtype=bool)
+    box_arr = None if box is None else np.array(box, dtype=np.float32)
+    obj = segmenter.segment(coords, labels, box_arr)
+    mask = obj.mask
+    pred = obj  # uncertainty and mined points in the image frame
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = image.stem
@@ -622,15 +759,22 @@ def _run_prediction(
         "untrained": untrained,
         "variant": model.variant,
         "has_adapter": model.has_adapter,
-        "device": str(predictor.device),
+        # what the network is, and that SAM and HQ-SAM give no uncertainty or mined points
+        "model": model.origin.architecture(),
+        "device": str(segmenter.predictor.device),
         "prompts": {
             "box": list(box) if box is not None else None,
             "points": [{"x": x, "y": y, "label": lab} for x, y, lab in points],
-            "multimask": multimask,
+            # the core's rule: one positive click alone -> best of 3 masks
+            "multimask": use_multimask(coords, labels, box_arr, False),
             "channel": channel,
         },
-        "score": float(pred.scores[best]),
-        "scores": [float(s) for s in pred.scores],
+        "score": obj.score,
+        "mean_uncertainty": obj.mean_uncertainty,
+        "boundary_uncertainty": obj.boundary_uncertainty,
+        "zoom_window": None
+        if obj.window is None
+        else [obj.window.x0, obj.window.y0, obj.window.size],
         "mask_pixels": int(mask.sum()),
         "mask_fraction": float(mask.mean()),
         "mined_points": mined,
@@ -685,14 +829,28 @@ def _lazy_command(
     return command
 
 
+#: entry-point group through which other packages add ``pasam`` sub-commands
+#: (``name = "module:function"``); this project's Label Studio backend registers ``serve``
+COMMAND_GROUP = "pasam.commands"
+
+
+def _plugin_commands() -> list[tuple[str, str, str, str, str]]:
+    """Sub-commands other installed packages register in :data:`COMMAND_GROUP`; an entry
+    point's extras name the optional dependencies it needs (``serve = "m:f [labelstudio]"``)."""
+    from importlib.metadata import entry_points
+
+    out = []
+    for ep in entry_points(group=COMMAND_GROUP):
+        module, _, attr = ep.value.partition(":")
+        attr = attr.split("[", 1)[0].strip()
+        origin = ep.dist.name if ep.dist else module.strip()
+        summary = f"Added by {origin} ({module.strip()}); run `pasam {ep.name} --help`."
+        extra = ",".join(ep.extras) or "all"
+        out.append((ep.name, module.strip(), attr, summary, extra))
+    return out
+
+
 for _name, _module, _attr, _summary, _extra in [
-    (
-        "serve",
-        "label_studio_backend.cli",
-        "serve",
-        "Serve PA-SAM to Label Studio as an ML backend (run `pasam serve --help` for options).",
-        "labelstudio",
-    ),
     (
         "train",
         "pasam_plugins.train.cli",
@@ -707,6 +865,21 @@ for _name, _module, _attr, _summary, _extra in [
         "Evaluate a checkpoint on images with reference masks (see `pasam eval --help`).",
         "train",
     ),
+    (
+        "segment-all",
+        "pasam_plugins.automatic_cli",
+        "segment_all_command",
+        "Segment every object of an image or folder without prompts (label TIFF, CSV, overlay, COCO).",
+        "train",
+    ),
+    (
+        "convert",
+        "pasam_plugins.automatic_cli",
+        "convert_command",
+        "Convert a Label Studio JSON export to COCO and label images (see `pasam convert --help`).",
+        "train",
+    ),
+    *_plugin_commands(),
 ]:
     app.command(
         _name,

@@ -154,6 +154,23 @@ def fetch(
       DownloadError: not downloadable automatically, network failure, HTTP error, truncated
         transfer, size or checksum mismatch, not enough disk space.
     """
+    if entry.bundled:  # shipped with the package: nothing to download, the digest is checked
+        path = entry.bundled_path
+        assert path is not None
+        if not path.is_file():
+            raise DownloadError(
+                f"{entry.name} should be shipped with pasam-plugins at {path}, which is missing: "
+                "reinstall the package"
+            )
+        digest = sha256_file(path)
+        if entry.sha256 is not None and digest != entry.sha256:
+            raise DownloadError(
+                f"{entry.name}: the shipped file {path} does not match the registry's sha256 "
+                "(modified or damaged): reinstall the package"
+            )
+        return DownloadResult(
+            path=path, verified=entry.sha256 is not None, reused=True, sha256=digest
+        )
     if not entry.direct_download:
         raise DownloadError(
             f"{entry.name} cannot be downloaded automatically: get {entry.filename} from "

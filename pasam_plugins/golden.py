@@ -11,6 +11,7 @@ tolerance, 2 if the fixture cannot be read.
 """
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,11 @@ class CaseResult:
     errors: dict[str, float]
 
     def max_error(self) -> float:
-        return max(self.errors.values()) if self.errors else float("inf")
+        """The largest error; ``inf`` when any output is missing or not finite (a NaN
+        compares as neither smaller nor larger, so it must not slip through a ``max``)."""
+        if not self.errors or not all(math.isfinite(v) for v in self.errors.values()):
+            return float("inf")
+        return max(self.errors.values())
 
 
 def _describe(prompts: dict, multimask: bool) -> str:
@@ -117,7 +122,9 @@ def run_fixture(path: str | Path, *, device: str = "cpu") -> list[CaseResult]:
             if got.shape != expected.shape:
                 errors[name] = float("inf")
                 continue
-            errors[name] = float((got - expected).abs().max())
+            diff = (got - expected).abs()
+            # a non-finite output (NaN, inf) is a failure, whatever the other values are
+            errors[name] = float(diff.max()) if torch.isfinite(diff).all() else float("inf")
         results.append(CaseResult(i, _describe(case["prompts"], case["multimask_output"]), errors))
     return results
 

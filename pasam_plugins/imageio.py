@@ -9,34 +9,134 @@ Normalization rules (documented for users of both adapters):
   clipped. A constant channel becomes 0.
 - Channel layout is channels-last (``HxW`` or ``HxWxC``). ``channel=k`` picks channel ``k``
   (shown as grayscale). Without it, C=3 is RGB, C=4 is RGBA, C=2 or C>4 uses channel 0.
+
+Limits shared by the CLI, napari and the Label Studio backend (:func:`check_image_size`):
+a file with more than ``max_pixels`` pixels (default ``$PASAM_MAX_IMAGE_PIXELS``, else 64
+Mpixel, as the server) is refused from its header, before decoding; an image whose short
+side would round to 0 pixels when the model resizes its long side (an aspect ratio above
+``2 x input size : 1``, 2048:1 for 1024-pixel models) is refused with a message saying so
+(:meth:`pasam_plugins.predictor.PASamPredictor.set_image`).
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.8)
+#: default pixel limit of :func:`read_image` (``$PASAM_MAX_IMAGE_PIXELS`` overrides it)
+DEFAULT_MAX_PIXELS = 64_000_000
 
 
 class ImageError(ValueError):
     """An image that cannot be read or normalized; the message names the problem."""
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read PNG/JPEG/TIFF (any bit depth) as a numpy array in channels-last layout."""
+class ImageTooLarge(ImageError):
+    """An image with more pixels than allowed."""
+
+
+def default_max_pixels() -> int:
+    """``$PASAM_MAX_IMAGE_PIXELS`` if set, else :data:`DEFAULT_MAX_PIXELS`.
+
+    Raises:
+      ImageError: the variable is not a positive number.
+    """
+    value = os.environ.get("PASAM_MAX_IMAGE_PIXELS", "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        n = int(float(value))
+    except (ValueError, OverflowError):
+        n = 0
+    if n < 1:
+        raise ImageError(f"PASAM_MAX_IMAGE_PIXELS={value!r} is not a positive number")
+    return n
+
+
+def check_image_size(
+    height: int,
+    width: int,
+    *,
+    max_pixels: int | None = None,
+    target_length: int | None = None,
+    name: str = "",
+) -> None:
+    """Refuse an image size the tools cannot or should not handle, with a readable message.
+
+    Arguments:
+      height, width (int): the image size in pixels.
+      max_pixels (int or None): refuse more pixels than this (:class:`ImageTooLarge`).
+      target_length (int or None): the model's input size (``ResizeLongestSide``): refuse
+        an image whose short side would become 0 pixels when its long side is resized to it.
+      name (str): how the image is named in the message.
+
+    Raises:
+      ImageTooLarge: more than ``max_pixels`` pixels.
+      ImageError: an empty image or an impossible aspect ratio.
+    """
+    height, width = int(height), int(width)
+    what = f"image {name}" if name else "the image"
+    if height < 1 or width < 1:
+        raise ImageError(f"{what} is empty ({width}x{height} pixels)")
+    if max_pixels is not None and height * width > max_pixels:
+        raise ImageTooLarge(
+            f"{what} is too large: {width}x{height} = {height * width} pixels > {max_pixels}"
+        )
+    if target_length is not None:
+        # exactly segment_anything's ResizeLongestSide.get_preprocess_shape
+        scale = target_length * 1.0 / max(height, width)
+        if int(height * scale + 0.5) < 1 or int(width * scale + 0.5) < 1:
+            long, short = max(height, width), min(height, width)
+            raise ImageError(
+                f"{what} is {width}x{height} pixels: its aspect ratio {long / short:.0f}:1 is "
+                f"too extreme for this model (at most {2 * target_length}:1, else the short "
+                f"side shrinks below one pixel at the model's {target_length}-pixel input); "
+                "crop or pad it"
+            )
+
+
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read PNG/JPEG/TIFF (any bit depth) as a numpy array in channels-last layout.
+
+    Arguments:
+      path: the image file.
+      max_pixels (int or None): refuse images with more pixels, checked from the file's
+        header before decoding; default :func:`default_max_pixels`.
+
+    Raises:
+      ImageTooLarge: more than ``max_pixels`` pixels.
+      ImageError: no such file, or it cannot be decoded.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
+    limit = default_max_pixels() if max_pixels is None else int(max_pixels)
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            arr = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                shape = tuple(int(n) for n in tif.series[0].shape) if tif.series else ()
+                if len(shape) >= 2:
+                    check_image_size(shape[0], shape[1], max_pixels=limit, name=str(path))
+                    values = float(np.prod(shape, dtype=np.float64))
+                    if values > 4.0 * limit:
+                        raise ImageTooLarge(
+                            f"image {path} is too large: shape {shape} holds more than "
+                            f"{4 * limit} values"
+                        )
+                arr = tif.asarray()
         else:
             from PIL import Image
 
-            with Image.open(path) as im:
+            try:
+                im = Image.open(path)
+            except Image.DecompressionBombError as e:
+                raise ImageTooLarge(f"image {path} is too large: {e}") from None
+            with im:
+                check_image_size(im.size[1], im.size[0], max_pixels=limit, name=str(path))
                 im.load()
                 if im.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -52,34 +152,9 @@ def read_image(path: str | Path) -> np.ndarray:
     return arr
 
 
-def _scale_channel(ch: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    ch = ch.astype(np.float32, copy=False)
-    finite = np.isfinite(ch)
-    if not finite.all():
-        ch = np.where(finite, ch, 0.0)
-    lo, hi = np.percentile(ch, percentiles)
-    if hi <= lo:
-        return np.zeros(ch.shape, np.uint8)
-    out = (ch - lo) * (255.0 / (hi - lo))
-    return np.clip(out, 0, 255).round().astype(np.uint8)
-
-
-def normalize_image(
-    image: np.ndarray,
-    *,
-    channel: int | None = None,
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-) -> np.ndarray:
-    """Convert any 2D image array to HxWx3 uint8 RGB (see the module docstring for the rules).
-
-    Arguments:
-      image (np.ndarray): HxW or HxWxC, any numeric dtype.
-      channel (int or None): pick one channel of a multichannel image.
-      percentiles (tuple): low/high percentiles for non-uint8 scaling.
-
-    Returns:
-      np.ndarray: HxWx3 uint8, C-contiguous.
-    """
+def _select_channels(image: np.ndarray, channel: int | None) -> np.ndarray:
+    """The channels normalization works on: HxW (one channel) or HxWx3 (see the module
+    docstring's rules); bool becomes 0/255 uint8."""
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -103,13 +178,83 @@ def normalize_image(
             arr = arr[..., 0]
     elif channel not in (None, 0, -1):
         raise ImageError(f"channel {channel} does not exist: the image has 1 channel")
+    return arr
 
+
+def image_levels(
+    image: np.ndarray,
+    *,
+    channel: int | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    max_samples: int | None = None,
+) -> np.ndarray | None:
+    """The contrast levels :func:`normalize_image` uses: per selected channel, the low and
+    high percentiles (a Cx2 float64 array), or None for 8-bit images (passed unchanged).
+
+    ``max_samples``: estimate the percentiles from a regular subsample of at most this many
+    pixels (large or lazily read images: the whole image is never loaded); None: exact.
+    """
+    arr = _select_channels(image, channel)
     if arr.dtype == np.uint8:
+        return None
+    if max_samples is not None and arr.shape[0] * arr.shape[1] > max_samples:
+        step = int(np.ceil(np.sqrt(arr.shape[0] * arr.shape[1] / max_samples)))
+        arr = np.asarray(arr[::step, ::step])
+    chans = [arr] if arr.ndim == 2 else [arr[..., i] for i in range(arr.shape[-1])]
+    levels = []
+    for ch in chans:
+        ch = np.asarray(ch).astype(np.float32, copy=False)
+        finite = np.isfinite(ch)
+        if not finite.all():
+            ch = np.where(finite, ch, 0.0)
+        levels.append(np.percentile(ch, percentiles))
+    return np.asarray(levels, dtype=np.float64)
+
+
+def _scale_channel(ch: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    ch = ch.astype(np.float32, copy=False)
+    finite = np.isfinite(ch)
+    if not finite.all():
+        ch = np.where(finite, ch, 0.0)
+    if hi <= lo:
+        return np.zeros(ch.shape, np.uint8)
+    out = (ch - lo) * (255.0 / (hi - lo))
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def apply_levels(
+    image: np.ndarray, levels: np.ndarray | None, *, channel: int | None = None
+) -> np.ndarray:
+    """HxWx3 uint8 RGB of (a window of) an image with the given :func:`image_levels`."""
+    arr = _select_channels(image, channel)
+    if levels is None:
+        if arr.dtype != np.uint8:
+            raise ImageError(f"an image of dtype {arr.dtype} needs contrast levels")
         out = arr
     elif arr.ndim == 2:
-        out = _scale_channel(arr, percentiles)
+        out = _scale_channel(arr, *levels[0])
     else:
-        out = np.stack([_scale_channel(arr[..., i], percentiles) for i in range(3)], axis=-1)
+        out = np.stack([_scale_channel(arr[..., i], *levels[i]) for i in range(3)], axis=-1)
     if out.ndim == 2:
         out = np.repeat(out[..., None], 3, axis=-1)
     return np.ascontiguousarray(out)
+
+
+def normalize_image(
+    image: np.ndarray,
+    *,
+    channel: int | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> np.ndarray:
+    """Convert any 2D image array to HxWx3 uint8 RGB (see the module docstring for the rules).
+
+    Arguments:
+      image (np.ndarray): HxW or HxWxC, any numeric dtype.
+      channel (int or None): pick one channel of a multichannel image.
+      percentiles (tuple): low/high percentiles for non-uint8 scaling.
+
+    Returns:
+      np.ndarray: HxWx3 uint8, C-contiguous.
+    """
+    levels = image_levels(image, channel=channel, percentiles=percentiles)
+    return apply_levels(image, levels, channel=channel)

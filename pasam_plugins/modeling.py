@@ -1,14 +1,20 @@
 """PA-SAM network: SAM's modules plus the prompt adapter, tensors in and tensors out.
 
-The computation follows ``docs/pasam-reference.md`` (checked against the authors' code).
+The computation follows ``docs/pasam-reference.md`` (a copy of the project specification,
+checked against the authors' code). :meth:`PAMaskDecoder.forward_reference` writes it out as
+readable math with SAM's modules; :meth:`PAMaskDecoder.forward` is the fast path, tested
+against it.
 Everything here takes and returns tensors; image I/O, Canny edges and prompt transforms live
 in :mod:`pasam_plugins.guide` and :mod:`pasam_plugins.predictor`.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
+import numpy as np
 import torch
 from segment_anything.modeling import (
     ImageEncoderViT,
@@ -23,6 +29,7 @@ from segment_anything.modeling.transformer import Attention
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .guide import guide_input as _guide_input
 from .origin import ModelOrigin
 
 GuideMode = Literal["reference", "image"]
@@ -53,6 +60,10 @@ class DecoderOutput:
       mined_indices: Bx8 flat cell indices into the 64x64 grid, 4 positive then 4 negative,
         row-major within each group (None when mining is off or without adapter).
       mask_index: B indices of the returned mask among the 4 mask tokens.
+      hq_masks: Bx1x256x256 logits of HQ-SAM's HQ output token alone (HQ-SAM only; what
+        its training loss sees, :mod:`pasam_plugins.hq`).
+      mask_features: BxC/8x256x256 upscaled decoder features the masks are read from (only
+        with ``return_features=True``: the point matching module's input in training).
     """
 
     masks: Tensor
@@ -63,6 +74,28 @@ class DecoderOutput:
     refined_mask: Tensor | None = None
     mined_indices: Tensor | None = None
     mask_index: Tensor | None = None
+    hq_masks: Tensor | None = None
+    mask_features: Tensor | None = None
+
+
+@contextmanager
+def capture_output(module: nn.Module, enabled: bool = True) -> Iterator[dict[str, Tensor]]:
+    """While active (and ``enabled``), ``captured["output"]`` is set to what ``module``
+    returns (with its autograd graph): the decoder's upscaled mask features, read by the
+    point matching module in training without changing SAM's or HQ-SAM's own code."""
+    captured: dict[str, Tensor] = {}
+    if not enabled:
+        yield captured
+        return
+
+    def hook(_module: nn.Module, _inputs: object, output: Tensor) -> None:
+        captured["output"] = output
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 class GuidingConv(nn.Sequential):
@@ -150,6 +183,8 @@ class PAMaskDecoder(MaskDecoder):
             iou_head_hidden_dim=iou_head_hidden_dim,
         )
         self.num_mined = num_mined
+        #: the prompt learning module (:mod:`pasam_plugins.prompt_learning`), when attached
+        self.register_module("plm", None)
         if adapter:
             self.guiding_conv = GuidingConv(transformer_dim=transformer_dim)
             self.prompt_adapter = PromptAdapter(
@@ -182,6 +217,7 @@ class PAMaskDecoder(MaskDecoder):
         mining: MiningMode = "topk",
         use_adapter: bool = True,
         generator: torch.Generator | None = None,
+        return_features: bool = False,
     ) -> DecoderOutput:
         """Predict masks for B prompt sets on one image.
 
@@ -196,19 +232,23 @@ class PAMaskDecoder(MaskDecoder):
             point embeddings (``point_embeddings[0]``, ``point_embeddings[1]``).
           mining (str): ``"topk"`` (inference), ``"gumbel"`` (training) or ``"off"``.
           use_adapter (bool): False runs plain SAM even when the adapter is loaded.
+          return_features (bool): also return the upscaled mask features (training).
 
         Returns:
           DecoderOutput: see its docstring for shapes.
         """
         if not (use_adapter and self.has_adapter):
-            masks, iou = super().forward(
-                image_embeddings,
-                image_pe,
-                sparse_prompt_embeddings,
-                dense_prompt_embeddings,
-                multimask_output,
+            with capture_output(self.output_upscaling, return_features) as captured:
+                masks, iou = super().forward(
+                    image_embeddings,
+                    image_pe,
+                    sparse_prompt_embeddings,
+                    dense_prompt_embeddings,
+                    multimask_output,
+                )
+            return DecoderOutput(
+                masks=masks, iou_predictions=iou, mask_features=captured.get("output")
             )
-            return DecoderOutput(masks=masks, iou_predictions=iou)
         if guide is None or point_label_embeddings is None:
             raise ValueError("the PA-SAM adapter needs `guide` and `point_label_embeddings`")
         return self._forward_adapter(
@@ -221,6 +261,7 @@ class PAMaskDecoder(MaskDecoder):
             point_label_embeddings,
             mining,
             generator,
+            return_features,
         )
 
     def _forward_adapter(
@@ -234,6 +275,7 @@ class PAMaskDecoder(MaskDecoder):
         point_label_embeddings: Tensor,
         mining: MiningMode,
         generator: torch.Generator | None,
+        return_features: bool = False,
     ) -> DecoderOutput:
         b = sparse.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -358,6 +400,11 @@ class PAMaskDecoder(MaskDecoder):
         else:
             mask_index = torch.zeros(b, dtype=torch.long, device=hs.device)
         masks = self._mask_head(hs, keys, mask_index, h, w)
+        features = None
+        if return_features:  # what the head computes without materializing it (training)
+            features = self.output_upscaling(
+                keys.expand(b, -1, -1).transpose(1, 2).reshape(b, c, h, w)
+            )
 
         def grid(t: Tensor) -> Tensor:
             return t.view(b, 1, h, w)
@@ -365,6 +412,133 @@ class PAMaskDecoder(MaskDecoder):
         return DecoderOutput(
             masks=masks,
             iou_predictions=iou_pred,
+            uncertainty=grid(unc),
+            pa_mask=grid(pa_mask),
+            coarse_mask=grid(coarse),
+            refined_mask=grid(refined),
+            mined_indices=mined,
+            mask_index=mask_index,
+            mask_features=features,
+        )
+
+    def forward_reference(
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor,
+        multimask_output: bool,
+        *,
+        guide: Tensor,
+        point_label_embeddings: Tensor,
+        mining: MiningMode = "topk",
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput:
+        """The adapter decoder as readable reference math (docs/pasam-reference.md,
+        section 3), in the shape of SAM's ``MaskDecoder.predict_masks``: SAM's own modules
+        called as they are, every tensor materialized. :meth:`forward` computes the same with
+        less work (tests/test_modeling.py checks the two against each other, with and
+        without autograd); use this one to read or to check the math, not to run fast.
+
+        Shapes (B prompt sets, N sparse prompts, C = 256, G x G embedding grid):
+          image_embeddings 1xCxGxG, image_pe 1xCxGxG, sparse BxNxC, dense BxCxGxG (or 1x..),
+          guide 1xCxGxG, point_label_embeddings 2xC (negative, positive).
+        """
+        b = sparse_prompt_embeddings.shape[0]
+        c = self.transformer_dim
+        pa = self.prompt_adapter
+        assert pa is not None and self.guiding_conv is not None, "no adapter"
+        # 1. tokens: IoU token, 4 mask tokens, then the prompts (B x T x C); q_pe = tokens
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat(
+            (output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), 1
+        )
+        src = image_embeddings.expand(b, -1, -1, -1) + dense_prompt_embeddings  # B x C x G x G
+        _, _, gh, gw = src.shape
+        keys = src.flatten(2).permute(0, 2, 1)  # B x GG x C
+        k_pe = image_pe.flatten(2).permute(0, 2, 1).expand(b, -1, -1)  # B x GG x C
+        g = guide.flatten(2).permute(0, 2, 1).expand(b, -1, -1)  # B x GG x C
+        q, q_pe = tokens, tokens
+        layer0, layer1 = self.transformer.layers[0], self.transformer.layers[1]
+
+        # 2. block 0: SAM's TwoWayAttentionBlock unchanged
+        q, keys = layer0(queries=q, keys=keys, query_pe=q_pe, key_pe=k_pe)
+
+        # 3. block 1 with the adapter in parallel
+        q = layer1.norm1(q + layer1.self_attn(q=q + q_pe, k=q + q_pe, v=q))
+        a = layer1.cross_attn_token_to_image(q=q + q_pe, k=keys + k_pe, v=keys)
+        gated = g * keys  # guided gate (CRM)
+        adapted = pa.cross_attn_token_to_image(q=q + q_pe, k=gated + k_pe, v=gated)  # B x T x C
+        t1 = adapted[:, 1]
+        u_tok = pa.uncertain_mlp(
+            torch.cat([pa.static_uncertain_token.weight.expand(b, -1), t1], -1)
+        )
+        r_tok = pa.refined_mlp(torch.cat([pa.static_refined_token.weight.expand(b, -1), t1], -1))
+        unc = torch.sigmoid(torch.einsum("bc,bnc->bn", u_tok, gated))  # U, B x GG
+        refined = torch.einsum("bc,bnc->bn", r_tok, gated)  # R
+        coarse = torch.einsum("bc,bnc->bn", t1, gated)  # Mc
+        pa_mask = torch.where(unc >= 0.5, refined, coarse)  # hard selection [ref]
+        adapted = torch.cat([adapted[:, :1], r_tok.unsqueeze(1), adapted[:, 2:]], dim=1)
+        mined = None
+        if mining != "off":
+            k = self.num_mined
+            phi = unc * (torch.sigmoid(refined) - torch.sigmoid(coarse))
+            if mining == "topk":
+                pos = torch.topk(phi, k, dim=-1).indices.sort(dim=-1).values
+                neg = torch.topk(-phi, k, dim=-1).indices.sort(dim=-1).values
+                weights = None
+            else:
+                pos, wpos = gumbel_topk(phi, k, generator=generator)
+                neg, wneg = gumbel_topk(-phi, k, generator=generator)
+                weights = torch.cat([wpos, wneg], dim=1).unsqueeze(-1)
+            mined = torch.cat([pos, neg], dim=1)  # B x 2k, positives first, row-major
+            idx = mined.unsqueeze(-1).expand(-1, -1, c)
+            contents = (keys + gated).gather(1, idx)
+            labels = torch.cat(
+                [point_label_embeddings[1].expand(k, -1), point_label_embeddings[0].expand(k, -1)]
+            )
+            encodings = k_pe.gather(1, idx) + labels
+            if weights is not None:
+                contents, encodings = contents * weights, encodings * weights
+            adapted = torch.cat([adapted, contents], dim=1)
+            q_pe = torch.cat([q_pe, encodings], dim=1)
+            pad = q.new_zeros(b, 2 * k, c)
+            a, q = torch.cat([a, pad], dim=1), torch.cat([q, pad], dim=1)
+        a = a + adapted
+        keys = keys + gated
+        q = layer1.norm2(q + a)
+        q = layer1.norm3(q + layer1.mlp(q))
+        keys = layer1.norm4(keys + layer1.cross_attn_image_to_token(q=keys + k_pe, k=q + q_pe, v=q))
+        for layer in self.transformer.layers[2:]:
+            q, keys = layer(queries=q, keys=keys, query_pe=q_pe, key_pe=k_pe)
+
+        # 4. final attention, with the extended q_pe
+        attn = self.transformer.final_attn_token_to_image(q=q + q_pe, k=keys + k_pe, v=keys)
+        hs = self.transformer.norm_final_attn(q + attn)
+
+        # 5. SAM's mask head: upscaled embedding . hypernetwork of each mask token
+        upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(b, c, gh, gw))
+        hyper = torch.stack(
+            [mlp(hs[:, 1 + i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )  # B x 4 x C/8
+        bu, cu, hu, wu = upscaled.shape
+        masks = (hyper @ upscaled.view(bu, cu, hu * wu)).view(b, -1, hu, wu)
+        iou = self.iou_prediction_head(hs[:, 0])
+
+        # 6. output selection [ref]
+        if multimask_output:
+            mask_index = iou[:, 1:].argmax(dim=1) + 1
+            iou = iou.gather(1, mask_index.view(b, 1))
+        else:
+            mask_index = torch.zeros(b, dtype=torch.long, device=hs.device)
+        masks = masks.gather(1, mask_index.view(b, 1, 1, 1).expand(-1, 1, hu, wu))
+
+        def grid(t: Tensor) -> Tensor:
+            return t.view(b, 1, gh, gw)
+
+        return DecoderOutput(
+            masks=masks,
+            iou_predictions=iou,
             uncertainty=grid(unc),
             pa_mask=grid(pa_mask),
             coarse_mask=grid(coarse),
@@ -655,6 +829,9 @@ class PASam(Sam):
     """
 
     mask_decoder: PAMaskDecoder
+    #: the model family: ``"pasam"`` (SAM, optionally with the PA-SAM adapter) or
+    #: ``"hq-sam"`` (:class:`pasam_plugins.hq.HQSam`)
+    family: str = "pasam"
 
     def __init__(
         self,
@@ -691,6 +868,63 @@ class PASam(Sam):
         return self.mask_decoder.has_adapter
 
     @property
+    def plm(self) -> nn.Module | None:
+        """The prompt learning module (:mod:`pasam_plugins.prompt_learning`), or None."""
+        return self.mask_decoder.plm
+
+    @property
+    def has_additions(self) -> bool:
+        """Whether ``use_adapter=True`` differs from plain SAM: a PA-SAM adapter, HQ-SAM's
+        HQ output token or a prompt learning module."""
+        return self.has_adapter or self.family != "pasam" or self.plm is not None
+
+    @property
+    def method_name(self) -> str:
+        """The row name of this model's predictions with its additions on: "PA-SAM",
+        "HQ-SAM", "SAM + PLM", "PA-SAM + PLM" ...; "SAM" without additions."""
+        name = "HQ-SAM" if self.family == "hq-sam" else "PA-SAM" if self.has_adapter else "SAM"
+        return f"{name} + PLM" if self.plm is not None else name
+
+    @property
+    def has_uncertainty(self) -> bool:
+        """Whether predictions carry an uncertainty map and mined points (PA-SAM only)."""
+        return self.has_adapter
+
+    # ------------------------------------------------------------- per-image computation
+    # The predictor, the trainer and the cache go through these, so that a model family
+    # with another per-image input (HQ-SAM's HQ features) needs no change there.
+    @property
+    def uses_guide(self) -> bool:
+        """Whether the decoder needs a per-image tensor besides the embedding (the PA-SAM
+        guide; HQ-SAM's HQ features), computed once per image and cached with it."""
+        return self.has_adapter
+
+    @property
+    def guide_shape(self) -> tuple[int, ...]:
+        """Shape of that tensor for one image."""
+        g = self.embedding_grid
+        return (1, int(self.prompt_encoder.embed_dim), g, g)
+
+    def guide_modules(self) -> list[tuple[str, nn.Module]]:
+        """Trainable modules the guide is computed with (hashed whole into the cache key)."""
+        if self.has_adapter:
+            return [("guiding_conv", self.mask_decoder.guiding_conv)]
+        return []
+
+    def encode_image(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Preprocessed 1|Bx3xNxN input -> (image embedding, early encoder features or None)."""
+        return self.image_encoder(x), None
+
+    def guide_input(self, x: Tensor, resized_u8: np.ndarray | None, early: Tensor | None) -> Tensor:
+        """The frozen per-image input the trained guide is computed from (PA-SAM: the
+        4-channel guide input of the guide mode)."""
+        return _guide_input(self.guide_mode, x, resized_u8)
+
+    def encode_guide(self, guide_input: Tensor, embedding: Tensor) -> Tensor:
+        """The guide the decoder takes, from :meth:`guide_input` (and the embedding)."""
+        return self.mask_decoder.encode_guide(guide_input)
+
+    @property
     def img_size(self) -> int:
         """Side of the square model input in pixels (1024 for the official models)."""
         return int(self.image_encoder.img_size)
@@ -722,6 +956,7 @@ class PASam(Sam):
         mining: MiningMode = "topk",
         use_adapter: bool = True,
         generator: torch.Generator | None = None,
+        return_features: bool = False,
     ) -> DecoderOutput:
         """Prompt encoder + decoder for B prompt sets on one image.
 
@@ -732,11 +967,17 @@ class PASam(Sam):
             px, 1024 for the official models) and BxN labels.
           boxes (Tensor): Bx4 boxes in the same frame.
           mask_input (Tensor): Bx1x4Gx4G low-res mask logits.
+          use_adapter (bool): False: plain SAM from the same weights (no adapter, no HQ
+            token, no prompt learning module).
+          return_features (bool): also return the decoder's upscaled mask features.
         """
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        image_pe = self.prompt_encoder.get_dense_pe()
+        if use_adapter and self.plm is not None and sparse.shape[1] > 0:
+            sparse = self.plm(sparse, image_embeddings, image_pe)
         return self.mask_decoder(
             image_embeddings,
-            self.prompt_encoder.get_dense_pe(),
+            image_pe,
             sparse,
             dense,
             multimask_output,
@@ -745,6 +986,7 @@ class PASam(Sam):
             mining=mining,
             use_adapter=use_adapter,
             generator=generator,
+            return_features=return_features,
         )
 
 

@@ -9,7 +9,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: how the weights were obtained
-KINDS = ("built", "official-sam", "official-pasam", "pasam-full", "pasam-adapter", "finetuned")
+KINDS = (
+    "built",
+    "official-sam",
+    "official-pasam",
+    "official-hq-sam",
+    "pasam-full",
+    "pasam-adapter",
+    "finetuned",
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,8 @@ class ModelOrigin:
       base_file: the complete checkpoint an adapter file was loaded on (the SAM of an
         official PA-SAM decoder file, the base of this project's adapter file), else None.
       variant, guide_mode, has_adapter: the architecture.
+      family: ``"pasam"`` (SAM, with or without the PA-SAM adapter) or ``"hq-sam"``.
+      plm: whether the model has a prompt learning module (:mod:`.prompt_learning`).
       untrained: random weights (``pasam make-test-checkpoint``); results are meaningless.
       metadata: this project's checkpoint metadata (``{}`` for official files), with the
         training provenance and the ``zoom`` settings of models used zoomed in.
@@ -34,6 +44,8 @@ class ModelOrigin:
     guide_mode: str = "reference"
     has_adapter: bool = False
     untrained: bool = False
+    family: str = "pasam"
+    plm: bool = False
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -42,7 +54,7 @@ class ModelOrigin:
         copy) can name as its base: the file itself when it holds the whole model, the base
         of an adapter file; None for models built in memory or assembled from a decoder
         file plus a separate SAM (those are saved whole)."""
-        if self.kind in ("official-sam", "pasam-full"):
+        if self.kind in ("official-sam", "official-hq-sam", "pasam-full"):
             return self.file
         if self.kind == "official-pasam":  # merged file: complete; decoder file: not
             return self.file if self.base_file is None else None
@@ -62,19 +74,29 @@ class ModelOrigin:
             "built": "built in memory",
             "official-sam": "official SAM",
             "official-pasam": "official PA-SAM",
+            "official-hq-sam": "official HQ-SAM",
             "pasam-full": "pasam-plugins model",
             "pasam-adapter": "pasam-plugins adapter",
             "finetuned": "fine-tuned adapter",
         }.get(self.kind, self.kind)
-        parts = [
-            f"{what} {self.variant}",
-            "SAM + PA-SAM adapter" if self.has_adapter else "SAM only",
-        ]
+        parts = [f"{what} {self.variant}", self.architecture()]
         if self.file:
             parts.append(self.file)
         if self.untrained:
             parts.append("UNTRAINED random weights")
         return ", ".join(parts)
+
+    def architecture(self) -> str:
+        """What the network is, and what its predictions carry, in words."""
+        if self.family == "hq-sam":
+            text = "HQ-SAM (HQ output token; no uncertainty map or mined points)"
+        elif self.has_adapter:
+            text = "SAM + PA-SAM adapter"
+        else:
+            text = "SAM only (no uncertainty map or mined points)"
+        if self.plm:
+            text += " + prompt learning module"
+        return text
 
     def derived(self, **changes: Any) -> "ModelOrigin":
         """A copy with some fields changed."""

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from .cache import CacheEntry, EmbeddingCache, image_key
 from .guide import guide_input
-from .imageio import DEFAULT_PERCENTILES, normalize_image
+from .imageio import DEFAULT_PERCENTILES, check_image_size, normalize_image
 from .modeling import DecoderOutput, PASam
 
 
@@ -42,10 +42,12 @@ def model_signature(model: PASam) -> str:
     mode. Cheap even for ViT-H, and different for any two trained models.
     """
     h = hashlib.sha256()
-    h.update(f"{model.variant}|{model.guide_mode}|{model.has_adapter}".encode())
-    modules = [("image_encoder", model.image_encoder)]
-    if model.has_adapter:
-        modules.append(("guiding_conv", model.mask_decoder.guiding_conv))
+    family = getattr(model, "family", "pasam")
+    head = f"{model.variant}|{model.guide_mode}|{model.has_adapter}"
+    h.update((head if family == "pasam" else f"{head}|{family}").encode())
+    guide_modules = model.guide_modules()
+    modules = [("image_encoder", model.image_encoder), *guide_modules]
+    full_prefixes = tuple(f"{name}." for name, _ in guide_modules)
     tensors: list[tuple[str, Tensor]] = [
         ("pixel_mean", model.pixel_mean),
         ("pixel_std", model.pixel_std),
@@ -55,8 +57,9 @@ def model_signature(model: PASam) -> str:
     with torch.no_grad():
         for name, t in tensors:
             flat = t.detach().reshape(-1)
-            # the guiding conv is small and is what fine-tuning changes: hash all of it
-            full = name.startswith("guiding_conv.")
+            # the guide's modules (PA-SAM's guiding conv, HQ-SAM's fusion layers) are what
+            # fine-tuning changes: hash all of them
+            full = name.startswith(full_prefixes)
             step = 1 if full else max(1, flat.numel() // 4096)
             sample = flat[::step].float().cpu().numpy()
             h.update(f"{name}{tuple(t.shape)}".encode())
@@ -74,7 +77,7 @@ class Prediction:
       masks: CxHxW bool (or float logits with ``return_logits``).
       scores: C float32 predicted IoU.
       low_res_logits: Cx256x256 float32, usable as ``mask_input`` of the next call.
-      uncertainty: HxW float32 in [0, 1] (None without adapter).
+      uncertainty: HxW float32 in [0, 1] (None without adapter: SAM and HQ-SAM have none).
       mined_points: 8x2 float32 (x, y) pixels, 4 positive then 4 negative (None without adapter).
       mined_labels: 8 int64, 1 positive / 0 negative.
     """
@@ -184,14 +187,23 @@ class PASamPredictor:
             (normalized by :func:`pasam_plugins.imageio.normalize_image`).
           image_format (str): ``"RGB"`` or ``"BGR"`` for 3-channel images.
           channel (int or None): channel to segment in a multichannel image.
+
+        Raises:
+          ImageError: (a ValueError) the image cannot be normalized, or is too elongated for
+            the model input (:meth:`check_image_size`).
+
+        A disk-cached embedding is used only when it fits this model and image (shapes,
+        image size; :meth:`_entry_problem`), else it is deleted and recomputed.
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         rgb = normalize_image(image, channel=channel, percentiles=self.percentiles)
         if image_format != self.model.image_format:
             rgb = np.ascontiguousarray(rgb[..., ::-1])
+        self.check_image_size(*rgb.shape[:2])
         key = f"{image_key(rgb)}-{self.model_signature}"
-        entry = self.cache.get(key)
+        size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        entry = self.cache.get(key, validate=lambda e: self._entry_problem(e, size))
         if entry is not None:
             self._use_entry(key, entry)
             return
@@ -200,6 +212,35 @@ class PASamPredictor:
         self.set_torch_image(input_t.contiguous(), rgb.shape[:2])
         self.image_key = key
         self.cache.put(key, self._entry())
+
+    def check_image_size(self, height: int, width: int, *, name: str = "") -> None:
+        """Raise :class:`pasam_plugins.imageio.ImageError` (a ValueError) for an image the
+        model input cannot hold: resizing its long side to the input size must leave the
+        short side at least one pixel (aspect ratio at most 2048:1 for 1024-px models)."""
+        check_image_size(height, width, target_length=self.transform.target_length, name=name)
+
+    def _entry_problem(self, entry: CacheEntry, original_size: tuple[int, int]) -> str | None:
+        """Why a cached entry read from disk cannot be this model's embedding of an image of
+        ``original_size``, or None when it fits."""
+        grid = self.model.embedding_grid
+        expected = (1, int(self.model.prompt_encoder.embed_dim), grid, grid)
+        if tuple(entry.embedding.shape) != expected:
+            return f"embedding shape {tuple(entry.embedding.shape)}, the model makes {expected}"
+        if self.model.uses_guide:
+            guide_shape = tuple(self.model.guide_shape)
+            if entry.guide is None:
+                return "no guide, but the model needs one (PA-SAM adapter or HQ-SAM)"
+            if tuple(entry.guide.shape) != guide_shape:
+                return f"guide shape {tuple(entry.guide.shape)}, the model makes {guide_shape}"
+        elif entry.guide is not None:
+            return "a guide, but the model uses none"
+        if tuple(entry.original_size) != tuple(original_size):
+            return f"image size {tuple(entry.original_size)}, the image is {tuple(original_size)}"
+        target = self.transform.target_length
+        input_size = self.transform.get_preprocess_shape(*original_size, target)
+        if tuple(entry.input_size) != tuple(input_size):
+            return f"input size {tuple(entry.input_size)}, expected {tuple(input_size)}"
+        return None
 
     def _entry(self) -> CacheEntry:
         assert self.features is not None and self.original_size and self.input_size
@@ -237,16 +278,17 @@ class PASamPredictor:
         self.input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
         x = self.model.preprocess(transformed_image.to(self.device).float())
         with self._autocast():
-            self.features = self.model.image_encoder(x).float()
+            features, early = self.model.encode_image(x)
+        self.features = features.float()
         self.encoder_runs += 1
-        if self.model.has_adapter:
+        if self.model.uses_guide:
             resized_u8 = None
-            if self.model.guide_mode == "image":
+            if self.model.has_adapter and self.model.guide_mode == "image":
                 resized_u8 = (
                     transformed_image[0].permute(1, 2, 0).round().clamp(0, 255).byte().cpu().numpy()
                 )
-            gin = guide_input(self.model.guide_mode, x, resized_u8)
-            self.guide = self.model.mask_decoder.encode_guide(gin)
+            gin = self.model.guide_input(x, resized_u8, None if early is None else early.float())
+            self.guide = self.model.encode_guide(gin, self.features)
         self.is_image_set = True
 
     def set_embedding(
@@ -258,14 +300,23 @@ class PASamPredictor:
         guide: Tensor | None = None,
     ) -> None:
         """Use a precomputed 1xCx64x64 embedding. With the adapter, give either the guide
-        (1xCx64x64) or the HxWx3 uint8 image it is computed from."""
+        (1xCx64x64) or the HxWx3 uint8 image it is computed from. HQ-SAM needs the guide (its
+        HQ features come from the encoder's early features, which an embedding lacks)."""
+        self.check_image_size(int(original_size[0]), int(original_size[1]))
         self.reset_image()
         self.original_size = (int(original_size[0]), int(original_size[1]))
         self.input_size = self.transform.get_preprocess_shape(
             *self.original_size, self.transform.target_length
         )
         self.features = embedding.to(self.device).float()
-        if self.model.has_adapter:
+        if self.model.uses_guide and not self.model.has_adapter:
+            if guide is None:
+                raise ValueError(
+                    f"{self.model.method_name} needs its per-image features (guide=) with a "
+                    "precomputed embedding; use set_image otherwise"
+                )
+            self.guide = guide.to(self.device)
+        elif self.model.has_adapter:
             if guide is None:
                 if image is None:
                     raise ValueError("the adapter needs the guide or the image it comes from")

@@ -22,7 +22,7 @@ from .paths import model_data_dir
 REGISTRY_PATH = model_data_dir() / "registry.json"
 CARDS_DIR = model_data_dir() / "cards"
 SCHEMA_VERSION = 1
-KINDS = ("sam", "pasam-decoder", "pasam")
+KINDS = ("sam", "pasam-decoder", "pasam", "hq-sam")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -37,7 +37,8 @@ class RegistryEntry:
     Attributes:
       name: registry key (``vit_b``, ``vit_l``, ``vit_h``, ``pa_sam_l``).
       kind: ``"sam"`` (plain SAM), ``"pasam-decoder"`` (official PA-SAM decoder only, needs
-        the SAM checkpoint named by ``requires``) or ``"pasam"`` (a whole PA-SAM model).
+        the SAM checkpoint named by ``requires``), ``"pasam"`` (a whole PA-SAM model) or
+        ``"hq-sam"`` (an official HQ-SAM file, :mod:`pasam_plugins.hq`).
       variant: SAM image-encoder variant (``vit_b``/``vit_l``/``vit_h``).
       url: where the file is published.
       filename: name of the file in the cache directory.
@@ -64,7 +65,15 @@ class RegistryEntry:
     card: str | None = None
     requires: str | None = None
     notes: str = ""
+    #: path of a file shipped in the package's model/ folder (no download), e.g.
+    #: ``weights/pasam_micro.safetensors``; None for downloadable entries
+    bundled: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def bundled_path(self) -> Path | None:
+        """The shipped file of a bundled entry (None for downloadable ones)."""
+        return (model_data_dir() / self.bundled) if self.bundled else None
 
     @property
     def verifiable(self) -> bool:
@@ -105,9 +114,16 @@ def _entry_from_json(name: str, raw: Any, *, source: str) -> RegistryEntry:
     filename = str(raw["filename"])
     if Path(filename).name != filename or filename in (".", ".."):
         raise RegistryError(f"{source}: entry {name!r} filename must be a bare file name")
+    bundled = raw.get("bundled")
+    if bundled is not None and (
+        not isinstance(bundled, str) or Path(bundled).is_absolute() or ".." in Path(bundled).parts
+    ):
+        raise RegistryError(
+            f"{source}: entry {name!r} bundled must be a path inside the model folder"
+        )
     known = {k: v for k, v in raw.items() if k in _FIELDS}
     known.update(sha256=sha, size_bytes=size, filename=filename)
-    known["direct_download"] = bool(raw.get("direct_download", True))
+    known["direct_download"] = bool(raw.get("direct_download", True)) and bundled is None
     extra = {k: v for k, v in raw.items() if k not in _FIELDS}
     return RegistryEntry(name=name, extra=extra, **known)
 
@@ -148,3 +164,27 @@ def get_entry(name: str, registry: dict[str, RegistryEntry] | None = None) -> Re
         raise RegistryError(
             f"unknown model {name!r}; known models: {', '.join(sorted(registry))}"
         ) from None
+
+
+#: the model every tool uses when the user names none (shipped, no network needed)
+DEFAULT_MODEL = "pasam_micro"
+
+
+def bundled_checkpoint(name: str = DEFAULT_MODEL) -> Path:
+    """The shipped file of a bundled registry entry (the default model by default).
+
+    Raises:
+      RegistryError: not a bundled entry, or its file is missing from the installation.
+    """
+    entry = get_entry(name)
+    path = entry.bundled_path
+    if path is None:
+        raise RegistryError(
+            f"{name} is not shipped with pasam-plugins (download it: pasam download {name})"
+        )
+    if not path.is_file():
+        raise RegistryError(
+            f"{name}: the shipped file {path} is missing from this installation (reinstall "
+            f"pasam-plugins, or pass --checkpoint)"
+        )
+    return path

@@ -19,6 +19,12 @@ and nowhere else:
   previous low-res logits back as mask prompt. Official models see the whole image.
 - **summary:** predicted IoU, mean uncertainty inside the mask and over its boundary band;
   an empty mask has no uncertainty summary (``None``).
+- **suggestions:** the 8 mined points are ranked by how strongly they were mined
+  (``mined_scores``: ``U x (sigmoid(R) - sigmoid(Mc))`` at the point for the 4 positive ones,
+  its negative for the 4 negative ones); :meth:`ObjectMask.suggestions` lists them best
+  first: the "next click" a user who follows the overlay takes.
+- **task score:** :func:`task_score_of` (an image's objects -> one score,
+  :func:`pasam_plugins.metrics.task_score`), the Label Studio backend's queue order.
 """
 
 from dataclasses import dataclass, field
@@ -27,14 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .imageio import normalize_image
-from .metrics import mask_box, uncertainty_band
+from .metrics import band_uncertainty_sum, mask_box, task_score, uncertainty_band
+from .modeling import DecoderOutput
 from .predictor import BatchPrediction, PASamPredictor
+from .tiling import ImageSource, TileGrid
 from .zoom import (
     BOX_CONTEXT,
     MIN_WINDOW,
     Window,
-    crop,
     paste,
     window_around_box,
     window_around_point,
@@ -89,6 +95,7 @@ class ObjectMask:
       window: the zoomed window (None for whole-image models).
       uncertainty: HxW float32 in [0, 1] (None without adapter).
       mined_points: 8x2 (x, y) image pixels, 4 positive then 4 negative; mined_labels: 8.
+      mined_scores: 8 mining strengths (higher: mined more strongly; see the module doc).
       mean_uncertainty / boundary_uncertainty: mean of the uncertainty map inside the mask /
         over its boundary band (None without adapter or for an empty mask).
     """
@@ -100,6 +107,7 @@ class ObjectMask:
     uncertainty: np.ndarray | None = None
     mined_points: np.ndarray | None = None
     mined_labels: np.ndarray | None = None
+    mined_scores: np.ndarray | None = None
     mean_uncertainty: float | None = None
     boundary_uncertainty: float | None = None
     points: np.ndarray | None = None
@@ -114,6 +122,59 @@ class ObjectMask:
     @property
     def empty(self) -> bool:
         return not self.mask.any()
+
+    def suggestions(self) -> list[tuple[float, float, int]]:
+        """The mined points as suggested next clicks, strongest first: ``(x, y, label)``
+        with label 1 (the model suggests adding) or 0 (removing). Empty without adapter."""
+        if self.mined_points is None or self.mined_labels is None:
+            return []
+        n = len(self.mined_points)
+        scores = self.mined_scores if self.mined_scores is not None else np.zeros(n)
+        order = sorted(range(n), key=lambda i: -float(scores[i]))  # stable: ties keep order
+        return [
+            (
+                float(self.mined_points[i][0]),
+                float(self.mined_points[i][1]),
+                int(self.mined_labels[i]),
+            )
+            for i in order
+        ]
+
+
+def mining_scores(decoder: DecoderOutput, i: int) -> np.ndarray | None:
+    """How strongly each mined point of prompt set ``i`` was mined: the mining map
+    ``phi = U x (sigmoid(R) - sigmoid(Mc))`` at the point for the positive ones (top-k of
+    phi) and ``-phi`` for the negative ones (top-k of -phi). None without mined points."""
+    if decoder.mined_indices is None or decoder.uncertainty is None:
+        return None
+    u = decoder.uncertainty[i].float().flatten()
+    r = decoder.refined_mask[i].float().flatten()  # type: ignore[union-attr]
+    c = decoder.coarse_mask[i].float().flatten()  # type: ignore[union-attr]
+    idx = decoder.mined_indices[i]
+    phi = (u[idx] * (torch.sigmoid(r[idx]) - torch.sigmoid(c[idx]))).cpu().numpy()
+    k = len(phi) // 2
+    return np.concatenate([phi[:k], -phi[k:]]).astype(np.float32)
+
+
+def task_score_of(objects: "list[ObjectMask]") -> float:
+    """The task score of one image from its segmented objects
+    (:func:`pasam_plugins.metrics.task_score`; without uncertainty: mean predicted IoU)."""
+    has_u = any(o.uncertainty is not None for o in objects)
+    sums, pixels = [], []
+    for o in objects:
+        if o.uncertainty is None:
+            sums.append(0.0)
+            pixels.append(0)
+        else:
+            total, n = band_uncertainty_sum(o.mask, o.uncertainty)
+            sums.append(total)
+            pixels.append(n)
+    return task_score(
+        [o.score for o in objects],
+        sums if has_u else None,
+        pixels,
+        [o.area for o in objects],
+    )
 
 
 def use_multimask(
@@ -179,11 +240,33 @@ class Segmenter:
         whole image, as SAM).
     """
 
-    def __init__(self, predictor: PASamPredictor, *, zoom: ZoomSettings | None = None) -> None:
+    def __init__(
+        self,
+        predictor: PASamPredictor,
+        *,
+        zoom: ZoomSettings | None = None,
+        tile: int | None = None,
+        halo: int | None = None,
+        tile_above: int | None = None,
+    ) -> None:
         self.predictor = predictor
         model = predictor.model
         self.zoom = zoom if zoom is not None else ZoomSettings.from_metadata(model.origin.metadata)
-        self.rgb: np.ndarray | None = None
+        n = model.img_size
+        #: tiling of whole-image models (:mod:`pasam_plugins.tiling`): images with a side
+        #: above ``tile_above`` px are embedded as tiles of ``tile`` px plus ``halo`` on each
+        #: side (the model input, at native resolution) instead of being shrunk
+        self.halo = int(halo if halo is not None else n // 8)
+        self.tile = int(tile if tile is not None else n - 2 * self.halo)
+        self.tile_above = int(tile_above if tile_above is not None else 2 * n)
+        if self.tile < 1 or self.halo < 0 or self.tile + 2 * self.halo > n:
+            raise ValueError(
+                f"tile {self.tile} + 2 x halo {self.halo} must be positive and fit the "
+                f"{n}-px model input"
+            )
+        self.source: ImageSource | None = None
+        self.bgr = False
+        self.grid: TileGrid | None = None
         self.size: tuple[int, int] | None = None
 
     @property
@@ -194,23 +277,53 @@ class Segmenter:
     def has_adapter(self) -> bool:
         return self.predictor.model.has_adapter
 
+    @property
+    def mode(self) -> str:
+        """How the current image is seen: ``zoom`` (a window per object), ``tiled`` (native
+        tiles of a large image) or ``whole`` (the image resized to the input, as SAM)."""
+        if self.zoom is not None:
+            return "zoom"
+        return "tiled" if self.grid is not None else "whole"
+
     # ------------------------------------------------------------------ image
     def set_image(
-        self, image: np.ndarray, *, channel: int | None = None, image_format: str = "RGB"
+        self, image: Any, *, channel: int | None = None, image_format: str = "RGB"
     ) -> None:
-        """Use this image (any dtype/channels; see :func:`normalize_image`). Whole-image
-        models embed it now (or take it from the cache); zoomed models embed windows when
-        prompts arrive."""
-        if self.zoom is None:
-            self.predictor.set_image(image, image_format, channel=channel)
-            self.rgb = None
+        """Use this image: any dtype and channels (see :func:`normalize_image`); an
+        array-like (memmap, zarr, dask, :func:`pasam_plugins.tiling.open_image`) is read
+        lazily. Whole-image models embed it now (or take it from the cache); zoomed models
+        and large images embed windows where prompts arrive."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        shape = tuple(getattr(image, "shape", np.shape(image)))
+        large = len(shape) >= 2 and max(shape[:2]) > self.tile_above
+        self.grid = None
+        if self.zoom is None and not large:
+            self.predictor.set_image(np.asarray(image), image_format, channel=channel)
+            self.source = None
             self.size = self.predictor.original_size
             return
-        rgb = normalize_image(image, channel=channel, percentiles=self.predictor.percentiles)
-        if image_format == "BGR":
-            rgb = np.ascontiguousarray(rgb[..., ::-1])
-        self.rgb = rgb
-        self.size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        self.source = ImageSource(image, channel=channel, percentiles=self.predictor.percentiles)
+        self.bgr = image_format == "BGR"
+        self.size = self.source.shape
+        if self.zoom is None:
+            self.grid = TileGrid(*self.source.shape, tile=self.tile, halo=self.halo)
+
+    def windows(self) -> list[Window]:
+        """The windows ``embed_all`` embeds: every tile of a tiled image, none otherwise
+        (zoomed models embed a window around each prompt; whole images at set_image)."""
+        if self.grid is None:
+            return []
+        return [self.grid.window(i, j) for i, j in self.grid]
+
+    def embed_window(self, window: Window) -> bool:
+        """Embed one window of the current image into the cache; True when the encoder ran
+        (False: it was cached already)."""
+        assert self.source is not None
+        runs = self.predictor.encoder_runs
+        image = self.source.crop(window, self.model.img_size)
+        self.predictor.set_image(np.ascontiguousarray(image[..., ::-1]) if self.bgr else image)
+        return self.predictor.encoder_runs > runs
 
     def _require_image(self) -> tuple[int, int]:
         if self.size is None:
@@ -237,9 +350,11 @@ class Segmenter:
         """
         size = self._require_image()
         pts, lab, bx = check_prompts(points, labels, box, size)
-        if self.zoom is None:
+        if self.mode == "whole":
             mask_in = None if previous is None else previous.low_res_logits
             return self._predict_whole([(pts, lab, bx, mask_in)], use_adapter)[0]
+        if self.mode == "tiled":
+            return self._segment_tiled(pts, lab, bx, previous, use_adapter)
         return self._segment_zoomed(pts, lab, bx, previous, use_adapter)
 
     # ------------------------------------------------------------------ many objects
@@ -249,26 +364,33 @@ class Segmenter:
         points: Any = None,
         labels: Any = None,
         *,
+        previous: "list[ObjectMask | None] | None" = None,
         use_adapter: bool = True,
         chunk: int = 16,
     ) -> list[ObjectMask]:
         """Segment B objects, each from its own prompts: ``boxes`` Bx4 and/or ``points``
-        BxNx2 with ``labels`` BxN (the same N for all). Whole-image models run the prompt
-        sets batched; zoomed models one window each."""
+        BxNx2 with ``labels`` BxN (the same N for all); ``previous``: B earlier results
+        (or None) to refine, as in :meth:`segment`. Whole-image models run the prompt sets
+        batched; zoomed models one window each. The results equal B :meth:`segment` calls."""
         self._require_image()
         n = len(boxes) if boxes is not None else (len(points) if points is not None else 0)
+        if previous is not None and len(previous) != n:
+            raise ValueError(f"{n} prompt sets but {len(previous)} previous results")
+        prev = list(previous) if previous is not None else [None] * n
         prompts = []
         for i in range(n):
             p = None if points is None else points[i]
             lab = None if labels is None else labels[i]
             b = None if boxes is None else boxes[i]
-            prompts.append((*check_prompts(p, lab, b), None))
-        if self.zoom is None:
+            mask_in = None if prev[i] is None else prev[i].low_res_logits  # type: ignore[union-attr]
+            prompts.append((*check_prompts(p, lab, b), mask_in))
+        if self.mode == "whole":
             out: list[ObjectMask] = []
             for start in range(0, n, chunk):
                 out += self._predict_whole(prompts[start : start + chunk], use_adapter)
             return out
-        return [self._segment_zoomed(p, lab, b, None, use_adapter) for p, lab, b, _ in prompts]
+        one = self._segment_tiled if self.mode == "tiled" else self._segment_zoomed
+        return [one(p, lab, b, prev[i], use_adapter) for i, (p, lab, b, _) in enumerate(prompts)]
 
     # ------------------------------------------------------------------ whole image
     def _predict_whole(self, prompts: list, use_adapter: bool) -> list[ObjectMask]:
@@ -335,6 +457,7 @@ class Segmenter:
             uncertainty=unc,
             mined_points=None if out.mined_points is None else out.mined_points[i].cpu().numpy(),
             mined_labels=None if out.mined_labels is None else out.mined_labels[i].cpu().numpy(),
+            mined_scores=mining_scores(out.decoder, i),
             mean_uncertainty=mean_u,
             boundary_uncertainty=band_u,
             points=points,
@@ -357,8 +480,9 @@ class Segmenter:
         the crop's frame) and the index of the chosen mask."""
         pred = self.predictor
         n = pred.model.img_size
-        assert self.rgb is not None
-        pred.set_image(crop(self.rgb, window, n))
+        assert self.source is not None
+        image = self.source.crop(window, n)
+        pred.set_image(np.ascontiguousarray(image[..., ::-1]) if self.bgr else image)
         dev = pred.device
         coords = lab_t = box_t = mask_t = None
         if points is not None:
@@ -380,7 +504,7 @@ class Segmenter:
         best = int(torch.argmax(out.scores[0])) if out.scores.shape[1] > 1 else 0
         return out, best
 
-    def _zoomed_result(
+    def _window_result(
         self,
         out: BatchPrediction,
         best: int,
@@ -413,11 +537,69 @@ class Segmenter:
             uncertainty=unc,
             mined_points=mined,
             mined_labels=mined_l,
+            mined_scores=mining_scores(out.decoder, 0),
             mean_uncertainty=mean_u,
             boundary_uncertainty=band_u,
             points=points,
             point_labels=labels,
             box=box,
+        )
+
+    def _segment_tiled(
+        self,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        previous: ObjectMask | None,
+        use_adapter: bool,
+    ) -> ObjectMask:
+        """A large image: the prompt is answered on the tile window that holds it with the
+        most margin (native resolution); clicks whose mask reaches the window's edge are
+        answered again on the window that holds that mask best."""
+        assert self.grid is not None
+        multimask = use_multimask(points, labels, box, False)
+        if (
+            previous is not None
+            and previous.window is not None
+            and self._inside(previous.window, points, box)
+        ):
+            out, best = self._window_prediction(
+                previous.window, points, labels, box, previous.low_res_logits, use_adapter, False
+            )
+            return self._window_result(out, best, previous.window, points, labels, box)
+        lo, hi = _prompt_extent(points, labels, box)
+        window = self._tile_window(lo, hi)
+        out, best = self._window_prediction(
+            window, points, labels, box, None, use_adapter, multimask
+        )
+        result = self._window_result(out, best, window, points, labels, box)
+        if box is None and not result.empty:
+            mbox = mask_box(result.mask)
+            assert mbox is not None
+            better = self._tile_window(mbox[:2], mbox[2:])
+            if better != window and _touches_inner_edge(result.mask, window, self.size):
+                out, best = self._window_prediction(
+                    better, points, labels, None, None, use_adapter, multimask
+                )
+                result = self._window_result(out, best, better, points, labels, None)
+        return result
+
+    def _tile_window(self, lo: np.ndarray, hi: np.ndarray) -> Window:
+        """The grid tile holding the pixel box lo..hi best; a box no tile holds whole gets a
+        window of its own (native resolution when it fits the input, else zoomed out)."""
+        assert self.grid is not None
+        window, margin = self.grid.best_window(lo, hi)
+        if margin >= 0:
+            return window
+        n = float(self.model.img_size)
+        side = max(n, 1.25 * float(max(hi - lo)) + 2)
+        c = (lo + hi + 1) / 2.0
+        return Window(float(np.floor(c[0] - side / 2)), float(np.floor(c[1] - side / 2)), side)
+
+    @staticmethod
+    def _inside(window: Window, points: np.ndarray | None, box: np.ndarray | None) -> bool:
+        return (points is None or window.contains(points)) and (
+            box is None or window.contains(np.reshape(box, (2, 2)))
         )
 
     def _fit_window(self, window: Window, points: np.ndarray | None) -> Window:
@@ -444,14 +626,13 @@ class Segmenter:
         if (
             previous is not None
             and previous.window is not None
-            and (points is None or previous.window.contains(points))
-            and (box is None or previous.window.contains(np.reshape(box, (2, 2))))
+            and self._inside(previous.window, points, box)
         ):
             window = previous.window
             out, best = self._window_prediction(
                 window, points, labels, box, previous.low_res_logits, use_adapter, False
             )
-            return self._zoomed_result(out, best, window, points, labels, box)
+            return self._window_result(out, best, window, points, labels, box)
         if box is not None:
             window = self._fit_window(
                 window_around_box(box, context=z.box_context, min_size=z.min_window), points
@@ -459,7 +640,7 @@ class Segmenter:
             out, best = self._window_prediction(
                 window, points, labels, box, None, use_adapter, multimask
             )
-            return self._zoomed_result(out, best, window, points, labels, box)
+            return self._window_result(out, best, window, points, labels, box)
         # clicks only: find the object's scale, then zoom in on it
         assert points is not None and labels is not None
         pos = points[labels == 1]
@@ -481,7 +662,7 @@ class Segmenter:
             candidates.append((not inside.any(), touches, -score, len(candidates), win, out, best))
         candidates.sort(key=lambda c: c[:4])
         _, _, _, _, win, out, best = candidates[0]
-        first = self._zoomed_result(out, best, win, points, labels, None)
+        first = self._window_result(out, best, win, points, labels, None)
         if first.empty:
             return first
         mbox = mask_box(first.mask)
@@ -492,6 +673,36 @@ class Segmenter:
         out, best = self._window_prediction(
             window, points, labels, None, None, use_adapter, multimask
         )
-        result = self._zoomed_result(out, best, window, points, labels, None)
+        result = self._window_result(out, best, window, points, labels, None)
         result.extra["scale_window"] = win.size
         return result
+
+
+def _prompt_extent(
+    points: np.ndarray | None, labels: np.ndarray | None, box: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) corners of the pixels a prompt names: its box, or its positive points."""
+    corners = []
+    if box is not None:
+        corners.append(np.reshape(box, (2, 2)))
+    if points is not None and labels is not None and (labels == 1).any():
+        corners.append(points[labels == 1])
+    pts = np.concatenate(corners)
+    return pts.min(0), pts.max(0)
+
+
+def _touches_inner_edge(mask: np.ndarray, window: Window, size: tuple[int, int] | None) -> bool:
+    """Whether a mask reaches an edge of its window that is not the image's edge (the object
+    may go on beyond the window)."""
+    assert size is not None
+    h, w = size
+    r0, r1, c0, c1 = window.pixel_bounds(h, w)
+    sub = mask[r0:r1, c0:c1]
+    if not sub.any():
+        return False
+    return bool(
+        (r0 > 0 and sub[0].any())
+        or (r1 < h and sub[-1].any())
+        or (c0 > 0 and sub[:, 0].any())
+        or (c1 < w and sub[:, -1].any())
+    )

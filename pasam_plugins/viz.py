@@ -7,6 +7,7 @@ users), each with a dark outline so they show on any background. A legend is dra
 top-left corner when the image is large enough.
 """
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -297,3 +298,45 @@ def save_overlay_png(
     """:func:`overlay` written to ``path`` as PNG; returns the path."""
     img = overlay(image_rgb_uint8, mask, uncertainty, mined_points, mined_labels, **kwargs)
     return save_png(path, img)
+
+
+#: outline colour of the objects a person should review first (automatic segmentation)
+REVIEW_COLOR = (255, 40, 40)
+
+
+def instances_overlay(
+    image_rgb_uint8: np.ndarray,
+    labels: np.ndarray,
+    *,
+    review: Sequence[int] = (),
+    alpha: float = 0.4,
+) -> np.ndarray:
+    """A label image drawn on its image: every object filled in its own colour with a
+    white outline; the labels in ``review`` (the most uncertain objects) outlined thickly
+    in red. Returns HxWx3 uint8 RGB."""
+    import cv2
+
+    img, *_ = _check_inputs(image_rgb_uint8, None, None, None, None)
+    lab = np.asarray(labels)
+    if lab.shape != img.shape[:2]:
+        raise ValueError(f"labels of shape {lab.shape} do not match the image {img.shape[:2]}")
+    top = int(lab.max()) if lab.size else 0
+    rng = np.random.default_rng(0)
+    colors = np.concatenate(
+        [np.zeros((1, 3)), rng.uniform(60, 255, (max(top, 0), 3))], axis=0
+    ).astype(np.float32)
+    canvas = img.astype(np.float32)
+    fg = lab > 0
+    canvas[fg] = canvas[fg] * (1.0 - alpha) + colors[lab[fg]] * alpha
+    out = np.ascontiguousarray(np.clip(canvas.round(), 0, 255).astype(np.uint8))
+    edges = np.zeros(lab.shape, bool)
+    edges[:-1] |= lab[:-1] != lab[1:]
+    edges[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    out[edges & fg] = (255, 255, 255)
+    thick = max(1, min(lab.shape) // 250)
+    for value in review:
+        m = (lab == int(value)).astype(np.uint8)
+        if m.any():
+            contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(out, contours, -1, REVIEW_COLOR, thick + 1, cv2.LINE_8)
+    return out

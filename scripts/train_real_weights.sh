@@ -52,7 +52,7 @@ pack() {  # float16 copies into model/weights/ (the adapter and control files na
         --half --base pasam_micro_sam.safetensors
 }
 
-table() { .venv/bin/python benchmarks/real_weights_table.py --json runs/table.json; }
+table() { .venv/bin/python benchmarks/real_weights_table.py --max-objects 15 --json runs/table.json; }
 
 if [ $# -eq 0 ]; then set -- stage1 stage2 control pack table; fi
 for stage in "$@"; do

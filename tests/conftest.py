@@ -10,6 +10,16 @@ SHARED = ROOT.parent / "shared"
 
 
 @pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (the ISBI 2012 EM stack and the DSB 2018 nuclei subset), read in place."""
+    path = SHARED / "data"
+    for name in ("isbi2012-em", "dsb2018-nuclei"):
+        if not (path / name / "image").is_dir():
+            pytest.fail(f"the shared data set {name} is missing at {path / name}")
+    return path
+
+
+@pytest.fixture(scope="session")
 def isbi_dir() -> Path:
     """The ISBI 2012 EM stack (30 sections, 512x512 uint8) with labels, read in place."""
     path = SHARED / "data" / "isbi2012-em"

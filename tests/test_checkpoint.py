@@ -21,8 +21,11 @@ def _assert_same_weights(a, b):
 
 
 def _sam_state_dict(model):
-    return {k: v for k, v in model.state_dict().items()
-            if not k.startswith(("mask_decoder.guiding_conv", "mask_decoder.prompt_adapter"))}
+    return {
+        k: v
+        for k, v in model.state_dict().items()
+        if not k.startswith(("mask_decoder.guiding_conv", "mask_decoder.prompt_adapter"))
+    }
 
 
 def test_our_format_round_trip_with_metadata(tmp_path):
@@ -85,11 +88,17 @@ def test_adapter_only_file_needs_and_uses_the_base_sam(tmp_path):
         load_model(path)
     _assert_same_weights(model, load_model(path, sam_checkpoint=sam_path))
     # a base recorded in the metadata is used while it exists
-    path = save_checkpoint(model, tmp_path / "adapter2.safetensors", adapter_only=True,
-                           metadata={"base_checkpoint": str(sam_path)})
+    path = save_checkpoint(
+        model,
+        tmp_path / "adapter2.safetensors",
+        adapter_only=True,
+        metadata={"base_checkpoint": str(sam_path)},
+    )
     _assert_same_weights(model, load_model(path))
     sam_path.unlink()
-    with pytest.raises(CheckpointError, match="its metadata names .*sam_vit_tiny.pth, which does not exist"):
+    with pytest.raises(
+        CheckpointError, match="its metadata names .*sam_vit_tiny.pth, which does not exist"
+    ):
         load_model(path)
 
 
@@ -115,8 +124,18 @@ def test_official_pasam_decoder_and_merged_checkpoints(tmp_path):
     torch.save(_sam_state_dict(model), sam_path)
     dec_path = tmp_path / "epoch_20.pth"
     torch.save(model.mask_decoder.state_dict(), dec_path)
-    keys = json.load(open(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures",
-                                       "official_pasam_decoder_keys.json")))["parameters"]
+    keys = json.load(
+        open(
+            os.path.join(
+                os.path.dirname(__file__),
+                "..",
+                "..",
+                "shared",
+                "fixtures",
+                "official_pasam_decoder_keys.json",
+            )
+        )
+    )["parameters"]
     assert set(model.mask_decoder.state_dict()) == set(keys)
     with pytest.raises(CheckpointError, match="epoch_20.pth.*decoder weights"):
         load_model(dec_path)
@@ -147,7 +166,9 @@ def test_wrong_shapes_are_named(tmp_path):
     sd["mask_decoder.iou_token.weight"] = torch.zeros(1, 128)
     path = tmp_path / "x.pth"
     torch.save(sd, path)
-    with pytest.raises(CheckpointError, match=r"wrong shapes.*iou_token.weight \(1, 128\) != \(1, 256\)"):
+    with pytest.raises(
+        CheckpointError, match=r"wrong shapes.*iou_token.weight \(1, 128\) != \(1, 256\)"
+    ):
         load_model(path)
 
 
@@ -156,7 +177,10 @@ def test_decoder_checkpoint_with_missing_adapter_keys(tmp_path):
     del sd["prompt_adapter.refined_mlp.layers.0.weight"]
     path = tmp_path / "epoch_3.pth"
     torch.save(sd, path)
-    with pytest.raises(CheckpointError, match="official PA-SAM decoder layout.*missing keys: prompt_adapter.refined_mlp.layers.0.weight"):
+    with pytest.raises(
+        CheckpointError,
+        match="official PA-SAM decoder layout.*missing keys: prompt_adapter.refined_mlp.layers.0.weight",
+    ):
         load_model(path, sam_checkpoint=path)
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pasam_plugins import __version__
-from pasam_plugins.cli import _fallback_checkpoint, app
+from pasam_plugins.cli import app
 
 runner = CliRunner()
 
@@ -189,48 +189,44 @@ def test_predict_writes_mask_uncertainty_and_overlay(tmp_path, em_image, tiny_ch
     # the CLI passes the prompts to the core exactly: same result as the Python API
     from pasam_plugins.checkpoint import load_model
     from pasam_plugins.predictor import PASamPredictor
+    from pasam_plugins.segment import Segmenter
 
-    predictor = PASamPredictor(load_model(tiny_checkpoint), device="cpu")
-    predictor.set_image(np.asarray(Image.open(em_image)))
-    pred = predictor.predict(
-        point_coords=np.array([[250, 270], [60, 60]]),
-        point_labels=np.array([1, 0]),
-        box=np.array([180, 200, 330, 340]),
-        multimask_output=False,
-    )
-    np.testing.assert_array_equal(mask == 255, pred.masks[0])
-    np.testing.assert_allclose(u, pred.uncertainty, atol=1e-6)
+    seg = Segmenter(PASamPredictor(load_model(tiny_checkpoint), device="cpu"))
+    seg.set_image(np.asarray(Image.open(em_image)))
+    obj = seg.segment([[250, 270], [60, 60]], [1, 0], [180, 200, 330, 340])
+    np.testing.assert_array_equal(mask == 255, obj.mask)
+    np.testing.assert_allclose(u, obj.uncertainty, atol=1e-6)
     np.testing.assert_allclose(
-        [[p["x"], p["y"]] for p in summary["mined_points"]], pred.mined_points
+        [[p["x"], p["y"]] for p in summary["mined_points"]], obj.mined_points
     )
+    assert summary["score"] == pytest.approx(obj.score)
+    assert summary["prompts"]["multimask"] is False  # a box: one mask
 
 
-def test_predict_without_checkpoint_falls_back_to_random_weights(tmp_path, em_image):
-    cache = tmp_path / "cache"  # PASAM_CACHE_DIR (autouse fixture)
+def test_predict_without_checkpoint_uses_the_shipped_model_on_a_held_out_cell(
+    tmp_path, isbi_dir
+):
+    """No --checkpoint: the shipped pasam_micro segments a cell of a held-out EM section
+    (test split, never trained on) from one click at its deepest interior point."""
+    from scipy import ndimage
+
+    from pasam_plugins.metrics import mask_iou
+
+    image = isbi_dir / "image" / "25.png"
+    cells, _ = ndimage.label(np.asarray(Image.open(isbi_dir / "label" / "25.png")) > 127)
+    ids, counts = np.unique(cells[cells > 0], return_counts=True)
+    gt = cells == ids[np.argsort(counts)[len(counts) // 2]]  # a median-sized cell
+    depth = ndimage.distance_transform_edt(gt)
+    y, x = np.unravel_index(np.argmax(depth), depth.shape)
     out = tmp_path / "out"
-    result = run(
-        "predict",
-        str(em_image),
-        "--point",
-        "256,256",
-        "--out-dir",
-        str(out),
-        "--mask-format",
-        "tif",
-    )
+    result = run("predict", str(image), "--point", f"{x},{y}", "--out-dir", str(out))
     assert result.exit_code == 0, result.output
-    assert "No --checkpoint given" in result.text
-    assert "UNTRAINED RANDOM WEIGHTS" in result.stdout  # also in the main output
-    cached = list(cache.glob("test-checkpoint-*.safetensors"))
-    assert len(cached) == 1
-    mask = tifffile.imread(out / "5_mask.tif")
-    assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
-    assert json.loads((out / "5_prediction.json").read_text())["untrained"] is True
-    # the cached model is reused, not rewritten; a corrupted one is replaced
-    mtime = cached[0].stat().st_mtime_ns
-    assert _fallback_checkpoint(cache) == cached[0] and cached[0].stat().st_mtime_ns == mtime
-    cached[0].write_bytes(b"garbage")
-    assert _fallback_checkpoint(cache) == cached[0] and cached[0].stat().st_size > 1000
+    assert "using the shipped model pasam_micro" in result.text
+    assert "UNTRAINED" not in result.text
+    summary = json.loads((out / "25_prediction.json").read_text())
+    assert summary["untrained"] is False
+    mask = np.asarray(Image.open(out / "25_mask.png")) > 0
+    assert mask_iou(mask, gt) >= 0.5, mask_iou(mask, gt)
 
 
 def test_predict_multichannel_uint16_tiff(tmp_path, tiny_checkpoint):
@@ -242,7 +238,7 @@ def test_predict_multichannel_uint16_tiff(tmp_path, tiny_checkpoint):
     out = tmp_path / "out"
     result = run(
         "predict", str(path), "-c", str(tiny_checkpoint), "--channel", "1",
-        "--box", "45,25,105,65", "--multimask", "--out-dir", str(out),
+        "--box", "45,25,105,65", "--out-dir", str(out),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert np.asarray(Image.open(out / "cells_mask.png")).shape == (96, 160)
@@ -250,7 +246,7 @@ def test_predict_multichannel_uint16_tiff(tmp_path, tiny_checkpoint):
     overlay = np.asarray(Image.open(out / "cells_overlay.png"))
     assert overlay.shape == (96, 160, 3)
     summary = json.loads((out / "cells_prediction.json").read_text())
-    assert summary["prompts"]["channel"] == 1 and summary["prompts"]["multimask"] is True
+    assert summary["prompts"]["channel"] == 1 and summary["prompts"]["multimask"] is False
 
 
 @pytest.mark.parametrize(

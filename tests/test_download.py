@@ -214,3 +214,19 @@ def test_cache_dir_from_environment(tmp_path, server, monkeypatch):
     assert path == tmp_path / "envcache" / "test_ckpt.pth"
     monkeypatch.delenv("PASAM_CACHE_DIR")
     assert default_cache_dir() == Path.home() / ".cache" / "pasam"
+
+
+def test_the_shipped_default_model_needs_no_download_and_is_checked(tmp_path):
+    """`pasam download pasam_micro` (and every front end through fetch) gets the file shipped
+    in the package, verified against the registry; a damaged file is refused by name."""
+    import dataclasses
+
+    from pasam_plugins.download import DownloadError, fetch
+    from pasam_plugins.registry import DEFAULT_MODEL, get_entry
+
+    entry = get_entry(DEFAULT_MODEL)
+    result = fetch(entry, tmp_path)
+    assert result.path == entry.bundled_path and result.verified
+    assert list(tmp_path.iterdir()) == []  # nothing copied or downloaded
+    with pytest.raises(DownloadError, match="does not match the registry's sha256"):
+        fetch(dataclasses.replace(entry, sha256="0" * 64), tmp_path)

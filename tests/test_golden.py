@@ -33,7 +33,9 @@ def test_golden_check_fails_on_a_wrong_implementation(golden_fixture, tmp_path, 
     """The check must be able to fail: perturb one adapter weight of the recorded decoder."""
     data = torch.load(golden_fixture, weights_only=True)
     sd = data["official_decoder_state_dict"]
-    sd["prompt_adapter.refined_mlp.layers.2.bias"] = sd["prompt_adapter.refined_mlp.layers.2.bias"] + 0.05
+    sd["prompt_adapter.refined_mlp.layers.2.bias"] = (
+        sd["prompt_adapter.refined_mlp.layers.2.bias"] + 0.05
+    )
     bad = tmp_path / "perturbed.pt"
     torch.save(data, bad)
     assert main([str(bad)]) == 1
@@ -45,3 +47,18 @@ def test_golden_check_reports_unreadable_fixture(tmp_path, capsys):
     bad.write_text("hello")
     assert main([str(bad)]) == 2
     assert "not a readable golden fixture" in capsys.readouterr().err
+
+
+def test_golden_check_fails_on_a_nan_output(golden_fixture, tmp_path, capsys):
+    """A NaN in one output must fail the case (max() over NaN used to let it through)."""
+    data = torch.load(golden_fixture, weights_only=True)
+    sd = data["official_decoder_state_dict"]
+    bias = sd["prompt_adapter.uncertain_mlp.layers.2.bias"].clone()
+    bias[0] = float("nan")  # the uncertainty map becomes NaN, the masks stay finite
+    sd["prompt_adapter.uncertain_mlp.layers.2.bias"] = bias
+    bad = tmp_path / "nan.pt"
+    torch.save(data, bad)
+    results = run_fixture(bad)
+    assert all(r.max_error() == float("inf") for r in results)
+    assert main([str(bad)]) == 1
+    assert "FAIL" in capsys.readouterr().out

@@ -24,6 +24,7 @@ from labelstudio_support import (
 from PIL import Image
 
 from label_studio_backend.app import create_app
+from label_studio_backend.automatic import AutomaticConfig
 from label_studio_backend.config import Settings
 from label_studio_backend.images import ImageLoader
 from label_studio_backend.model import PASamBackend
@@ -46,7 +47,9 @@ def images(tmp_path_factory, em):
 @pytest.fixture(scope="module")
 def backend(tiny_checkpoint, images) -> PASamBackend:
     root, _ = images
-    return PASamBackend.from_settings(Settings(checkpoint=tiny_checkpoint, local_files_root=root))
+    b = PASamBackend.from_settings(Settings(checkpoint=tiny_checkpoint, local_files_root=root))
+    b.automatic = AutomaticConfig(points_per_side=4)  # tasks without prompts: a small grid
+    return b
 
 
 @pytest.fixture()
@@ -120,8 +123,9 @@ def test_model_version_is_derived_from_the_weights(tiny_checkpoint, tmp_path, im
          "</KeyPointLabels></View>", "BrushLabels"),
         ("<View><Text name='t' value='$x'/><BrushLabels name='b' toName='t'><Label value='a'/>"
          "</BrushLabels></View>", "Image"),
-        ("<View><Image name='i' value='$x'/><BrushLabels name='b' toName='i'><Label value='a'/>"
-         "</BrushLabels></View>", "KeyPointLabels"),
+        ("<View><Image name='i' value='$x'/><Image name='j' value='$y'/><BrushLabels name='b' "
+         "toName='j'><Label value='a'/></BrushLabels><KeyPoint name='k' toName='i'/></View>",
+         "KeyPointLabels"),
         ("<View><Image name='i' value='$x'", "parse"),
     ],
 )
@@ -553,8 +557,9 @@ def test_task_score_weights_boundary_pixels_and_penalizes_empty_masks():
 
 
 def test_batch_tasks_without_prompts_are_not_downloaded(backend):
-    """A task without boxes or keypoints gets no prediction even if its image could not be
-    fetched: nothing is downloaded for it."""
+    """An annotated task without boxes or keypoints gets no prediction even if its image
+    could not be fetched: nothing is downloaded for it (tasks without any annotation are
+    pre-annotated automatically, tests/test_labelstudio_automatic.py)."""
     t = task("/data/local-files/?d=imgs/does-not-exist.png", 9,
              annotations=[{"id": 1, "result": [{"id": "c", "from_name": "tag", "type": "brushlabels",
                                                 "value": {"format": "rle", "rle": [0]}}]}])

@@ -6,6 +6,7 @@ Training is kept tiny (1-2 steps, one object per step); the webhook must answer 
 the tests hold the backend's model lock (as a long /predict would) while they check that.
 """
 
+import json
 import time
 
 import cv2
@@ -171,7 +172,11 @@ def test_start_training_answers_at_once_then_serves_the_fine_tuned_model(
     assert meta["contents"] == "adapter"
     assert meta["base_checkpoint"] == str(tiny_checkpoint.resolve())
     assert meta["provenance"]["project"] == TRAINED and meta["provenance"]["steps"] == 2
-    assert [p.name for p in (tmp_path / "models").iterdir()] == [saved.rsplit("/", 1)[-1]]
+    assert [p.name for p in (tmp_path / "models").glob("*.safetensors")] == [
+        saved.rsplit("/", 1)[-1]
+    ]
+    # announced to the other workers sharing the models dir (label_studio_backend.shared)
+    assert json.loads((tmp_path / "models" / "current.json").read_text())["checkpoint"] == saved
     restarted = PASamBackend.from_settings(Settings(checkpoint=saved, label_studio_url=fake_ls.url,
                                                     label_studio_api_key=fake_ls.personal_token))
     assert restarted.model_version == new_version
@@ -198,7 +203,8 @@ def test_project_without_usable_annotations_fails_and_the_old_model_keeps_servin
     metrics = client.get("/metrics").json()
     assert metrics["training"]["status"] == "failed" and metrics["training"]["error"] == status["error"]
     assert click(client, NO_BRUSH)["model_version"] == version
-    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+    assert not list((tmp_path / "models").glob("*.safetensors"))
+    assert not (tmp_path / "models" / "current.json").exists()  # nothing announced
 
     # a project Label Studio does not know: the API error is the message
     r = start_training(client, 99)
@@ -396,3 +402,44 @@ def test_progress_and_outcome_show_on_the_model_card_in_label_studio(
             fake_ls.ml_backends.pop(ml_id, None)
         fake_ls.on_list_ml = None
         backend.close()
+def test_train_parts_setting_adapts_a_prompt_learning_module_and_hq_sam_says_what_it_lacks(
+    tiny_checkpoint, fake_ls, tmp_path
+):
+    """Issue 18: PASAM_TRAIN_PARTS chooses what "Start Training" adapts. ``plm`` on a PA-SAM
+    model keeps its adapter and uncertainty, adds a prompt learning module, saves a small file
+    naming its base and serves a new version. A bad value is refused before the server starts.
+    An HQ-SAM model is served and says it has no uncertainty map or mined points."""
+    from pasam_plugins.checkpoint import load_model, save_checkpoint
+    from pasam_plugins.testing import make_test_hq_model
+
+    with pytest.raises(ValueError, match="PASAM_TRAIN_PARTS='lora'"):
+        Settings(train_parts="lora").validate()
+    with pytest.raises(ValueError, match="PASAM_TRAIN_PARTS='sam'"):
+        Settings(train_parts="sam").validate()
+
+    backend = make_backend(tiny_checkpoint, fake_ls, tmp_path, steps=1, train_parts="plm")
+    client = TestClient(create_app(backend))
+    health = client.get("/health").json()
+    assert health["model"] == "SAM + PA-SAM adapter"
+    start_training(client, TRAINED, label_config=SAM_CONFIG)
+    status = wait_until_finished(client)
+    assert status["status"] == "done", status
+    model = backend.predictor.model
+    assert model.has_adapter and model.plm is not None
+    assert client.get("/health").json()["model"] == "SAM + PA-SAM adapter + prompt learning module"
+    assert client.get("/health").json()["model_version"] != health["model_version"]
+    region = click(client)["results"][0]["result"][0]
+    assert 0.0 <= region["meta"]["mean_uncertainty"] <= 1.0
+    meta = read_metadata(status["checkpoint"])
+    assert meta["plm"] is True and meta["contents"] == "adapter"
+    assert meta["provenance"]["train"] == "plm"
+    assert meta["base_checkpoint"] == str(tiny_checkpoint.resolve())
+    assert load_model(status["checkpoint"]).plm is not None
+
+    hq_file = save_checkpoint(make_test_hq_model(seed=3), tmp_path / "hq.safetensors")
+    hq = make_backend(hq_file, fake_ls, tmp_path / "hq", steps=1)
+    hq_client = TestClient(create_app(hq))
+    text = hq_client.get("/health").json()["model"]
+    assert "HQ-SAM" in text and "no uncertainty map or mined points" in text
+    region = click(hq_client)["results"][0]["result"][0]
+    assert "mean_uncertainty" not in region["meta"] and region["meta"]["area"] > 0

@@ -217,3 +217,51 @@ def test_finetune_adds_an_adapter_to_sam_and_saves_random_models_whole(
     assert meta["contents"] == "full" and meta["untrained"] is True
     assert meta["provenance"]["steps"] == 2
     assert model_signature(load_model(path)) == widget.predictor.model_signature
+
+
+def test_adapt_choice_trains_a_prompt_learning_module_and_hq_sam_says_what_it_lacks(
+    make_napari_viewer, qtbot, em_section, model_dir, tmp_path
+):
+    """Issue 18: the panel offers what to adapt; a PLM run on a SAM file saves a small file
+    naming its base that loads with its PLM; an HQ-SAM model says it has no uncertainty map
+    or mined points, predicts without them, and is not offered the PA-SAM adapter."""
+    from pasam_plugins.checkpoint import load_model, read_metadata, save_checkpoint
+    from pasam_plugins.predictor import model_signature
+    from pasam_plugins.testing import make_test_checkpoint, make_test_hq_model
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(em_section[:192, :192], name="crop")
+    widget = dock(viewer)
+    sam_only = make_test_checkpoint(tmp_path / "sam_only.safetensors", seed=1, adapter=False)
+    load(widget, qtbot, sam_only)
+    values = [widget.adapt_combo.itemData(i) for i in range(widget.adapt_combo.count())]
+    assert values == ["adapter", "plm", "plm,pmm", "adapter,plm", "hq"]
+    widget.adapt_combo.setCurrentIndex(values.index("plm,pmm"))
+    widget.start(image)
+    click(qtbot, widget, (96, 96))
+    assert widget.accept() == 1
+    widget.finetune(steps=2)
+    wait_idle(qtbot, widget)
+    result = widget.last_finetune
+    assert result is not None and result.steps == 2, widget.status_label.text()
+    panel = widget.model_label.text()
+    assert "prompt learning module" in panel and "fine-tuned plm + pmm, 2 steps" in panel
+    assert not widget.predictor.model.has_adapter and widget.predictor.model.plm is not None
+    meta = read_metadata(result.path)
+    assert meta["contents"] == "adapter" and meta["plm"] is True
+    assert meta["provenance"]["train"] == "plm,pmm"
+    assert Path(meta["base_checkpoint"]) == sam_only.resolve()
+    loaded = load_model(result.path)
+    assert loaded.plm is not None and not any("pmm" in k for k in loaded.state_dict())
+    assert model_signature(loaded) == widget.predictor.model_signature
+
+    hq_path = save_checkpoint(make_test_hq_model(seed=2), tmp_path / "hq.safetensors")
+    load(widget, qtbot, hq_path)
+    panel = widget.model_label.text()
+    assert "HQ-SAM" in panel and "no uncertainty map or mined points" in panel
+    values = [widget.adapt_combo.itemData(i) for i in range(widget.adapt_combo.count())]
+    assert values == ["plm", "plm,pmm", "hq"]
+    widget.start(image)
+    click(qtbot, widget, (96, 96))
+    assert widget.current is not None and widget.current.mask.shape == (192, 192)
+    assert widget.current.uncertainty is None

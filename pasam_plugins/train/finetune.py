@@ -1,4 +1,6 @@
-"""Fast task-specific fine-tuning of the PA-SAM adapter on a few annotated images.
+"""Fast task-specific fine-tuning on a few annotated images: the PA-SAM adapter, a prompt
+learning module (with or without the point matching loss), HQ-SAM's additions, or a
+combination (``train=``, default ``$PASAM_TRAIN_PARTS`` or ``"adapter"``).
 
 The same training step as ``pasam train`` (:class:`pasam_plugins.train.trainer.Trainer`), in
 memory. Whole-image models: the frozen image encoder runs once per image (and once more for
@@ -17,6 +19,7 @@ between an adapter file naming its base and a whole model) and gives it a new mo
 
 import copy
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +31,19 @@ import torch
 from ..modeling import PASam
 from ..predictor import select_device
 from .datasets import Sample, SampleError, samples_from_arrays
-from .trainer import PreparedImage, _autocast_factory, prepare_image, with_adapter
+from .trainer import (
+    PreparedImage,
+    _autocast_factory,
+    parse_parts,
+    prepare_for_training,
+    prepare_image,
+)
+
+#: what :func:`finetune` adapts when the caller does not say (Label Studio's Start Training
+#: and napari's fine-tuning pass nothing): e.g. ``plm`` or ``adapter,plm,pmm``
+TRAIN_PARTS_ENV = "PASAM_TRAIN_PARTS"
+#: the parts :func:`finetune` can adapt (the whole SAM is not offered)
+FINETUNE_PARTS = ("adapter", "hq", "head", "plm", "pmm")
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +66,26 @@ class FinetuneReport:
 
 
 def training_copy(model: PASam) -> PASam:
-    """A PASam sharing ``model``'s frozen encoders, with its own copy of the decoder."""
-    new = PASam(
-        image_encoder=model.image_encoder,
-        prompt_encoder=model.prompt_encoder,
-        mask_decoder=copy.deepcopy(model.mask_decoder),
-        pixel_mean=model.pixel_mean.flatten().tolist(),
-        pixel_std=model.pixel_std.flatten().tolist(),
-        guide_mode=model.guide_mode,  # type: ignore[arg-type]
-        variant=model.variant,
-    )
+    """A model of the same class sharing ``model``'s frozen encoders, with its own copy of
+    the decoder (any family: PA-SAM, HQ-SAM; with its prompt learning module)."""
+    memo = {
+        id(model.image_encoder): model.image_encoder,
+        id(model.prompt_encoder): model.prompt_encoder,
+    }
+    new = copy.deepcopy(model, memo)
     return new.to(next(model.parameters()).device).eval()
+
+
+def finetune_parts(train: str | None = None) -> tuple[str, ...]:
+    """The parts a fine-tuning run adapts: ``train``, else ``$PASAM_TRAIN_PARTS``, else
+    ``("adapter",)``. Raises ValueError for an unknown or unsupported choice."""
+    spec = train or os.environ.get(TRAIN_PARTS_ENV, "").strip() or "adapter"
+    parts = parse_parts(spec)
+    if "sam" in parts:
+        raise ValueError(
+            "fine-tuning adapts a frozen model; training the whole SAM is `pasam train`"
+        )
+    return parts
 
 
 def _as_samples(samples: Iterable[Any]) -> list[Sample]:
@@ -150,8 +174,10 @@ def finetune(
     device: str | torch.device | None = None,
     progress_callback: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    train: str | None = None,
 ) -> FinetuneResult:
-    """Fine-tune the adapter on a few annotated images; returns a new model.
+    """Fine-tune the adapter (or what ``train`` names) on a few annotated images; returns a
+    new model.
 
     The same training step as ``pasam train --train adapter``
     (:class:`pasam_plugins.train.trainer.Trainer`), run in memory: whole frames with cached
@@ -177,6 +203,12 @@ def finetune(
       progress_callback: ``callback(step, steps, {"loss": ..., "seconds": ...})`` after
         every step (from the calling thread).
       should_stop: polled before every step; True ends training early.
+      train: what to adapt (:func:`pasam_plugins.train.trainer.parse_parts`): ``adapter``
+        (PA-SAM's adapter and SAM's mask head), ``plm`` (a prompt learning module on the
+        frozen model), ``plm,pmm`` (plus the point matching module's auxiliary loss),
+        ``adapter,plm`` (both), ``hq`` (HQ-SAM's additions), ``head``. Default
+        ``$PASAM_TRAIN_PARTS``, else ``adapter``. Parts the model lacks are added (a new
+        adapter in guide mode ``"image"``, a new PLM whose untrained output is the model's).
 
     Returns:
       FinetuneResult: the model (eval mode) and the :class:`FinetuneReport`.
@@ -187,12 +219,18 @@ def finetune(
     from .trainer import TrainConfig, Trainer
 
     t0 = time.perf_counter()
+    parts = finetune_parts(train)
     report = FinetuneReport()
     dev = select_device(device)
     base = model.to(dev)
-    work = training_copy(base) if base.has_adapter else with_adapter(base, seed=seed)
+    work = prepare_for_training(training_copy(base), ",".join(parts), seed=seed)
     work.origin = base.origin.derived(
-        kind="finetuned", file=None, base_file=base.origin.complete_base, has_adapter=True
+        kind="finetuned",
+        file=None,
+        base_file=base.origin.complete_base,
+        has_adapter=work.has_adapter,
+        family=work.family,
+        plm=work.plm is not None,
     )
     items = _as_samples(samples)
     if not items:
@@ -200,7 +238,7 @@ def finetune(
     zoomed = base.origin.zoom is not None
     cfg = TrainConfig(
         out_dir=None,
-        train="adapter",
+        train=",".join(parts),
         crops=zoomed,
         epochs=max(1, steps),
         epoch_steps=1,

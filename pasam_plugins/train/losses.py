@@ -12,6 +12,7 @@ frame, at any resolution); the band width uses that ground truth's diagonal.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -209,3 +210,46 @@ def sam_loss(
         mask_dice = dice.view(b, c).gather(1, pick).mean()
     total = mask_bce + mask_dice + iou_mse
     return SamLossTerms(total, mask_bce, mask_dice, iou_mse), best
+
+
+@dataclass
+class HQLossTerms:
+    """HQ-SAM's training loss (the HQ output token's mask; SAM stays frozen)."""
+
+    total: Tensor
+    mask_bce: Tensor
+    mask_dice: Tensor
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(getattr(self, k).detach()) for k in self.__dataclass_fields__}
+
+
+def hq_loss(out: DecoderOutput, gt: Tensor) -> HQLossTerms:
+    """HQ-SAM's loss (its paper and training code): BCE + dice of the HQ output token's mask
+    logits (``out.hq_masks``, upsampled to the ground truth) against the Bx1xHxW ground truth."""
+    if out.hq_masks is None:
+        raise ValueError("hq_loss needs HQ-SAM's output (the model is not an HQ-SAM)")
+    size = (int(gt.shape[-2]), int(gt.shape[-1]))
+    with torch.autocast(device_type=gt.device.type, enabled=False):
+        masks = _up(out.hq_masks[:, :1], size)
+        mask_bce = bce_loss(masks, gt)
+        mask_dice = dice_loss(masks, gt)
+    return HQLossTerms(mask_bce + mask_dice, mask_bce, mask_dice)
+
+
+@dataclass
+class CombinedTerms:
+    """A loss plus auxiliary terms (e.g. the point matching module's)."""
+
+    total: Tensor
+    parts: dict[str, float]
+
+    def as_dict(self) -> dict[str, float]:
+        return {"total": float(self.total.detach()), **self.parts}
+
+
+def with_term(terms: Any, name: str, value: Tensor) -> CombinedTerms:
+    """``terms`` (any loss terms object) with ``value`` added to the total as ``name``."""
+    parts = {k: v for k, v in terms.as_dict().items() if k != "total"}
+    parts[name] = float(value.detach())
+    return CombinedTerms(terms.total + value, parts)

@@ -18,6 +18,16 @@ Determinism: the data order of epoch ``e`` and all random draws of step ``s`` co
 generators seeded with ``(seed, e)`` and ``(seed, s, ...)``, so a resumed run draws exactly
 what the uninterrupted run would have drawn; the optimizer, scheduler, scaler and trainable
 weights are restored from ``train_state.pt`` (written atomically with every checkpoint).
+
+Several processes (``torchrun``, :mod:`pasam_plugins.distributed`): the trainable
+parameters are wrapped in DistributedDataParallel (NCCL on CUDA, Gloo on CPUs; the frozen
+ones never travel). One optimizer step sees ``batch_size x ranks x grad_accum`` examples:
+the step's ``ranks x grad_accum`` micro-batches are numbered ``micro x ranks + rank`` and
+seeded by that number, so a run on R ranks with ``grad_accum`` A draws exactly the
+examples of a single process with ``grad_accum`` R x A (same ``batch_size``) and ends
+with the same weights up to float rounding. Only rank 0 logs and writes checkpoints,
+``train_state.pt`` and plots; validation is split across the ranks. ``resume`` accepts
+another number of ranks when the global batch is unchanged.
 """
 
 import json
@@ -40,9 +50,9 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..checkpoint import ADAPTER_PREFIXES, save_checkpoint
-from ..guide import guide_input
-from ..imageio import normalize_image
+from .. import distributed
+from ..checkpoint import ADAPTER_PREFIXES, HQ_PREFIXES, PLM_PREFIXES, save_checkpoint
+from ..imageio import ImageError, check_image_size, normalize_image
 from ..metrics import mask_box
 from ..modeling import PASam, build_pasam
 from .crops import (
@@ -54,7 +64,7 @@ from .crops import (
     sample_in,
 )
 from .datasets import Dataset, Sample, SampleError
-from .losses import pasam_loss, sam_loss
+from .losses import hq_loss, pasam_loss, sam_loss, with_term
 
 logger = logging.getLogger(__name__)
 
@@ -75,26 +85,72 @@ FINAL_NAME = "adapter.safetensors"
 
 
 # ---------------------------------------------------------------------------- model setup
-#: what ``pasam train --train`` can train
-TRAIN_PARTS: tuple[str, ...] = ("adapter", "sam", "head")
+#: what ``pasam train --train`` can train (comma-separated combinations, see
+#: :func:`parse_parts`)
+TRAIN_PARTS: tuple[str, ...] = ("adapter", "sam", "head", "hq", "plm", "pmm")
 #: SAM's mask head (trained by PA-SAM besides the adapter; the control run trains only it)
 HEAD_PREFIXES = ("output_upscaling.", "output_hypernetworks_mlps.", "mask_tokens.")
+#: weight of the point matching module's auxiliary loss (smooth L1 in low-res mask pixels):
+#: a mean boundary error of 20 low-res pixels (80 px at 1024) weighs as much as a mask loss of
+#: 1, so the auxiliary task shapes the decoder features without drowning the mask loss (the
+#: paper gives no weight; 1.0 made the mask loss of a 10-step run rise)
+PMM_WEIGHT = 0.05
+
+
+def parse_parts(train: str | Sequence[str]) -> tuple[str, ...]:
+    """The parts of a ``--train`` value (``"adapter"``, ``"adapter,plm"``, ``"plm,pmm"`` ...).
+
+    ``sam`` (everything) stands alone; at most one of ``adapter`` (PA-SAM), ``hq``
+    (HQ-SAM) and ``head`` (SAM's mask head); ``plm`` (prompt learning module) combines with
+    any of them or stands alone; ``pmm`` (point matching module, an auxiliary loss) needs
+    something its gradient trains (``plm``, ``adapter``, ``hq`` or ``head``).
+    """
+    items = train.split(",") if isinstance(train, str) else list(train)
+    parts = tuple(dict.fromkeys(p.strip() for p in items if p.strip()))
+    unknown = [p for p in parts if p not in TRAIN_PARTS]
+    if unknown or not parts:
+        raise ValueError(
+            f"unknown training part(s) {unknown or train!r}; use one of {', '.join(TRAIN_PARTS)} "
+            "(or a comma-separated combination such as adapter,plm)"
+        )
+    if "sam" in parts and len(parts) > 1:
+        raise ValueError("--train sam trains the whole SAM: it combines with nothing else")
+    if sum(p in parts for p in ("adapter", "hq", "head")) > 1:
+        raise ValueError("train at most one of adapter (PA-SAM), hq (HQ-SAM) and head")
+    if "pmm" in parts and not any(p in parts for p in ("plm", "adapter", "hq", "head")):
+        raise ValueError(
+            "pmm is an auxiliary loss: combine it with what it trains (plm, adapter, hq or head)"
+        )
+    return parts
+
+
+def part_stem(train: str | Sequence[str]) -> str:
+    """File-name stem of a run: the parts joined by "+" ("adapter+plm")."""
+    return "+".join(parse_parts(train))
 
 
 def trainable_names(model: PASam, train: str = "adapter") -> list[str]:
-    """Names of the parameters a run trains.
+    """Names of the model parameters a run trains (the PMM is not part of the model).
 
     ``adapter``: PA-SAM's set (the adapter-file parts of the decoder: the adapter plus
     SAM's mask head). ``sam``: everything (stage-1 training of a SAM from scratch).
     ``head``: SAM's mask head alone (``output_upscaling``, ``output_hypernetworks_mlps``,
     ``mask_tokens``): the control run, PA-SAM's trainable decoder parameters without the
-    adapter.
+    adapter. ``hq``: HQ-SAM's additions (HQ output token, its MLP, the fusion layers).
+    ``plm``: the prompt learning module. Combinations train the union.
     """
-    if train == "sam":
+    parts = parse_parts(train)
+    if "sam" in parts:
         return [n for n, _ in model.named_parameters()]
-    prefixes = {"adapter": ADAPTER_PREFIXES, "head": HEAD_PREFIXES}.get(train)
-    if prefixes is None:
-        raise ValueError(f"unknown training part {train!r}; use one of {TRAIN_PARTS}")
+    prefixes: tuple[str, ...] = ()
+    for part, pre in (
+        ("adapter", ADAPTER_PREFIXES),
+        ("head", HEAD_PREFIXES),
+        ("hq", HQ_PREFIXES),
+        ("plm", PLM_PREFIXES),
+    ):
+        if part in parts:
+            prefixes += pre
     return [
         n
         for n, _ in model.named_parameters()
@@ -104,10 +160,15 @@ def trainable_names(model: PASam, train: str = "adapter") -> list[str]:
 
 def freeze_for_training(model: PASam, train: str = "adapter") -> list[torch.nn.Parameter]:
     """Freeze everything but the trainable set; returns the trainable parameters."""
-    if train == "adapter" and not model.has_adapter:
+    parts = parse_parts(train)
+    if "adapter" in parts and not model.has_adapter:
         raise ValueError("the model has no PA-SAM adapter to train (use with_adapter first)")
-    if train in ("sam", "head") and model.has_adapter:
+    if ("sam" in parts or "head" in parts) and model.has_adapter:
         raise ValueError(f"--train {train} is for models without adapter (SAM)")
+    if "hq" in parts and model.family != "hq-sam":
+        raise ValueError("the model is not an HQ-SAM (use pasam_plugins.hq.with_hq first)")
+    if "plm" in parts and model.plm is None:
+        raise ValueError("the model has no prompt learning module (use attach_plm first)")
     names = set(trainable_names(model, train))
     params = []
     for n, p in model.named_parameters():
@@ -115,6 +176,29 @@ def freeze_for_training(model: PASam, train: str = "adapter") -> list[torch.nn.P
         if n in names:
             params.append(p)
     return params
+
+
+def prepare_for_training(
+    model: PASam, train: str, *, guide_mode: str = "image", seed: int = 0
+) -> PASam:
+    """``model`` with the modules ``train`` trains: a new PA-SAM adapter (``adapter``, on a
+    SAM), HQ-SAM's additions (``hq``, on a SAM), a new prompt learning module (``plm``).
+    Parts the model already has are trained further. The result may be a new model holding
+    the same weights; the PMM is made by the trainer."""
+    parts = parse_parts(train)
+    if "adapter" in parts:
+        if model.family != "pasam":
+            raise ValueError(f"the PA-SAM adapter is trained on a SAM, not on {model.family}")
+        model = with_adapter(model, guide_mode=guide_mode, seed=seed)
+    if "hq" in parts:
+        from ..hq import with_hq
+
+        model = with_hq(model, seed=seed)
+    if "plm" in parts:
+        from ..prompt_learning import attach_plm
+
+        attach_plm(model, seed=seed)
+    return model
 
 
 def with_adapter(model: PASam, *, guide_mode: str = "image", seed: int = 0) -> PASam:
@@ -128,12 +212,17 @@ def with_adapter(model: PASam, *, guide_mode: str = "image", seed: int = 0) -> P
         new = build_pasam(model.variant, adapter=True, guide_mode=guide_mode)  # type: ignore[arg-type]
     finally:
         torch.random.set_rng_state(state)
+    if model.plm is not None:
+        from ..prompt_learning import attach_plm
+
+        attach_plm(new, seed=seed)
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected, unexpected
     assert all(
         k.startswith(("mask_decoder.guiding_conv.", "mask_decoder.prompt_adapter."))
         for k in missing
     )
+    new.origin = new.origin.derived(plm=new.plm is not None)
     return new.to(next(model.parameters()).device)
 
 
@@ -154,7 +243,9 @@ class PreparedImage:
 
     Attributes:
       embedding: 1xCx64x64 image embedding (frozen encoder output).
-      guide_input: 1x4x256x256 guide input (the trained ``guiding_conv`` runs per step).
+      guide_input: the frozen per-image input of the trained guide (``model.guide_input``:
+        PA-SAM's 1x4x256x256 guide input, HQ-SAM's early encoder features); the trained
+        part (``model.encode_guide``) runs per step.
       target: LxL int32 labels in the padded 1024-px frame at the loss resolution L.
       low: 256x256 int32 labels in the same frame at the mask-input resolution.
       objects: the usable objects.
@@ -208,13 +299,18 @@ def prepare_image(
     rng = rng or np.random.default_rng(0)
     device = next(model.parameters()).device
     img = model.image_encoder.img_size
+    try:
+        check_image_size(*rgb.shape[:2], target_length=img, name=name)
+    except ImageError as e:
+        raise SampleError(str(e)) from None
     transform = ResizeLongestSide(img)
     resized = transform.apply_image(rgb)
     x = torch.as_tensor(resized, device=device).permute(2, 0, 1)[None].float()
     x = model.preprocess(x)
     with autocast():
-        embedding = model.image_encoder(x).float()
-    gin = guide_input(model.guide_mode, x, resized).float()
+        embedding, early = model.encode_image(x)
+    embedding = embedding.float()
+    gin = model.guide_input(x, resized, None if early is None else early.float()).float()
     input_size = resized.shape[:2]
     target = _labels_to_frame(labels, input_size, loss_size, img)
     low = _labels_to_frame(labels, input_size, 256, img)
@@ -336,22 +432,54 @@ def image_loss(
     mining: str = "off",
     generator: torch.Generator | None = None,
     autocast: Callable[[], Any] = nullcontext,
+    pmm: torch.nn.Module | None = None,
+    balanced: bool = True,
 ):
-    """PA-SAM loss of some objects of one prepared image (gradients to the trainable set)."""
+    """The loss of some objects of one prepared image (gradients to the trainable set):
+    PA-SAM's with the adapter, HQ-SAM's for HQ-SAM, else SAM's (:func:`model_loss`), plus
+    the point matching module's auxiliary loss when ``pmm`` is given."""
     kind = prompt_kinds[int(rng.integers(len(prompt_kinds)))]
     kw = build_prompts(prep, objects, kind, rng, num_points=num_points)
     with autocast():
-        guide = model.mask_decoder.encode_guide(prep.guide_input)
+        guide = model.encode_guide(prep.guide_input, prep.embedding) if model.uses_guide else None
         out = model.decode(
             prep.embedding,
             guide=guide,
             multimask_output=False,
             mining=mining,  # type: ignore[arg-type]
             generator=generator,
+            return_features=pmm is not None,
             **kw,
         )
     gt = torch.stack([(prep.target == prep.objects[i].label) for i in objects])[:, None].float()
-    return pasam_loss(out, gt)
+    terms, chosen = model_loss(model, out, gt, balanced=balanced)
+    return add_pmm_loss(terms, pmm, out, chosen, gt)
+
+
+def model_loss(model: PASam, out, gt: Tensor, *, balanced: bool = True) -> tuple[Any, Tensor]:
+    """The training loss of a decoder output and the Bx1 mask logits it scored (the ones a
+    corrective click is drawn from): PA-SAM's loss with the adapter, HQ-SAM's (the HQ token's
+    mask) for HQ-SAM, else SAM's (the best of the masks; class-balanced BCE when
+    ``balanced``)."""
+    if model.has_adapter:
+        return pasam_loss(out, gt), out.masks[:, :1]
+    if out.hq_masks is not None:
+        return hq_loss(out, gt), out.masks[:, :1]
+    terms, best = sam_loss(out.masks, out.iou_predictions, gt, balanced=balanced)
+    idx = best.view(-1, 1, 1, 1).expand(-1, 1, *out.masks.shape[-2:])
+    return terms, out.masks.gather(1, idx)
+
+
+def add_pmm_loss(terms: Any, pmm: torch.nn.Module | None, out, chosen: Tensor, gt: Tensor) -> Any:
+    """``terms`` plus the point matching module's loss (:func:`pmm_loss`) as ``pmm``."""
+    if pmm is None or out.mask_features is None:
+        return terms
+    from ..prompt_learning import pmm_loss
+
+    aux = pmm_loss(pmm, out.mask_features, chosen.detach(), gt)
+    if aux is None:
+        aux = out.mask_features.sum() * 0.0  # no boundary: a zero term keeps the keys stable
+    return with_term(terms, "pmm", PMM_WEIGHT * aux)
 
 
 #: initial prompt kinds of zoomed-in training (tight crops; wide crops start with clicks)
@@ -397,6 +525,7 @@ def crop_losses(
     generator: torch.Generator | None = None,
     autocast: Callable[[], Any] = nullcontext,
     balanced: bool = True,
+    pmm: torch.nn.Module | None = None,
 ) -> list[Any]:
     """Losses of zoomed-in examples with interactive prompt simulation.
 
@@ -404,9 +533,11 @@ def crop_losses(
     clicks), then ``corrective_clicks`` rounds in which a click drawn from the error region
     of the previous prediction is added and the previous low-res logits are fed back as
     mask prompt (SAM's and micro-sam's iterative training). Every round's loss counts. With
-    the adapter the loss is PA-SAM's (:func:`pasam_loss`), else SAM's (:func:`sam_loss`,
-    class-balanced BCE when ``balanced``). A single click without box or mask asks for
-    multimask output (SAM's rule for ambiguous prompts) on models without adapter.
+    the adapter the loss is PA-SAM's (:func:`pasam_loss`), for HQ-SAM HQ-SAM's
+    (:func:`hq_loss`), else SAM's (:func:`sam_loss`, class-balanced BCE when ``balanced``);
+    with ``pmm`` plus the point matching module's auxiliary loss. A single click without box
+    or mask asks for multimask output (SAM's rule for ambiguous prompts) on models without
+    adapter.
 
     Returns:
       One loss-terms object per example and round.
@@ -418,15 +549,16 @@ def crop_losses(
     x = model.preprocess(x)
     grad_ctx = nullcontext() if train_encoder else torch.no_grad()
     with grad_ctx, autocast():
-        emb = model.image_encoder(x)
+        emb, early = model.encode_image(x)
     emb = emb.float()
     terms: list[Any] = []
     for i, ex in enumerate(examples):
         guide = None
-        if model.has_adapter:
-            gin = guide_input(model.guide_mode, x[i : i + 1], ex.image).float()
+        if model.uses_guide:
+            early_i = None if early is None else early[i : i + 1].float()
+            gin = model.guide_input(x[i : i + 1], ex.image, early_i).float()
             with autocast():
-                guide = model.mask_decoder.encode_guide(gin)
+                guide = model.encode_guide(gin, emb[i : i + 1])
         kind = "points" if ex.wide else prompt_kinds[int(rng.integers(len(prompt_kinds)))]
         pts, lab, box, mask = _initial_prompts(ex, kind, rng, n)
         gt = torch.as_tensor(ex.target, device=dev)[None, None].float()
@@ -463,14 +595,10 @@ def crop_losses(
                     multimask_output=multimask,
                     mining=mining,  # type: ignore[arg-type]
                     generator=generator,
+                    return_features=pmm is not None,
                 )
-            if model.has_adapter:
-                t = pasam_loss(out, gt)
-                chosen = out.masks[:, :1]
-            else:
-                t, best = sam_loss(out.masks, out.iou_predictions, gt, balanced=balanced)
-                chosen = out.masks[:, int(best[0]) : int(best[0]) + 1]
-            terms.append(t)
+            t, chosen = model_loss(model, out, gt, balanced=balanced)
+            terms.append(add_pmm_loss(t, pmm, out, chosen, gt))
             if r == rounds:
                 break
             with torch.no_grad():
@@ -524,7 +652,8 @@ class TrainConfig:
     device: str | None = None
     #: keep encoder outputs per image and flip (only without jitter); None = when <= 300 images
     cache_embeddings: bool | None = None
-    #: what is trained (see :func:`trainable_names`): adapter, sam or head
+    #: what is trained (see :func:`parse_parts`): adapter, sam, head, hq, plm, or a
+    #: comma-separated combination such as "adapter,plm" or "plm,pmm"
     train: str = "adapter"
     #: zoomed-in examples (one object per crop, :mod:`.crops`) instead of whole frames
     crops: bool = False
@@ -558,6 +687,38 @@ class TrainResult:
     step: int
     checkpoint: Path | None
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Forward(torch.nn.Module):
+    """What DDP wraps: the model (its trainable parameters are synchronized) and a forward
+    that runs the training code given to it, so DDP sees every forward of a step."""
+
+    def __init__(self, model: PASam) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[[], Any]) -> Any:
+        return fn()
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP's keyword for "do not broadcast buffers every forward" (renamed in torch 2.14)."""
+    import inspect
+
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    if "forward_sync_buffers" in params:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
+def _merge_sums(parts: Sequence[tuple[dict[str, float], int]]) -> tuple[dict[str, float], int]:
+    sums: dict[str, float] = {}
+    count = 0
+    for part_sums, part_count in parts:
+        for k, v in part_sums.items():
+            sums[k] = sums.get(k, 0.0) + v
+        count += part_count
+    return sums, count
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -630,8 +791,22 @@ class Trainer:
         self.cfg = config
         self.device = select_device(config.device)
         self.model = model.to(self.device).eval()
+        self.parts = parse_parts(config.train)
         self.params = freeze_for_training(self.model, config.train)
         self.names = trainable_names(self.model, config.train)
+        #: the point matching module (training only, not saved with the model)
+        self.pmm: torch.nn.Module | None = None
+        if "pmm" in self.parts:
+            from ..prompt_learning import PointMatchingModule
+
+            state = torch.random.get_rng_state()
+            try:
+                torch.manual_seed(config.seed)
+                dim = int(self.model.mask_decoder.transformer_dim) // 8
+                self.pmm = PointMatchingModule(feature_dim=dim).to(self.device)
+            finally:
+                torch.random.set_rng_state(state)
+            self.params = self.params + list(self.pmm.parameters())
         self.train_samples = list(train)
         self.val = list(val)
         self.provenance = dict(provenance or {})
@@ -656,7 +831,10 @@ class Trainer:
             raise ValueError(f"unknown schedule {config.schedule!r}; use step or cosine")
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.micro_per_step = max(1, config.grad_accum)
-        per_step = config.batch_size * self.micro_per_step
+        # under torchrun: this process is `rank` of `world`; one step = batch x world x accum
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        per_step = config.batch_size * self.micro_per_step * self.world
         self.steps_per_epoch = config.epoch_steps or max(
             1, math.ceil(len(self.train_samples) / per_step)
         )
@@ -671,6 +849,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_val: float | None = None  # derived from the history when first needed
         self.skipped: dict[str, str] = {}
+        #: the last run ended early because should_stop() said so
+        self.stopped = False
         self.crop_sampler: CropSampler | None = None
         if config.crops:
             loaded, skipped = load_samples(self.train_samples)
@@ -687,15 +867,37 @@ class Trainer:
                 "frames, not zoomed-in crops)"
             )
         self.cache: dict[tuple[int, bool], PreparedImage | None] | None = {} if cache else None
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        if self.world > 1:
+            # DDP over the trainable parameters (the frozen ones have requires_grad False);
+            # its constructor also copies rank 0's weights to every rank
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                _Forward(self.model),
+                device_ids=[self.device.index or 0] if self.device.type == "cuda" else None,
+                **_no_buffer_sync(),  # the buffers (pixel mean/std) never change
+            )
+
+    @property
+    def global_batch(self) -> int:
+        """Examples per optimizer step over all ranks: batch_size x ranks x grad_accum."""
+        return self.cfg.batch_size * self.world * self.micro_per_step
 
     # -------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
+    def _named_trainable(self) -> dict[str, torch.nn.Parameter]:
         params = dict(self.model.named_parameters())
+        out = {n: params[n] for n in self.names}
+        if self.pmm is not None:
+            out.update({f"pmm.{n}": p for n, p in self.pmm.named_parameters()})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        trainable = self._named_trainable()
         return {
             "format": "pasam-train-state",
             "step": self.step,
+            "world_size": self.world,
             "config": self.cfg.to_json(),
-            "trainable": {n: params[n].detach().cpu().clone() for n in self.names},
+            "trainable": {n: p.detach().cpu().clone() for n, p in trainable.items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -707,13 +909,13 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != "pasam-train-state":
             raise ValueError("not a pasam training state file")
-        params = dict(self.model.named_parameters())
-        missing = [n for n in self.names if n not in state["trainable"]]
+        params = self._named_trainable()
+        missing = [n for n in params if n not in state["trainable"]]
         if missing:
             raise ValueError(f"training state lacks trainable weights: {missing[:4]}")
         with torch.no_grad():
-            for n in self.names:
-                params[n].copy_(state["trainable"][n].to(params[n].device))
+            for n, p in params.items():
+                p.copy_(state["trainable"][n].to(p.device))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -733,9 +935,27 @@ class Trainer:
             raise FileNotFoundError(f"{path}: no training state to resume from")
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved = state.get("config", {})
+        saved_world = int(state.get("world_size", 1))
+        if "batch_size" in saved and "grad_accum" in saved:
+            before = int(saved["batch_size"]) * int(saved["grad_accum"]) * saved_world
+            if before != self.global_batch:
+                raise ValueError(
+                    f"{path}: was trained with a global batch of {before} (batch_size "
+                    f"{saved['batch_size']} x {saved_world} rank(s) x grad_accum "
+                    f"{saved['grad_accum']}), now {self.global_batch} (batch_size "
+                    f"{self.cfg.batch_size} x {self.world} x grad_accum {self.micro_per_step}); "
+                    "resume needs the same global batch (set --grad-accum accordingly)"
+                )
+            if int(saved["batch_size"]) != self.cfg.batch_size and self.is_main:
+                logger.warning(
+                    "resuming with batch_size %d per rank instead of %s: same data order and "
+                    "schedule, but other random prompts and augmentations than an "
+                    "uninterrupted run (keep batch_size and change grad_accum for an exact "
+                    "continuation)",
+                    self.cfg.batch_size,
+                    saved["batch_size"],
+                )
         for key in (
-            "batch_size",
-            "grad_accum",
             "seed",
             "epochs",
             "prompt_kinds",
@@ -752,7 +972,7 @@ class Trainer:
         self.load_state_dict(state)
         # the log holds what the interrupted run did after its last checkpoint: keep only
         # the records the resumed run will not write again
-        log = self.out / LOG_NAME if self.out is not None else None
+        log = self.out / LOG_NAME if self.out is not None and self.is_main else None
         if log is not None and log.is_file():
             tmp = log.with_name(f".{LOG_NAME}.tmp")
             tmp.write_text("".join(json.dumps(h) + "\n" for h in self.history), encoding="utf-8")
@@ -763,10 +983,11 @@ class Trainer:
         return np.random.default_rng([self.cfg.seed, epoch, 7]).permutation(len(self.train_samples))
 
     def _micro_batch(self, step: int, micro: int) -> list[int]:
+        """Sample indices of micro-batch ``micro`` (numbered over all ranks) of ``step``."""
         epoch, in_epoch = divmod(step, self.steps_per_epoch)
         order = self._epoch_order(epoch)
         b = self.cfg.batch_size
-        start = (in_epoch * self.micro_per_step + micro) * b
+        start = (in_epoch * self.micro_per_step * self.world + micro) * b
         idx = order[start : start + b]
         if len(idx) < b:  # last partial batch: fill from the start of the order
             idx = np.concatenate([idx, order[: b - len(idx)]])
@@ -854,6 +1075,7 @@ class Trainer:
             generator=gen,
             autocast=self.autocast,
             balanced=cfg.balanced_bce,
+            pmm=self.pmm,
         )
 
     def _frame_micro(self, step: int, micro: int, mining: str) -> list[Any]:
@@ -878,12 +1100,31 @@ class Trainer:
                     mining=mining,
                     generator=gen,
                     autocast=self.autocast,
+                    pmm=self.pmm,
+                    balanced=cfg.balanced_bce,
                 )
             )
         return terms_list
 
+    def _micro_terms(self, step: int, micro: int, mining: str) -> list[Any]:
+        if self.crop_sampler is not None:
+            return self._crop_micro(step, micro, mining)
+        return self._frame_micro(step, micro, mining)
+
+    def _ddp_micro(self, step: int, micro: int, mining: str) -> tuple[Tensor, list[Any]]:
+        """(loss, terms) of one micro-batch, computed inside DDP's forward. A zero times
+        every trainable parameter is added, so that every parameter takes part in every
+        backward (DDP waits for all of them) and a rank whose micro-batch had no usable
+        image still joins the gradient exchange."""
+        terms_list = self._micro_terms(step, micro, mining)
+        zero = torch.stack([p.reshape(-1)[0] for p in self.params]).sum() * 0.0
+        if not terms_list:
+            return zero, terms_list
+        loss = torch.stack([t.total for t in terms_list]).mean() / self.micro_per_step
+        return loss + zero, terms_list
+
     def train_step(self) -> dict[str, float]:
-        """One optimizer step (``grad_accum`` micro-batches)."""
+        """One optimizer step (``grad_accum`` micro-batches on each of the ranks)."""
         cfg = self.cfg
         step = self.step
         epoch = step // self.steps_per_epoch
@@ -891,18 +1132,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         count = 0
-        for micro in range(self.micro_per_step):
-            if self.crop_sampler is not None:
-                terms_list = self._crop_micro(step, micro, mining)
+        for local in range(self.micro_per_step):
+            micro = local * self.world + self.rank  # numbered over all ranks (seeds, data)
+            if self.ddp is None:
+                terms_list = self._micro_terms(step, micro, mining)
+                if terms_list:
+                    loss = torch.stack([t.total for t in terms_list]).mean()
+                    self.scaler.scale(loss / self.micro_per_step).backward()
             else:
-                terms_list = self._frame_micro(step, micro, mining)
+                last = local == self.micro_per_step - 1
+                with nullcontext() if last else self.ddp.no_sync():  # all-reduce once a step
+                    loss, terms_list = self.ddp(lambda m=micro: self._ddp_micro(step, m, mining))
+                    self.scaler.scale(loss).backward()
             for terms in terms_list:
                 for k, v in terms.as_dict().items():
                     sums[k] = sums.get(k, 0.0) + v
             count += len(terms_list)
-            if terms_list:
-                loss = torch.stack([t.total for t in terms_list]).mean() / self.micro_per_step
-                self.scaler.scale(loss).backward()
+        if self.world > 1:  # the logged loss is the mean over every rank's examples
+            sums, count = _merge_sums(distributed.all_gather((sums, count)))
         if count:
             if cfg.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
@@ -922,7 +1169,8 @@ class Trainer:
         return out
 
     def validate(self) -> dict[str, float]:
-        from ..evaluate import evaluate_model
+        """Validation mIoU / boundary mIoU (split across the ranks, the same on each)."""
+        from ..evaluate import evaluate_model, merge_reports
         from ..segment import ZoomSettings
 
         rep = evaluate_model(
@@ -933,7 +1181,10 @@ class Trainer:
             seed=self.cfg.seed,
             device=self.device,
             zoom=ZoomSettings() if self.cfg.crops else None,
+            shard=(self.rank, self.world) if self.world > 1 else None,
         )
+        if self.world > 1:
+            rep = merge_reports(distributed.all_gather(rep))
         miou, mbiou = rep.mean(rep.models[0]) if rep.results else (float("nan"),) * 2
         out = {"val_miou": miou, "val_mbiou": mbiou}
         for d in rep.datasets:
@@ -954,7 +1205,7 @@ class Trainer:
             k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()
         }
         self.history.append(record)
-        if self.out is None:
+        if self.out is None or not self.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / LOG_NAME, "a", encoding="utf-8") as f:
@@ -964,9 +1215,20 @@ class Trainer:
         """Checkpoint (adapter format, with provenance) plus the resumable training state.
 
         ``best``: only the checkpoint ``<part>-best.safetensors`` (the best validation so far).
+        Under torchrun only rank 0 writes (every rank holds the same weights and optimizer
+        state); the others return the path rank 0 writes.
         """
         if self.out is None:
             raise ValueError("this run has no out_dir to save to")
+        stem = part_stem(self.cfg.train)
+        if best:
+            name = f"{stem}-best.safetensors"
+        elif final:
+            name = f"{stem}.safetensors" if stem != "adapter" else FINAL_NAME
+        else:
+            name = f"{stem}-step{self.step:06d}.safetensors"
+        if not self.is_main:
+            return self.out / name
         self.out.mkdir(parents=True, exist_ok=True)
         last_loss = next((h["total"] for h in reversed(self.history) if "total" in h), None)
         last_val = next((h for h in reversed(self.history) if "val_miou" in h), None)
@@ -978,6 +1240,8 @@ class Trainer:
                 "epoch": self.step / self.steps_per_epoch,
                 "train_images": len(self.train_samples),
                 "config": self.cfg.to_json(),
+                "ranks": self.world,
+                "global_batch": self.global_batch,
                 "final_loss": last_loss,
                 "validation": last_val,
             }
@@ -994,13 +1258,6 @@ class Trainer:
             meta["zoom"] = ZoomSettings().to_metadata()
         # a whole-SAM run saves the whole model; the others only what they trained
         adapter_only = self.cfg.adapter_only and self.cfg.train != "sam"
-        stem = self.cfg.train
-        if best:
-            name = f"{stem}-best.safetensors"
-        elif final:
-            name = f"{stem}.safetensors" if stem != "adapter" else FINAL_NAME
-        else:
-            name = f"{stem}-step{self.step:06d}.safetensors"
         path = save_checkpoint(
             self.model, self.out / name, metadata=meta, adapter_only=adapter_only
         )
@@ -1015,18 +1272,29 @@ class Trainer:
         should_stop: Callable[[], bool] | None = None,
         on_step: Callable[[dict[str, Any]], None] | None = None,
     ) -> TrainResult:
-        """Train until ``total_steps`` (or ``should_stop()``); returns the final checkpoint."""
+        """Train until ``total_steps`` (or ``should_stop()``); returns the final checkpoint.
+
+        A run that ``should_stop`` ended early saves a step checkpoint (and the state to
+        resume from), not the final one. Under torchrun the ranks stop together, at the
+        first step where ``should_stop()`` is True on any of them.
+        """
         cfg = self.cfg
         bar = None
-        if self.progress:
+        stopped = False
+        if self.progress and self.is_main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step")
         t0 = time.perf_counter()
         checkpoint = None
         while self.step < self.total_steps:
-            if should_stop is not None and should_stop():
-                break
+            if should_stop is not None:
+                stop = should_stop()
+                if self.world > 1:
+                    stop = distributed.any_rank(stop)
+                if stop:
+                    stopped = True
+                    break
             rec = self.train_step()
             rec["seconds"] = round(time.perf_counter() - t0, 3)
             end_of_epoch = self.step % self.steps_per_epoch == 0
@@ -1056,7 +1324,8 @@ class Trainer:
         if bar is not None:
             bar.close()
         if self.out is not None:
-            checkpoint = self.save(final=True)
+            checkpoint = self.save(final=not stopped)
+        self.stopped = stopped
         return TrainResult(self.model, self.step, checkpoint, self.history)
 
     def prepare_all(self, should_stop: Callable[[], bool] | None = None) -> int:
@@ -1092,7 +1361,16 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path | 
     fig = Figure(figsize=(10, 4), dpi=100)
     ax1, ax2 = fig.subplots(1, 2)
     steps = [h["step"] for h in history if "total" in h]
-    for key in ("total", "mask_bce", "mask_dice", "coarse", "refined", "uncertainty", "iou_mse"):
+    for key in (
+        "total",
+        "mask_bce",
+        "mask_dice",
+        "coarse",
+        "refined",
+        "uncertainty",
+        "iou_mse",
+        "pmm",
+    ):
         ys = [h.get(key) for h in history if "total" in h]
         if any(y is not None for y in ys):
             ys = [float("nan") if y is None else y for y in ys]

@@ -1,0 +1,123 @@
+"""Automatic instance segmentation quality on the held-out splits: AP at IoU 0.5 and 0.75
+(DSB 2018 / StarDist: TP / (TP + FP + FN), mean over images) with and without the
+boundary-uncertainty filter, and the time per image.
+
+The reproducible command for the table in the README / model card (real weights):
+
+  nice -n 19 python benchmarks/automatic_map.py --checkpoint model/pasam_s256.safetensors \
+      --data components:../shared/data/isbi2012-em@20-29 \
+      --data labels:../shared/data/dsb2018-nuclei@%5=4 \
+      --max-uncertainty 0.5 --csv automatic_map.csv
+
+Without --checkpoint a random-weight model runs (the pipeline, not a quality number).
+The second run of each image (with the filter) takes its embeddings from the cache, so
+"s/image" is reported for the first (unfiltered) run.
+"""
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pasam_plugins.automatic import AutomaticSegmenter, AutomaticSettings  # noqa: E402
+from pasam_plugins.instance_metrics import match  # noqa: E402
+from pasam_plugins.predictor import PASamPredictor  # noqa: E402
+from pasam_plugins.train.datasets import read_source  # noqa: E402
+
+DEFAULT_DATA = [
+    f"components:{ROOT.parent / 'shared/data/isbi2012-em'}@20-29",
+    f"labels:{ROOT.parent / 'shared/data/dsb2018-nuclei'}@%5=4",
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument(
+        "--variant", default="vit_tiny", help="random-weight variant without --checkpoint"
+    )
+    ap.add_argument("--data", action="append", default=None, help="data spec (repeatable)")
+    ap.add_argument("--points-per-side", type=int, default=32)
+    ap.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    ap.add_argument("--stability-thresh", type=float, default=0.95)
+    ap.add_argument("--max-uncertainty", type=float, default=0.5)
+    ap.add_argument("--min-region-area", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=0, help="images per data set (0: all)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--csv", type=Path, default=None, help="per-image results")
+    args = ap.parse_args()
+
+    if args.checkpoint is not None:
+        from pasam_plugins.checkpoint import load_model
+
+        model = load_model(args.checkpoint)
+    else:
+        from pasam_plugins.testing import make_test_model
+
+        model = make_test_model(seed=0, variant=args.variant)
+        print("WARNING: random weights (no --checkpoint): the numbers are meaningless")
+    predictor = PASamPredictor(model, device=args.device)
+    base = dict(
+        points_per_side=args.points_per_side,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_thresh,
+        min_mask_region_area=args.min_region_area,
+    )
+    modes = {"no filter": AutomaticSettings(**base)}
+    if model.has_adapter:
+        modes[f"uncertainty <= {args.max_uncertainty:g}"] = AutomaticSettings(
+            **base, max_boundary_uncertainty=args.max_uncertainty
+        )
+    rows = []
+    for spec in args.data or DEFAULT_DATA:
+        for ds in read_source(spec):
+            samples = ds.samples[: args.limit] if args.limit else ds.samples
+            for sample in samples:
+                image, truth = sample.load()
+                for mode, settings in modes.items():
+                    seg = AutomaticSegmenter(predictor, settings)
+                    t0 = time.perf_counter()
+                    result = seg.generate(image)
+                    seconds = time.perf_counter() - t0
+                    m50, m75 = match(truth, result.label_image(), (0.5, 0.75))
+                    rows.append(
+                        {
+                            "dataset": ds.name,
+                            "image": sample.name,
+                            "mode": mode,
+                            "objects_true": int(len(set(truth.ravel().tolist()) - {0})),
+                            "objects_found": len(result),
+                            "ap50": round(m50.ap, 4),
+                            "ap75": round(m75.ap, 4),
+                            "seconds": round(seconds, 2),
+                        }
+                    )
+                    print(
+                        f"{sample.name} [{mode}]: AP50 {m50.ap:.3f} AP75 {m75.ap:.3f}, {seconds:.1f} s",
+                        flush=True,
+                    )
+    if args.csv:
+        with args.csv.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    print("\n| data set | filter | AP@0.5 | AP@0.75 | s/image |")
+    print("| --- | --- | --- | --- | --- |")
+    for dsname in dict.fromkeys(r["dataset"] for r in rows):
+        first = [r for r in rows if r["dataset"] == dsname and r["mode"] == "no filter"]
+        for mode in modes:
+            sel = [r for r in rows if r["dataset"] == dsname and r["mode"] == mode]
+            print(
+                f"| {dsname} | {mode} | {statistics.mean(r['ap50'] for r in sel):.3f} | "
+                f"{statistics.mean(r['ap75'] for r in sel):.3f} | "
+                f"{statistics.mean(r['seconds'] for r in first):.1f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
