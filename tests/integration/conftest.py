@@ -74,6 +74,10 @@ def image_root(tmp_path_factory, isbi_dir) -> Path:
     for i in range(10, 16):
         em = np.asarray(Image.open(isbi_dir / "image" / f"{i}.png"))
         Image.fromarray(em).save(root / "dm" / f"section{i}.png")
+    # a held-out section (test split, never trained on) for the shipped model
+    (root / "heldout").mkdir()
+    em = np.asarray(Image.open(isbi_dir / "image" / "25.png"))
+    Image.fromarray(em).save(root / "heldout" / "section25.png")
     return root
 
 
@@ -95,15 +99,9 @@ def ls(label_studio) -> LS:
     return LS(*label_studio[:2])
 
 
-@pytest.fixture(scope="session")
-def backend(ls, tmp_path_factory):
-    """``pasam serve`` on a random-weight model used zoomed in (as this project's shipped
-    small model), downloading images from Label Studio with a personal access token: yields
-    (url, log, checkpoint, models dir)."""
-    from labelstudio_support import zoomed_test_checkpoint
-
-    d = tmp_path_factory.mktemp("pasam-serve")
-    ckpt = zoomed_test_checkpoint(d / "zoomed.safetensors", seed=0)
+def start_backend(ls: LS, d: Path, checkpoint: Path | None, **extra_env: str):
+    """``pasam serve`` (on ``checkpoint``, or without one: the shipped model) downloading
+    images from Label Studio with a personal access token: (process, url, log)."""
     pat = ls.call("POST", "/api/token/")["token"]
     port = free_port()
     env = {
@@ -120,6 +118,7 @@ def backend(ls, tmp_path_factory):
         "PASAM_MODEL_DIR": str(d / "models"),
     }
     for key in (
+        "PASAM_CHECKPOINT",
         "LOCAL_FILES_DOCUMENT_ROOT",
         "PASAM_CACHE_DIR",
         "BASIC_AUTH_USER",
@@ -127,23 +126,19 @@ def backend(ls, tmp_path_factory):
         "PASAM_SAM_CHECKPOINT",
         "PASAM_TRAIN_EVERY_N_ANNOTATIONS",
         "PASAM_SYNC_MODEL_VERSION",
+        "PASAM_WORKERS",
+        "PASAM_TRAIN_PARTS",
     ):
         env.pop(key, None)
+    env = {k: v for k, v in env.items() if not k.startswith("PASAM_AUTO")}
+    env.update(extra_env)
     log = d / "pasam-serve.log"
+    args = [sys.executable, "-m", "pasam_plugins.cli", "serve"]
+    if checkpoint is not None:
+        args += ["--checkpoint", str(checkpoint)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pasam_plugins.cli",
-                "serve",
-                "--checkpoint",
-                str(ckpt),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            [*args, "--host", "127.0.0.1", "--port", str(port)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -151,9 +146,40 @@ def backend(ls, tmp_path_factory):
             start_new_session=True,
             cwd=ROOT,
         )
+    url = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}"
         wait_for(f"{url}/health", proc, log, timeout=300)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, url, log
+
+
+@pytest.fixture(scope="session")
+def backend(ls, tmp_path_factory):
+    """``pasam serve`` on a random-weight model used zoomed in (as this project's shipped
+    small model), downloading images from Label Studio with a personal access token: yields
+    (url, log, checkpoint, models dir). Automatic pre-annotation of tasks without prompts is
+    off here (``PASAM_AUTO=0``: random weights find no objects, and these tests check that a
+    task without prompts gets no prediction); :func:`shipped_backend` has it on."""
+    from labelstudio_support import zoomed_test_checkpoint
+
+    d = tmp_path_factory.mktemp("pasam-serve")
+    ckpt = zoomed_test_checkpoint(d / "zoomed.safetensors", seed=0)
+    proc, url, log = start_backend(ls, d, ckpt, PASAM_AUTO="0")
+    try:
         yield url, log, ckpt, d / "models"
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def shipped_backend(ls, tmp_path_factory):
+    """``pasam serve`` without a checkpoint: the shipped pasam_micro, with automatic
+    pre-annotation on a coarse point grid (cheap on a CPU): yields (url, log)."""
+    d = tmp_path_factory.mktemp("pasam-serve-shipped")
+    proc, url, log = start_backend(ls, d, None, PASAM_AUTO_POINTS_PER_SIDE="8")
+    try:
+        yield url, log
     finally:
         stop(proc)

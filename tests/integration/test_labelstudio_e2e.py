@@ -12,7 +12,10 @@ the Data Manager right away, stores nothing for tasks without prompts (so a late
 predicted) and no empty regions; uploaded images download without retry noise in the log;
 "Start Training" shows its progress on the model's card and ends on a new version, and
 training again on unchanged annotations makes no new version or file; and a Label Studio
-without the documented setting refuses the backend.
+without the documented setting refuses the backend. (That backend runs with automatic
+pre-annotation off; a second one, started without a checkpoint, serves the shipped
+pasam_micro: a box on a cell of a held-out EM section must give a mask overlapping the
+cell's ground truth, and a task without prompts is pre-annotated with every object.)
 
 Run: ``pytest -m integration tests/integration/`` (minutes: installing Label Studio the first
 time, its first start with migrations, a few tiny fine-tuning steps).
@@ -467,3 +470,67 @@ def test_label_studio_without_the_documented_setting_refuses_the_backend(
     finally:
         stop(proc)
     assert requests.get(backend[0] + "/health", timeout=10).status_code == 200
+
+
+def test_shipped_model_segments_a_held_out_cell_and_pre_annotates_every_object(
+    ls, shipped_backend, image_root, isbi_dir
+):
+    """Issue 10 in Label Studio: ``pasam serve`` without a checkpoint serves the shipped
+    pasam_micro; a box on a cell of a held-out EM section (test split) gives a brush mask
+    overlapping that cell's ground truth (IoU >= 0.5). Issue 17 through the real Label
+    Studio: "Retrieve predictions" on the task, which has no prompts and no annotation,
+    stores every object the model finds, scored."""
+    from scipy import ndimage
+
+    from pasam_plugins.metrics import mask_iou
+
+    url, log = shipped_backend
+    assert "shipped model" in log.read_text(errors="replace")
+    pid, ml, (task,) = ls.new_project("PA-SAM shipped model", image_root / "heldout", url)
+    width, height = image_size(image_root, task)
+    cells, _ = ndimage.label(np.asarray(Image.open(isbi_dir / "label" / "25.png")) > 127)
+    assert cells.shape == (height, width)
+    ids, counts = np.unique(cells[cells > 0], return_counts=True)
+    gt = cells == ids[np.argsort(counts)[len(counts) // 2]]  # a median-sized cell
+    ys, xs = np.nonzero(gt)
+    x0, y0 = max(0, xs.min() - 2), max(0, ys.min() - 2)
+    x1, y1 = min(width, xs.max() + 3), min(height, ys.max() + 3)
+    box = {
+        "id": "cell-box",
+        "from_name": "tag3",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "origin": "manual",
+        "image_rotation": 0,
+        "original_width": width,
+        "original_height": height,
+        "value": {
+            "x": x0 / width * 100,
+            "y": y0 / height * 100,
+            "width": (x1 - x0) / width * 100,
+            "height": (y1 - y0) / height * 100,
+            "rotation": 0,
+            "rectanglelabels": ["Cell"],
+        },
+    }
+    answer = ls.call(
+        "POST",
+        f"/api/ml/{ml['id']}/interactive-annotating",
+        json={"task": task["id"], "context": {"result": [box]}},
+    )
+    assert "errors" not in answer, answer
+    (brush,) = answer["data"]["result"]
+    mask = decode(brush)
+    assert mask.shape == gt.shape
+    assert mask_iou(mask, gt) >= 0.5, (mask_iou(mask, gt), tail(log))
+
+    # no prompts, no annotation: every object (interactive answers are not stored)
+    version = served_version(url)
+    preds = retrieve(ls, pid)
+    assert set(preds) == {task["id"]}, tail(log)
+    p = preds[task["id"]]
+    assert p["model_version"] == version and 0.0 <= p["score"] <= 1.0
+    assert len(p["result"]) >= 1
+    for region in p["result"]:
+        assert region["type"] == "brushlabels" and decode(region).any()
+        assert 0.0 <= region["score"] <= 1.0 and "review_rank" in region["meta"]
