@@ -361,7 +361,8 @@ def test_start_training_shows_progress_on_the_card_then_serves_a_new_version(
     assert training["images"] == 1  # the tasks with rectangle annotations hold no brush region
     new = metrics(backend[0])["model_version"]
     assert new != old and training["model_version"] == new
-    saved = list(backend[3].iterdir())
+    # (next to it: the workers' lock file and current.json announcing the model, issue 19)
+    saved = sorted(backend[3].glob("*.safetensors"))
     assert [p.name for p in saved] == [f"labelstudio-project{pid}-{new}.safetensors"]
     assert training["checkpoint"] == str(saved[0])
 
