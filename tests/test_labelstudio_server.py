@@ -507,18 +507,28 @@ def test_plain_sam_checkpoint_scores_tasks_by_predicted_iou(tmp_path, images):
     assert res["score"] == pytest.approx(region["score"], abs=1e-5)
 
 
-def test_serve_without_a_usable_checkpoint_is_a_clear_cli_error(tmp_path, monkeypatch):
+def test_serve_without_a_usable_checkpoint_is_a_clear_cli_error(tmp_path, monkeypatch, caplog):
+    """No checkpoint: the shipped default model is served (as by every tool); an unusable
+    one is a one-line error with exit status 2."""
+    import logging
+
     import typer
+    import uvicorn
     from typer.testing import CliRunner
 
     from label_studio_backend.cli import serve
 
     monkeypatch.delenv("PASAM_CHECKPOINT", raising=False)
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append((app, kw)))
     cli = typer.Typer()
     cli.command()(serve)
     runner = CliRunner()
-    r = runner.invoke(cli, [])
-    assert r.exit_code != 0 and "checkpoint" in r.output.lower()
+    with caplog.at_level(logging.INFO, logger="label_studio_backend"):
+        r = runner.invoke(cli, [])
+    assert r.exit_code == 0, r.output
+    assert len(served) == 1 and served[0][1]["host"] == "127.0.0.1"
+    assert "serving the shipped model pasam_micro" in caplog.text
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")
     r = runner.invoke(cli, ["--checkpoint", str(bad)])
