@@ -28,7 +28,7 @@ from PIL import Image
 from label_studio_backend.app import create_app
 from label_studio_backend.images import ImageLoader
 from label_studio_backend.model import PASamBackend
-from label_studio_backend.rle import mask_to_rle
+from pasam_plugins.lsformat import mask_to_rle
 from pasam_plugins.modeling import build_pasam
 from pasam_plugins.predictor import PASamPredictor
 from pasam_plugins.runtime import retain_freed_memory

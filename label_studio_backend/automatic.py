@@ -17,7 +17,7 @@ the ones to review first. At most ``PASAM_AUTO_MAX_REGIONS`` regions are returne
 response: see ``label_studio_backend/README.md`` for measured sizes.
 
 Settings (environment, read when the backend starts; tests set ``backend.automatic``):
-``PASAM_AUTO=0`` turns it off (empty predictions, as before), ``PASAM_AUTO_POINTS_PER_SIDE``
+``PASAM_AUTO=0`` turns it off (no prediction, as before), ``PASAM_AUTO_POINTS_PER_SIDE``
 (32), ``PASAM_AUTO_PRED_IOU`` (0.88), ``PASAM_AUTO_STABILITY`` (0.95),
 ``PASAM_AUTO_MAX_UNCERTAINTY`` (unset: no uncertainty filter), ``PASAM_AUTO_MIN_AREA``
 (pixels, 0), ``PASAM_AUTO_MAX_REGIONS`` (500), ``PASAM_POLYGON_TOLERANCE`` (1.0).
@@ -37,9 +37,9 @@ from pasam_plugins.automatic import (
     instance_attributes,
 )
 from pasam_plugins.export import POLYGON_TOLERANCE, mask_to_polygon
+from pasam_plugins.lsformat import mask_to_rle
 
 from .labelconfig import ParsedConfig
-from .rle import mask_to_rle
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,9 @@ def has_annotation(task: dict) -> bool:
 
 def predict_task(backend: Any, task: dict, config: ParsedConfig, token: str | None) -> dict:
     """The prediction for a batch task without prompts: every object, or an empty result
-    (automatic pre-annotation off, or the task is already annotated)."""
+    (automatic pre-annotation off, or the task is already annotated), which the backend
+    turns into no prediction at all (:meth:`label_studio_backend.model.PASamBackend.predict`:
+    an empty one would make Label Studio skip the task once boxes are added)."""
     auto = config_of(backend)
     if not auto.enabled or has_annotation(task):
         return {"result": [], "model_version": backend.model_version}

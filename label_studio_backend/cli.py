@@ -109,6 +109,51 @@ def serve(
     run_server(settings, host=host, port=port, workers=max(1, workers))
 
 
+def startup_notes(settings, *, host: str, port: int, untrained: bool = False) -> list[str]:
+    """What a team needs to know at start-up: settings that are missing for a working
+    connection to Label Studio, and how Label Studio must be started to accept this URL."""
+    notes = []
+    if untrained:
+        notes.append(
+            "the checkpoint holds UNTRAINED random weights (make-test-checkpoint): masks are "
+            "meaningless; use it only to try the wiring"
+        )
+    if not settings.label_studio_url:
+        notes.append(
+            "LABEL_STUDIO_URL is not set: images uploaded to Label Studio cannot be downloaded "
+            "(predictions fail with HTTP 502), Start Training cannot fetch annotations, and the "
+            "project's Prediction score column is not kept on this model's version. Set it to "
+            "Label Studio's address as seen from here, e.g. LABEL_STUDIO_URL=http://localhost:8080"
+        )
+    if not settings.label_studio_api_key:
+        notes.append(
+            "LABEL_STUDIO_API_KEY is not set: downloads, training and the model-version sync "
+            "use the token Label Studio sends with /setup, which Label Studio 1.23 accepts only "
+            "with legacy tokens enabled. Set a personal access token (Label Studio: Account & "
+            "Settings -> Personal Access Token)"
+        )
+    if _reserved_host(host):
+        notes.append(
+            f"a stock Label Studio refuses ML backends on local and private addresses ('URL "
+            f"resolves to a reserved network address'): start Label Studio with "
+            f"LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false, then connect http://{host}:{port} "
+            f"under Settings -> Model -> Connect Model"
+        )
+    return notes
+
+
+def _reserved_host(host: str) -> bool:
+    """A bind address Label Studio's default SSRF guard refuses (loopback, private and
+    link-local networks, 0.0.0.0 whose reachable addresses are usually such)."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # a host name: Label Studio checks what it resolves to
+    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -189,6 +234,8 @@ def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090, workers: 
             port,
             settings.models_dir,
         )
+        for note in startup_notes(settings, host=host, port=port):
+            log.warning("%s", note)
         uvicorn.run(
             "label_studio_backend.cli:app_from_env",
             factory=True,
@@ -204,30 +251,51 @@ def run_server(settings, *, host: str = "127.0.0.1", port: int = 9090, workers: 
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         typer.echo(f"error: cannot load the model: {e}", err=True)
         raise typer.Exit(2) from None
-    if backend.predictor.model.origin.untrained:
-        log.warning(
-            "%s has UNTRAINED RANDOM WEIGHTS (pasam make-test-checkpoint): its masks are "
-            "meaningless; use it for tests only",
-            settings.checkpoint,
-        )
     app = create_app(
         backend,
         basic_auth=auth,
         max_request_bytes=settings.max_request_bytes,
         body_timeout=settings.body_timeout,
     )
+    origin = backend.predictor.model.origin
     log.info(
-        "PA-SAM ML backend %s on %s (device %s, encoder %s%s) at http://%s:%d",
+        "PA-SAM ML backend %s on %s (%s; device %s, encoder %s%s) at http://%s:%d",
         backend.model_version,
         settings.checkpoint,
+        origin.describe(),
         backend.predictor.device,
         backend.predictor.precision,
         ", compiling in the background" if settings.compile_encoder else "",
         host,
         port,
     )
+    for note in startup_notes(settings, host=host, port=port, untrained=origin.untrained):
+        log.warning("%s", note)
     log.info("%s", backend.predictor.cache.describe())
+    quiet_sdk_download_log()
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+
+
+class _DownloadNoise(logging.Filter):
+    """label-studio-sdk logs at INFO for every image it downloads: the URL it resolved, the
+    file it wrote, and "Download failed for proxy URL, retrying legacy upload path" when
+    Label Studio does not serve an upload at the SDK's proxy URL. All are the normal path:
+    shown at DEBUG only; real failures are the backend's own errors."""
+
+    NOISE = ("Download failed for proxy URL", "File downloaded to ", "Storage proxy file: ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.INFO and str(record.msg).startswith(self.NOISE):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def quiet_sdk_download_log() -> None:
+    """Install :class:`_DownloadNoise` on the SDK's download logger (once)."""
+    sdk = logging.getLogger("label_studio_sdk._extensions.label_studio_tools.core.utils.io")
+    if not any(isinstance(f, _DownloadNoise) for f in sdk.filters):
+        sdk.addFilter(_DownloadNoise())
 
 
 def _export(settings) -> None:
@@ -260,6 +328,7 @@ def app_from_env():
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     settings.validate()
+    quiet_sdk_download_log()
     devices = device_list(settings.device)
     slot = None
     if devices:  # DEVICE=cuda:0,cuda:1: one worker per device (held while the worker lives)

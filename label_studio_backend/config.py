@@ -77,7 +77,7 @@ class Settings:
         [PASAM_MODEL_VERSION]; default: derived from the weights.
       log_level: [LOG_LEVEL].
       model_dir: where fine-tuned models are saved [PASAM_MODEL_DIR]; default
-        ``$PASAM_CACHE_DIR/models`` or ``~/.cache/pasam/models``.
+        :func:`pasam_plugins.paths.models_dir` (``models/`` in pasam's cache directory).
       train_steps: optimizer steps per fine-tuning run [PASAM_TRAIN_STEPS].
       train_lr: learning rate [PASAM_TRAIN_LR].
       train_images_per_step / train_objects_per_image: images drawn per step and objects
@@ -87,6 +87,10 @@ class Settings:
       train_every_n_annotations: also fine-tune after every N ``ANNOTATION_CREATED`` /
         ``ANNOTATION_UPDATED`` webhook events of a project; 0 = off
         [PASAM_TRAIN_EVERY_N_ANNOTATIONS].
+      sync_model_version: name this backend's card in each connected Label Studio project
+        after the model version it serves, so the project scores and sorts by its
+        predictions (see :mod:`label_studio_backend.sync`); needs ``label_studio_url`` and a
+        token [PASAM_SYNC_MODEL_VERSION, default on].
       train_parts: what "Start Training" adapts on the frozen model [PASAM_TRAIN_PARTS]:
         ``adapter`` (PA-SAM's adapter, the default), ``plm`` (a prompt learning module),
         ``plm,pmm`` (with the point matching loss), ``adapter,plm``, ``hq`` (HQ-SAM's token)
@@ -120,6 +124,7 @@ class Settings:
     train_objects_per_image: int = 4
     train_max_tasks: int = 200
     train_every_n_annotations: int = 0
+    sync_model_version: bool = True
     train_parts: str = "adapter"
 
     def __post_init__(self) -> None:
@@ -172,6 +177,7 @@ class Settings:
             train_every_n_annotations=_env_int(
                 "PASAM_TRAIN_EVERY_N_ANNOTATIONS", cls.train_every_n_annotations
             ),
+            sync_model_version=_env_bool("PASAM_SYNC_MODEL_VERSION", cls.sync_model_version),
             train_parts=_env("PASAM_TRAIN_PARTS", cls.train_parts) or cls.train_parts,
         )
         names = {f.name for f in fields(cls)}
@@ -230,13 +236,11 @@ class Settings:
 
     @property
     def models_dir(self) -> Path:
-        """Where fine-tuned models go: ``model_dir``, else ``<cache_dir>/models``, else
-        ``~/.cache/pasam/models``."""
-        if self.model_dir is not None:
-            return self.model_dir
-        if self.cache_dir is not None:
-            return self.cache_dir / "models"
-        return Path.home() / ".cache" / "pasam" / "models"
+        """Where fine-tuned models go: ``model_dir``, else :func:`pasam_plugins.paths.models_dir`
+        of ``cache_dir``."""
+        from pasam_plugins.paths import models_dir
+
+        return self.model_dir if self.model_dir is not None else models_dir(self.cache_dir)
 
     def with_(self, **changes: object) -> "Settings":
         """A copy with the given fields changed (None values are ignored)."""

@@ -1,9 +1,13 @@
 """The PA-SAM side of the ML backend: prompts in, brush regions out.
 
-``PASamBackend`` owns one :class:`pasam_plugins.predictor.PASamPredictor` (weights loaded
-once), the shared :class:`pasam_plugins.cache.EmbeddingCache` and the image loader. The
-predictor is used under a lock (one request at a time on the model; downloads, decoding and
-RLE encoding run outside it).
+``PASamBackend`` owns one :class:`pasam_plugins.segment.Segmenter` (the core's rules for
+segmenting an object: which mask one click keeps, prompt mapping, zoomed windows, the
+per-object summary) around the loaded predictor, the shared
+:class:`pasam_plugins.cache.EmbeddingCache` and the image loader. The model is used under
+a lock (one request at a time; downloads, decoding and RLE encoding run outside it).
+Fine-tuning (:class:`label_studio_backend.training.FineTuner`) and the model-version sync
+with Label Studio (:mod:`label_studio_backend.sync`) are wired in by
+:meth:`PASamBackend.from_settings`.
 """
 
 import hashlib
@@ -12,50 +16,59 @@ import os
 import statistics
 import threading
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from pasam_plugins.metrics import UNCERTAINTY_BAND_RATIO, band_uncertainty_sum, erosion_iterations
+from pasam_plugins.lsformat import mask_to_rle, rle_region
+from pasam_plugins.metrics import UNCERTAINTY_BAND_RATIO, erosion_iterations, uncertainty_band
 from pasam_plugins.metrics import task_score as core_task_score
 from pasam_plugins.predictor import PASamPredictor
+from pasam_plugins.segment import ObjectMask, PromptError, Segmenter
 
 from .config import Settings
 from .errors import BackendError, BadRequest, InvalidPrompt
 from .images import ImageLoader
 from .labelconfig import ParsedConfig, parse_label_config
+from .lsapi import LabelStudioClient
 from .prompts import Prompt, interactive_prompt, regions_of, task_prompts
-from .rle import mask_to_rle
 from .shared import Announcements, server_started
+from .sync import ModelVersionSync
+from .training import FineTuner
 from .validation import project_id
 
 logger = logging.getLogger(__name__)
 
-#: webhook events label-studio-ml forwards to training
+#: webhook events label-studio-ml forwards to ``fit``
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
 
-#: ``trainer(event, payload) -> dict``: called on START_TRAINING; its dict is the answer.
-#: Optional attributes: ``annotation_event(event, payload) -> dict | None`` (called for
-#: ANNOTATION_CREATED/UPDATED, its dict is merged into the answer), ``status() -> dict``
-#: (the ``training`` section of /health and /metrics), ``train_tasks(project_id, tasks,
-#: label_config) -> dict`` (legacy ``POST /train``) and ``stop()`` (server shutdown). The
-#: default of :meth:`PASamBackend.from_settings` is
-#: :class:`label_studio_backend.training.FineTuner`.
-Trainer = Callable[[str, dict], dict]
+
+class Trainer(Protocol):
+    """The backend's training hook, shaped like label-studio-ml's ``LabelStudioMLBase.fit``:
+    ``fit(event, data) -> dict`` gets every training event (``START_TRAINING``,
+    ``ANNOTATION_CREATED``, ``ANNOTATION_UPDATED``, ``ANNOTATION_DELETED``; the legacy ``POST /train`` arrives as
+    ``START_TRAINING`` with the annotated tasks in ``data["tasks"]``) and returns the answer.
+    Optional: ``status() -> dict`` (the ``training`` section of /health and /metrics) and
+    ``stop(timeout)`` (server shutdown). The default of :meth:`PASamBackend.from_settings` is
+    :class:`label_studio_backend.training.FineTuner`."""
+
+    def fit(self, event: str, data: dict) -> dict: ...
 
 
-def no_trainer(event: str, payload: dict) -> dict:
-    """Default START_TRAINING hook: fine-tuning is not wired in yet."""
-    return {"status": "no trainer configured"}
+class NoTrainer:
+    """Training hook of a backend built without one."""
+
+    def fit(self, event: str, data: dict) -> dict:
+        return {"status": "no trainer configured", "action": event}
 
 
 @dataclass
 class RegionResult:
-    """One predicted object, already encoded for Label Studio."""
+    """One predicted object: its mask already encoded for Label Studio, and what the task
+    score needs (boundary-band uncertainty sum and pixel count, area)."""
 
     label: str
     rle: list[int]
@@ -65,6 +78,8 @@ class RegionResult:
     band_pixels: int
     area: int
     region_ids: list[str]
+    width: int = 0
+    height: int = 0
 
     @property
     def boundary_uncertainty(self) -> float | None:
@@ -80,8 +95,7 @@ def model_version_of(predictor: PASamPredictor) -> str:
         for name, t in sorted(predictor.model.mask_decoder.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    variant = getattr(predictor.model, "variant", "sam")
-    return f"pasam-{variant}-{h.hexdigest()[:12]}"
+    return f"pasam-{predictor.model.origin.variant}-{h.hexdigest()[:12]}"
 
 
 class PASamBackend:
@@ -91,8 +105,9 @@ class PASamBackend:
       predictor (PASamPredictor): the loaded model.
       loader (ImageLoader): fetches task images.
       model_version (str or None): reported to Label Studio; default from the weights.
-      max_batch (int): prompt sets per ``predict_torch`` call.
-      trainer (Trainer or None): START_TRAINING hook (default :func:`no_trainer`).
+      max_batch (int): objects per decoder call in batch mode.
+      trainer (Trainer or None): training hook (default: none configured).
+      sync (ModelVersionSync or None): keeps Label Studio's model version in step.
     """
 
     def __init__(
@@ -103,12 +118,18 @@ class PASamBackend:
         model_version: str | None = None,
         max_batch: int = 16,
         trainer: Trainer | None = None,
+        sync: ModelVersionSync | None = None,
     ) -> None:
-        self.predictor = predictor
+        # (segmenter, model version): replaced as one tuple, so readers that do not take
+        # the model lock (health, setup, the fine-tuner) never see a mix
+        self._serving: tuple[Segmenter, str] = (
+            Segmenter(predictor),
+            model_version or model_version_of(predictor),
+        )
         self.loader = loader
-        self.model_version = model_version or model_version_of(predictor)
         self.max_batch = max(1, int(max_batch))
-        self.trainer: Trainer = trainer or no_trainer
+        self.trainer: Trainer = trainer or NoTrainer()
+        self.sync = sync
         self.lock = threading.Lock()
         #: the models directory other workers announce fine-tuned models in (see
         #: :mod:`label_studio_backend.shared`); None: this process alone decides
@@ -117,7 +138,6 @@ class PASamBackend:
         self._image: np.ndarray | None = None
         self._image_key: str | None = None
         self._stats_lock = threading.Lock()
-        self._local = threading.local()
         self.project_tokens: dict[str, str] = {}
         self.counters: dict[str, int] = {
             "setup": 0,
@@ -126,25 +146,40 @@ class PASamBackend:
             "batch_requests": 0,
             "tasks": 0,
             "regions": 0,
+            "empty_masks": 0,
             "errors": 0,
             "webhooks": 0,
         }
         self._latency: deque[float] = deque(maxlen=200)
         self.started = time.time()
 
+    @property
+    def segmenter(self) -> Segmenter:
+        return self._serving[0]
+
+    @property
+    def model_version(self) -> str:
+        return self._serving[1]
+
+    @property
+    def predictor(self) -> PASamPredictor:
+        return self._serving[0].predictor
+
     @classmethod
     def from_settings(cls, settings: Settings, *, trainer: Trainer | None = None) -> "PASamBackend":
-        """Load the checkpoint once and build the backend."""
+        """Load the checkpoint once and build the backend, its fine-tuner (unless ``trainer``
+        is given) and the model-version sync with Label Studio."""
         from pasam_plugins.cache import EmbeddingCache
         from pasam_plugins.checkpoint import load_model
+        from pasam_plugins.paths import embeddings_dir
 
         if settings.checkpoint is None:
             raise ValueError("no checkpoint: pass --checkpoint or set PASAM_CHECKPOINT")
         if not settings.checkpoint.exists():
             raise ValueError(f"checkpoint not found: {settings.checkpoint}")
         model = load_model(settings.checkpoint, device="cpu")
-        # PASAM_CACHE_DIR is shared with checkpoint downloads: embeddings get a subdirectory
-        disk = settings.cache_dir / "embeddings" if settings.cache_dir else None
+        # embeddings persist on disk only with an explicit PASAM_CACHE_DIR
+        disk = embeddings_dir(settings.cache_dir) if settings.cache_dir else None
         cache = EmbeddingCache(max_bytes=settings.cache_max_mb << 20, disk_dir=disk)
         predictor = PASamPredictor(
             model,
@@ -170,10 +205,32 @@ class PASamBackend:
             max_batch=settings.max_batch,
             trainer=trainer,
         )
+        client = None
+        if settings.label_studio_url:
+            client = LabelStudioClient(
+                settings.label_studio_url,
+                loader.auth_header,
+                timeout=max(30.0, settings.download_timeout),
+            )
+        if settings.sync_model_version:
+            auth = None
+            if settings.basic_auth_user and settings.basic_auth_pass:
+                auth = (settings.basic_auth_user, settings.basic_auth_pass)
+            backend.sync = ModelVersionSync(
+                client, version=lambda: backend.model_version, basic_auth=auth
+            )
         if trainer is None:
-            from .training import FineTuner
-
-            backend.trainer = FineTuner(backend=backend, settings=settings)
+            sync = backend.sync
+            backend.trainer = FineTuner(
+                settings=settings,
+                served=backend.served,
+                load_image=loader.load,
+                swap=backend.swap_model,
+                version_of=backend.version_of,
+                client=client,
+                token_for=lambda project: backend.project_tokens.get(str(project)),
+                report=sync.note if sync is not None else None,
+            )
         # several workers (pasam serve --workers N, or one per GPU) share the models dir:
         # a model fine-tuned by any of them is served by all
         backend.announcements = Announcements(settings.models_dir, since=server_started())
@@ -205,14 +262,8 @@ class PASamBackend:
                     self.model_version,
                 )
                 return None
-            predictor = PASamPredictor(
-                model,
-                device=self.predictor.device,
-                cache=self.predictor.cache,
-                autocast_bf16=self.predictor.autocast_bf16,
-            )
             logger.info("another worker fine-tuned %s: loading it", path)
-            return self.swap_predictor(predictor)
+            return self.swap_model(model)
         finally:
             self._reload_lock.release()
 
@@ -225,14 +276,21 @@ class PASamBackend:
         if schema is None:
             raise BadRequest("missing 'schema' (the project's labeling config)")
         parse_label_config(_string(schema, "schema"))
+        project = _project_id(body.get("project"))
         token = body.get("access_token")
-        if isinstance(token, str) and token:
-            self.project_tokens[_project_id(body.get("project"))] = token
+        token = token if isinstance(token, str) and token else None
+        if token:
+            self.project_tokens[project] = token
         self._count("setup")
+        if self.sync is not None and project.isdigit():
+            self.sync.project_seen(int(project), token)
         return {"model_version": self.model_version}
 
     def predict(self, body: object) -> dict:
-        """``POST /predict``: interactive (``params.context.result`` present) or batch."""
+        """``POST /predict``: interactive (``params.context.result`` present) or batch.
+
+        Batch: one answer per task; a task without prompt regions gets an empty list (no
+        prediction: Label Studio stores nothing, so a later run with prompts predicts it)."""
         t0 = time.perf_counter()
         body = _object(body, "the /predict body")
         self.refresh()
@@ -249,7 +307,8 @@ class PASamBackend:
         regions = context.get("result")
         if regions is not None and not isinstance(regions, list):
             raise BadRequest("'params.context.result' must be a list of regions")
-        token = self.project_tokens.get(_project_id(body.get("project")))
+        project = _project_id(body.get("project"))
+        token = self.project_tokens.get(project)
         interactive = bool(regions)
         for i, task in enumerate(tasks):
             if not isinstance(task, dict):
@@ -258,10 +317,11 @@ class PASamBackend:
             self._predict_task(task, config, regions if interactive else None, token)
             for task in tasks
         ]
+        n_regions = sum(len(r["result"]) for r in results if isinstance(r, dict))
         self._count("predict_requests")
         self._count("interactive_requests" if interactive else "batch_requests")
         self._count("tasks", len(tasks))
-        self._count("regions", sum(len(r["result"]) for r in results))
+        self._count("regions", n_regions)
         elapsed = time.perf_counter() - t0
         with self._stats_lock:
             self._latency.append(elapsed)
@@ -269,14 +329,16 @@ class PASamBackend:
             "predict: %s, %d task(s), %d region(s), %.0f ms",
             "interactive" if interactive else "batch",
             len(tasks),
-            sum(len(r["result"]) for r in results),
+            n_regions,
             elapsed * 1000,
         )
+        if not interactive and self.sync is not None and project.isdigit():
+            self.sync.predicted(int(project))
         return {"results": results, "model_version": self.model_version}
 
     def webhook(self, body: object) -> tuple[dict, int]:
-        """``POST /webhook``: acknowledge Label Studio events; START_TRAINING calls the
-        trainer hook. Returns (answer, HTTP status)."""
+        """``POST /webhook``: training events go to ``trainer.fit(event, data)``, others are
+        acknowledged. Returns (answer, HTTP status)."""
         body = _object(body, "the /webhook body")
         event = body.get("action")
         if not isinstance(event, str) or not event:
@@ -284,42 +346,63 @@ class PASamBackend:
         self._count("webhooks")
         if event not in TRAIN_EVENTS:
             return {"status": "Unknown event", "action": event}, 200
-        if event == "START_TRAINING":
-            result = self.trainer(event, body)
-            if not isinstance(result, dict):
-                result = {"status": "ok", "result": result}
-            return result, 201
-        answer: dict = {"status": "ok", "action": event}
-        hook = getattr(self.trainer, "annotation_event", None)
-        if callable(hook):
-            answer.update(hook(event, body) or {})
-        return answer, 201
+        answer = self.trainer.fit(event, body)
+        return (answer if isinstance(answer, dict) else {"status": "ok", "result": answer}), 201
 
     def train(self, body: object) -> tuple[dict, int]:
         """Legacy ``POST /train`` (Label Studio without the START_TRAINING webhook flag):
-        the annotated tasks come in ``annotations``. Returns (answer, HTTP status)."""
+        the annotated tasks come in ``annotations``; passed to ``fit`` as a
+        ``START_TRAINING`` event with ``tasks``. Returns (answer, HTTP status)."""
         body = _object(body, "the /train body")
         tasks = body.get("annotations")
         if not isinstance(tasks, list):
             raise BadRequest("missing 'annotations' (the annotated tasks)")
-        hook = getattr(self.trainer, "train_tasks", None)
-        if not callable(hook):
-            return {"status": "no trainer configured"}, 201
         project = project_id(body.get("project"))
         if project is None:
             raise BadRequest("missing or invalid 'project' (the Label Studio project id)")
         config = body.get("label_config")
-        return hook(project, tasks, config if isinstance(config, str) else None), 201
+        data = {
+            "action": "START_TRAINING",
+            "project": {
+                "id": project,
+                "label_config": config if isinstance(config, str) else None,
+            },
+            "tasks": tasks,
+        }
+        answer = self.trainer.fit("START_TRAINING", data)
+        return (answer if isinstance(answer, dict) else {"status": "ok", "result": answer}), 201
+
+    def served(self) -> tuple[PASamPredictor, str]:
+        """The predictor serving now and its model version (without waiting for the model
+        lock: a long request must not delay a training answer)."""
+        segmenter, version = self._serving
+        return segmenter.predictor, version
+
+    def swap_model(self, model, model_version: str | None = None) -> str:
+        """Serve ``model`` from now on, on the same device, embedding cache and precision
+        (under the model lock, so no request sees a mix); returns its model version."""
+        return self.swap_predictor(self._predictor_for(model), model_version)
+
+    def version_of(self, model) -> str:
+        """The model version ``model`` would be served under."""
+        return model_version_of(self._predictor_for(model))
+
+    def _predictor_for(self, model) -> PASamPredictor:
+        old = self.predictor
+        # same device, cache, precision and encoder path as the predictor it replaces
+        return PASamPredictor(model, **old.settings())
 
     def swap_predictor(self, predictor: PASamPredictor, model_version: str | None = None) -> str:
-        """Serve another model from now on (under the model lock, so no request sees a mix);
-        returns its model version (default: derived from its weights)."""
+        """Serve another predictor from now on; returns its model version (default: derived
+        from its weights)."""
         version = model_version or model_version_of(predictor)
+        segmenter = Segmenter(predictor)
         with self.lock:
-            self.predictor = predictor
-            self.model_version = version
+            self._serving = (segmenter, version)
             self._image = self._image_key = None
         logger.info("now serving model version %s", version)
+        if self.sync is not None:
+            self.sync.served(version)
         return version
 
     def training_status(self) -> dict | None:
@@ -328,28 +411,32 @@ class PASamBackend:
         return status() if callable(status) else None
 
     def close(self) -> None:
-        """Server shutdown: stop a running fine-tuning."""
+        """Server shutdown: stop a running fine-tuning and the sync."""
         stop = getattr(self.trainer, "stop", None)
         if callable(stop):
             stop(timeout=10)
+        if self.sync is not None:
+            self.sync.stop()
 
     def metrics(self) -> dict:
         """Counters for ``GET /metrics``."""
-        cache = self.predictor.cache
+        predictor = self.predictor
+        cache = predictor.cache
         with self._stats_lock:
             lat = list(self._latency)
             counters = dict(self.counters)
         return {
             "model_version": self.model_version,
             "pid": os.getpid(),  # which worker answered (pasam serve --workers N)
-            "device": str(self.predictor.device),
+            "device": str(predictor.device),
+            "zoomed": self.segmenter.zoom is not None,
             "encoder": {
-                "precision": self.predictor.precision,
-                "fast": bool(self.predictor.fast_encoder),
-                "compile": self.predictor.compile_state,
+                "precision": predictor.precision,
+                "fast": bool(predictor.fast_encoder),
+                "compile": predictor.compile_state,
             },
             "uptime_s": round(time.time() - self.started, 1),
-            "encoder_runs": int(self.predictor.encoder_runs),
+            "encoder_runs": int(predictor.encoder_runs),
             "embedding_cache": {
                 "hits": int(cache.hits),
                 "misses": int(cache.misses),
@@ -361,6 +448,7 @@ class PASamBackend:
             "predict_latency_ms_median": round(statistics.median(lat) * 1000, 2) if lat else None,
             **counters,
             "training": self.training_status(),
+            "label_studio_sync": self.sync.status() if self.sync is not None else None,
         }
 
     def count_error(self) -> None:
@@ -373,21 +461,25 @@ class PASamBackend:
 
     def _predict_task(
         self, task: dict, config: ParsedConfig, regions: list | None, token: str | None
-    ) -> dict:
+    ) -> dict | list:
         task_id = task.get("id")
         data = task.get("data")
         if not isinstance(data, dict) or config.image_key not in data:
             raise BadRequest(
                 f"task {task_id}: missing data[{config.image_key!r}] (the <Image name="
-                f"{config.image_name!r} value=\"${config.image_key}\"> of the labeling config)"
+                f'{config.image_name!r} value="${config.image_key}"> of the labeling config)'
             )
         if regions is None and not any(
             isinstance(r, dict) and r.get("from_name") in config.prompts for r in regions_of(task)
         ):
-            # batch task without boxes or keypoints: every object, no prompts (issue 17)
+            # batch task without boxes or keypoints: every object, no prompts (issue 17);
+            # nothing found (or automatic pre-annotation off, or already annotated): no
+            # prediction (an empty one would be stored under this model version and make
+            # Label Studio skip the task later, after boxes were added)
             from .automatic import predict_task
 
-            return predict_task(self, task, config, token)
+            found = predict_task(self, task, config, token)
+            return found if found.get("result") else []
         image = self.loader.load(
             data[config.image_key],
             task_id=task_id if isinstance(task_id, int) else None,
@@ -403,72 +495,74 @@ class PASamBackend:
             e.message = f"task {task_id}: {e.message}"
             raise
         if not prompts:
-            return {"result": [], "model_version": self.model_version}
-        found = self._segment(image, prompts)
-        result = [self._region(r, config, width, height) for r in found]
+            return []
+        found, version = self._segment(image, prompts, interactive=regions is not None)
+        # empty masks count in the task score (fully uncertain) but are no regions
+        result = [self._region(r, config) for r in found if r.area]
+        self._count("empty_masks", len(found) - len(result))
         # the version of the model that made these masks (a fine-tuned model may have been
         # swapped in since)
-        version = getattr(self._local, "version", None) or self.model_version
-        prediction: dict = {"result": result, "model_version": version}
-        prediction["score"] = task_score(found)
-        return prediction
+        return {"result": result, "score": task_score(found), "model_version": version}
 
-    def _segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[RegionResult]:
-        """Run all prompts of one image: one embedding, then batched decoder calls (prompts
-        with the same structure together, ``max_batch`` at a time)."""
+    def _segment(
+        self, image: np.ndarray, prompts: list[Prompt], *, interactive: bool
+    ) -> tuple[list[RegionResult], str]:
+        """All prompts of one image through the core's :class:`Segmenter`: one image, then
+        prompts with the same structure batched (``max_batch`` at a time, fewer for big
+        images). Returns the objects and the model version that made them."""
         groups: dict[tuple[int, bool], list[int]] = {}
         for i, p in enumerate(prompts):
             groups.setdefault(p.structure, []).append(i)
-        raw: list[tuple | None] = [None] * len(prompts)
+        objects: list[ObjectMask | None] = [None] * len(prompts)
         with self.lock:
-            self._local.version = self.model_version
-            # the loader hands out the same (read-only) array for the same image: skip even
-            # the content hash when the predictor already holds it (we keep the reference,
-            # so the identity cannot be reused by another array)
-            if image is not self._image or self.predictor.image_key != self._image_key:
-                self.predictor.set_image(image)
-                self._image, self._image_key = image, self.predictor.image_key
-            size = self.predictor.original_size
+            seg, version = self._serving
+            self._set_image(seg, image)
+            h, w = seg.size  # type: ignore[misc]
             # full-resolution outputs (mask logits for up to 3 masks + uncertainty, float32)
             # of one chunk stay within ~512 MiB, whatever the image size
-            per_prompt = 16 * size[0] * size[1]
-            step = max(1, min(self.max_batch, (512 << 20) // per_prompt))
-            for (n_points, has_box), idx in groups.items():
-                for start in range(0, len(idx), step):
-                    chunk = idx[start : start + step]
-                    outs = self._decode([prompts[i] for i in chunk], n_points, has_box, size)
-                    for i, out in zip(chunk, outs, strict=True):
-                        raw[i] = out
-        d = erosion_iterations(*image.shape[:2], UNCERTAINTY_BAND_RATIO)
-        results = []
-        for p, (mask, score, unc) in zip(prompts, raw, strict=True):  # type: ignore[misc]
-            results.append(_region_result(p, mask, score, unc, d))
-        return results
-
-    def _decode(self, prompts: list[Prompt], n_points: int, has_box: bool, size) -> list[tuple]:
-        pred = self.predictor
-        dev = pred.device
-        coords = labels = boxes = None
-        if n_points:
-            pts = torch.as_tensor(np.stack([p.points for p in prompts]), dtype=torch.float, device=dev)
-            coords = pred.transform.apply_coords_torch(pts, size)
-            labels = torch.as_tensor(np.stack([p.point_labels for p in prompts]), dtype=torch.int, device=dev)
-        if has_box:
-            b = torch.as_tensor(np.stack([p.box for p in prompts]), dtype=torch.float, device=dev)
-            boxes = pred.transform.apply_boxes_torch(b, size)
-        # one click alone is ambiguous: let the model pick the best of its 3 masks
-        multimask = n_points == 1 and not has_box
-        out = pred.predict_torch(coords, labels, boxes, None, multimask_output=multimask)
-        best = out.scores.argmax(dim=1)
-        rows = torch.arange(len(prompts), device=best.device)
-        masks = out.masks[rows, best].cpu().numpy().astype(bool)
-        scores = out.scores[rows, best].float().cpu().numpy()
-        unc = out.uncertainty.float().cpu().numpy() if out.uncertainty is not None else None
-        return [
-            (masks[i], float(scores[i]), None if unc is None else unc[i]) for i in range(len(prompts))
+            chunk = max(1, min(self.max_batch, (512 << 20) // (16 * h * w)))
+            try:
+                if interactive:
+                    p = prompts[0]
+                    objects[0] = seg.segment(
+                        p.points if len(p.points) else None,
+                        p.point_labels if len(p.points) else None,
+                        p.box,
+                    )
+                else:
+                    for (n_points, has_box), idx in groups.items():
+                        group = [prompts[i] for i in idx]
+                        out = seg.segment_many(
+                            boxes=np.stack([p.box for p in group]) if has_box else None,
+                            points=np.stack([p.points for p in group]) if n_points else None,
+                            labels=np.stack([p.point_labels for p in group]) if n_points else None,
+                            chunk=chunk,
+                        )
+                        for i, obj in zip(idx, out, strict=True):
+                            objects[i] = obj
+            except PromptError as e:
+                raise InvalidPrompt(str(e)) from None
+        results = [
+            _region_result(p, obj)
+            for p, obj in zip(prompts, objects, strict=True)  # type: ignore[arg-type]
         ]
+        return results, version
 
-    def _region(self, r: RegionResult, config: ParsedConfig, width: int, height: int) -> dict:
+    def _set_image(self, seg: Segmenter, image: np.ndarray) -> None:
+        """Give the segmenter this image unless it holds it already. The loader hands out the
+        same (read-only) array for the same image, so identity skips even the content hash
+        (we keep the reference, so the identity cannot be reused by another array); a
+        whole-image model also checks that the predictor still holds its embedding."""
+        if (
+            image is self._image
+            and seg.size is not None
+            and (seg.zoom is not None or seg.predictor.image_key == self._image_key)
+        ):
+            return
+        seg.set_image(image)
+        self._image, self._image_key = image, seg.predictor.image_key
+
+    def _region(self, r: RegionResult, config: ParsedConfig) -> dict:
         meta: dict = {"area": r.area, "prompt_region_ids": r.region_ids}
         text = [f"IoU {r.score:.3f}"]
         if r.mean_uncertainty is not None:
@@ -477,45 +571,70 @@ class PASamBackend:
         if r.boundary_uncertainty is not None:
             meta["boundary_uncertainty"] = round(r.boundary_uncertainty, 6)
         meta["text"] = ", ".join(text)
-        return {
-            "id": uuid.uuid4().hex[:10],
-            "from_name": config.brush_name,
-            "to_name": config.image_name,
-            "type": "brushlabels",
-            "original_width": int(width),
-            "original_height": int(height),
-            "image_rotation": 0,
-            "value": {"format": "rle", "rle": r.rle, "brushlabels": [r.label]},
-            "score": round(r.score, 6),
-            "readonly": False,
-            "meta": meta,
-        }
+        return rle_region(
+            r.rle,
+            r.width,
+            r.height,
+            label=r.label,
+            from_name=config.brush_name,
+            to_name=config.image_name,
+            score=r.score,
+            meta=meta,
+        )
 
 
-def _region_result(p: Prompt, mask: np.ndarray, score: float, unc: np.ndarray | None, d: int) -> RegionResult:
-    area = int(mask.sum())
-    mean_u = None
+def _region_result(p: Prompt, obj: ObjectMask) -> RegionResult:
+    """The core's per-object result as the backend reports it: RLE, score, the core's
+    uncertainty summary, and the boundary band's sum and size for the task score."""
+    mask = obj.mask
+    area = obj.area
     band_sum, band_n = 0.0, 0
-    if unc is not None:
-        mean_u = float(unc[mask].mean()) if area else float(unc.mean())
-        band_sum, band_n = band_uncertainty_sum(mask, unc, d)
+    mean_u = obj.mean_uncertainty
+    if obj.uncertainty is not None:
+        if area:
+            band_sum, band_n = band_stats(mask, obj.uncertainty)
+        else:
+            mean_u = (
+                1.0  # an empty mask is no answer: fully uncertain (as the task score counts it)
+            )
+    h, w = mask.shape
     return RegionResult(
         label=p.label,
         rle=mask_to_rle(mask),
-        score=score,
+        score=obj.score,
         mean_uncertainty=mean_u,
         band_uncertainty_sum=band_sum,
         band_pixels=band_n,
         area=area,
         region_ids=list(p.region_ids),
+        width=int(w),
+        height=int(h),
     )
+
+
+def band_stats(mask: np.ndarray, uncertainty: np.ndarray) -> tuple[float, int]:
+    """(sum of ``uncertainty`` over the mask's boundary band, band pixels): the core's
+    :func:`pasam_plugins.metrics.uncertainty_band`, computed on the mask's bounding box plus
+    a margin wider than the band (the same pixels: the band never reaches the margin's edge,
+    and where the box meets the image border the border is the same), so a small object on
+    a large image costs little."""
+    h, w = mask.shape
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return 0.0, 0
+    d = erosion_iterations(h, w, UNCERTAINTY_BAND_RATIO)
+    y0, y1 = max(0, rows[0] - d - 2), min(h, rows[-1] + d + 3)
+    x0, x1 = max(0, cols[0] - d - 2), min(w, cols[-1] + d + 3)
+    band = uncertainty_band(mask[y0:y1, x0:x1], d)
+    return float(uncertainty[y0:y1, x0:x1][band].sum(dtype=np.float64)), int(band.sum())
 
 
 def task_score(found: list[RegionResult]) -> float:
     """Task-level score (:func:`pasam_plugins.metrics.task_score`, the one definition that
     ``pasam eval`` measures): 1 - mean uncertainty over the predicted objects' boundary
-    bands, so sorting by prediction score puts the least certain tasks first; without the
-    adapter the mean predicted IoU."""
+    bands, so sorting by prediction score puts the least certain tasks first; an object with
+    an empty mask counts as fully uncertain; without the adapter the mean predicted IoU."""
     has_u = any(r.mean_uncertainty is not None for r in found)
     return round(
         core_task_score(
@@ -549,8 +668,7 @@ def _project_id(project: object) -> str:
 __all__ = [
     "PASamBackend",
     "Trainer",
-    "no_trainer",
-    "mask_to_rle",
+    "NoTrainer",
     "task_score",
     "InvalidPrompt",
 ]

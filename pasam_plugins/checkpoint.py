@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from . import __version__
+from .hq_keys import HQ_KEY, HQ_PREFIXES
 from .modeling import ENCODER_CONFIGS, GUIDE_MODES, PASam, build_pasam
 from .origin import ModelOrigin
 
@@ -48,16 +49,6 @@ ADAPTER_PREFIXES = (
     "output_hypernetworks_mlps.",
     "mask_tokens.",
 )
-#: the parameters HQ-SAM adds to SAM's decoder (what ``--train hq`` trains)
-HQ_PREFIXES = (
-    "hf_token.",
-    "hf_mlp.",
-    "compress_vit_feat.",
-    "embedding_encoder.",
-    "embedding_maskfeature.",
-)
-#: the key that tells an HQ-SAM state dict from a SAM one
-HQ_KEY = "mask_decoder.hf_token.weight"
 #: the prompt learning module (:mod:`pasam_plugins.prompt_learning`)
 PLM_PREFIXES = ("plm.",)
 #: what an adapter-only file stores (decoder-relative): every part a run on a frozen SAM can
@@ -479,12 +470,17 @@ def save_finetuned(
 
     An adapter-only file naming its base when the model's origin has a complete base file
     that still exists (``model.origin.complete_base``: an official SAM or merged file, a
-    full file of this project, the base of an adapter file); otherwise the whole model (random
-    weights built in memory, a decoder file loaded with a separate SAM). The untrained flag
-    and the zoom settings travel with it. Afterwards ``model.origin`` names the new file.
+    full file of this project, the base of an adapter file, so fine-tuning a model loaded
+    from an adapter file gives another adapter file on the same base); otherwise the whole
+    model (random weights built in memory, a decoder file loaded with a separate SAM). The
+    untrained flag and the zoom settings travel with it. Afterwards ``model.origin`` names
+    the new file.
 
     Arguments:
-      provenance: how it was trained (steps, data, losses), stored as ``provenance``.
+      provenance: how it was trained (steps, data, losses), stored as ``provenance``; its
+        ``base`` (what training started from) defaults to the model's file, else its base
+        file: a model from :func:`pasam_plugins.train.finetune.finetune` has no file yet, so
+        callers that started from an adapter file pass that file as ``base``.
       metadata: extra top-level entries (e.g. the napari image it was trained on).
     """
     origin = model.origin

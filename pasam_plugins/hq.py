@@ -40,7 +40,7 @@ with warnings.catch_warnings():
     from segment_anything_hq.modeling.prompt_encoder import PromptEncoder as HQPromptEncoder
     from segment_anything_hq.modeling.transformer import TwoWayTransformer as HQTwoWayTransformer
 
-from .checkpoint import HQ_KEY, HQ_PREFIXES
+from .hq_keys import HQ_KEY, HQ_PREFIXES
 from .modeling import ENCODER_CONFIGS, DecoderOutput, PASam, capture_output
 
 __all__ = ["HQ_KEY", "HQ_PREFIXES", "HQMaskDecoder", "HQSam", "build_hq", "with_hq"]

@@ -69,11 +69,13 @@ def region_mask(region: dict[str, Any]) -> tuple[np.ndarray, str] | None:
     labels = value.get(kind) or []
     label = str(labels[0]) if labels else "object"
     if kind == "brushlabels":
-        if value.get("format", "rle") != "rle" or "rle" not in value:
-            raise ValueError("a brush region without RLE")
-        from .train.datasets import decode_brush_rle
+        from .lsformat import FormatError
+        from .lsformat import region_mask as brush_mask
 
-        return decode_brush_rle(value["rle"], h, w), label
+        try:
+            return brush_mask(region), label
+        except FormatError as e:  # a FormatError is a ValueError
+            raise ValueError(str(e)) from None
     points = np.asarray(value.get("points") or [], dtype=np.float64).reshape(-1, 2)
     if len(points) < 3:
         raise ValueError("a polygon region with fewer than 3 points")

@@ -23,10 +23,13 @@ def embeddings_dir(cache: Path | None = None) -> Path:
     return (cache if cache is not None else cache_dir()) / "embeddings"
 
 
-def models_dir() -> Path:
-    """Where fine-tuned models are saved: ``$PASAM_MODEL_DIR``, else ``<cache>/models``."""
+def models_dir(cache: Path | None = None) -> Path:
+    """Where fine-tuned models are saved: ``$PASAM_MODEL_DIR``, else ``<cache>/models``
+    (``cache`` default :func:`cache_dir`)."""
     env = os.environ.get("PASAM_MODEL_DIR")
-    return Path(env).expanduser() if env else cache_dir() / "models"
+    if env:
+        return Path(env).expanduser()
+    return (cache if cache is not None else cache_dir()) / "models"
 
 
 def model_data_dir() -> Path:

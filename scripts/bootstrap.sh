@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up pasam-plugins on a fresh machine: a virtual environment at .venv with the package
 # and its extras. With --dev also the test tools, the system libraries napari needs under
-# Xvfb, and Label Studio in its own cached venv (for the end-to-end test).
+# Xvfb, headless Chromium with its driver (the browser test), and Label Studio in its own
+# cached venv (for the end-to-end and browser tests).
 #
 #   scripts/bootstrap.sh          # runtime: core + Label Studio backend + napari plugin
 #   scripts/bootstrap.sh --dev    # everything the test suite needs
@@ -15,6 +16,7 @@ VENV="${PASAM_VENV:-.venv}"
 
 if [ "$DEV" = 1 ]; then
     bash scripts/install_napari_deps.sh
+    bash scripts/install_browser_deps.sh
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

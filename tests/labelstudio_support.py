@@ -72,7 +72,7 @@ def rectangle(x: float, y: float, w: float, h: float, *, label: str = "Cell", ri
 
 def brush(mask: np.ndarray, *, label: str = "Cell", rid: str = "br", from_name: str = "tag") -> dict:
     """A BrushLabels region (Label Studio RLE) of an HxW mask, as stored in an annotation."""
-    from label_studio_backend.rle import mask_to_rle
+    from pasam_plugins.lsformat import mask_to_rle
 
     h, w = mask.shape
     return {
@@ -151,13 +151,22 @@ class FakeLabelStudio:
     (302 to another host), ``/slow`` (never finishes) and ``/huge`` (endless bytes).
     For fine-tuning: ``/api/projects/ID/`` (``projects[ID]``, e.g. its ``label_config``) and
     the Data Manager's ``/api/tasks?project=ID&fields=all&page=&page_size=`` (``tasks[ID]``,
-    a list of task dicts with annotations)."""
+    a list of task dicts with annotations). For the model-version sync, Label Studio 1.23's
+    rules: ``GET /api/ml?project=ID`` (``ml_backends``; ``on_list_ml(backend)`` runs first for
+    each, as Label Studio asks each backend's /setup), ``PATCH /api/ml/ID`` (needs ``url`` and
+    ``project``; a project whose model version is the old title follows the new one) and
+    ``PATCH /api/projects/ID/`` with a ``model_version`` that is a backend's title or has
+    predictions (``prediction_versions[ID]``), else HTTP 400."""
 
     def __init__(self, files: dict[str, bytes], *, legacy_token: str = "legacy-token-123",
                  personal_token: str | None = None) -> None:
         self.files = files
         self.projects: dict[int, dict] = {}
         self.tasks: dict[int, list[dict]] = {}
+        self.ml_backends: dict[int, dict] = {}
+        self.prediction_versions: dict[int, set[str]] = {}
+        self.on_list_ml = None
+        self.patches: list[tuple[str, dict]] = []
         self.legacy_token = legacy_token
         self.personal_token = personal_token or make_jwt("refresh")
         self.access_tokens: set[str] = set()
@@ -183,6 +192,42 @@ class FakeLabelStudio:
                 if auth == f"Token {fake.legacy_token}":
                     return True
                 return auth.startswith("Bearer ") and auth[7:] in fake.access_tokens
+
+            def do_PATCH(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(n) or b"{}")
+                fake.requests.append(("PATCH", self.path, self.headers.get("Authorization")))
+                fake.patches.append((self.path, body))
+                if not self._authorized():
+                    return self._send(401, b'{"detail": "Authentication credentials were not provided."}')
+                parts = urlparse(self.path).path.strip("/").split("/")
+                if parts[:2] == ["api", "ml"] and len(parts) == 3 and parts[2].isdigit():
+                    ml = fake.ml_backends.get(int(parts[2]))
+                    if ml is None:
+                        return self._send(404, b'{"detail": "Not found."}')
+                    if "url" not in body or "project" not in body:  # as Label Studio 1.23
+                        return self._send(500, b'{"detail": "healthcheck_() missing url"}')
+                    old = ml["title"]
+                    ml.update({k: v for k, v in body.items() if k in ("title", "url")})
+                    project = fake.projects.setdefault(ml["project"], {})
+                    if project.get("model_version") == old:
+                        project["model_version"] = ml["title"]
+                    return self._send(200, json.dumps(ml).encode())
+                if parts[:2] == ["api", "projects"] and len(parts) == 3 and parts[2].isdigit():
+                    pid = int(parts[2])
+                    project = fake.projects.get(pid)
+                    if project is None:
+                        return self._send(404, b'{"detail": "Not found."}')
+                    version = body.get("model_version")
+                    if version is not None and version != project.get("model_version") and version:
+                        titles = {b["title"] for b in fake.ml_backends.values() if b["project"] == pid}
+                        if version not in titles | fake.prediction_versions.get(pid, set()):
+                            return self._send(400, json.dumps({"validation_errors": {"model_version": [
+                                "Model version doesn't exist either as live model or as static predictions."
+                            ]}}).encode())
+                    project.update(body)
+                    return self._send(200, json.dumps({"id": pid, **project}).encode())
+                self._send(404, b"{}")
 
             def do_POST(self):
                 n = int(self.headers.get("Content-Length") or 0)
@@ -218,6 +263,13 @@ class FakeLabelStudio:
                     return
                 if not self._authorized():
                     return self._send(401, b'{"detail": "Authentication credentials were not provided."}')
+                if p.path.rstrip("/") == "/api/ml":
+                    pid = int((q.get("project") or ["0"])[0])
+                    items = [b for b in fake.ml_backends.values() if b["project"] == pid]
+                    for b in items:
+                        if fake.on_list_ml is not None:
+                            fake.on_list_ml(b)
+                    return self._send(200, json.dumps(items).encode())
                 if p.path.startswith("/api/projects/"):
                     pid = p.path.strip("/").split("/")[-1]
                     project = fake.projects.get(int(pid)) if pid.isdigit() else None
@@ -261,3 +313,16 @@ class FakeLabelStudio:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def zoomed_test_checkpoint(path: Path, *, seed: int = 0) -> Path:
+    """A random-weight model used zoomed in, as this project's small models are
+    (``vit_tiny256`` with the ``zoom`` metadata the shipped ``vit_s256`` model carries)."""
+    from pasam_plugins.checkpoint import save_checkpoint
+    from pasam_plugins.segment import ZoomSettings
+    from pasam_plugins.testing import make_test_model
+
+    model = make_test_model(seed=seed, variant="vit_tiny256")
+    return save_checkpoint(model, path, metadata={
+        "untrained": True, "zoom": ZoomSettings().to_metadata(),
+        "provenance": {"kind": "make-test-checkpoint", "seed": seed}})

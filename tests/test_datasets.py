@@ -11,8 +11,6 @@ from PIL import Image
 from pasam_plugins.train.datasets import (
     DatasetError,
     SampleError,
-    _decode_rle,
-    decode_brush_rle,
     mask_to_labels,
     object_ids,
     read_folder,
@@ -185,17 +183,23 @@ def _brush_region(mask: np.ndarray, label: str, rid: str) -> dict:
     }
 
 
-def test_brush_rle_decoder_matches_the_sdk():
-    from label_studio_sdk.converter.brush import decode_rle, mask2rle
+def test_labelstudio_brush_regions_are_read_with_the_one_format_module():
+    """The reader decodes brush regions with pasam_plugins.lsformat (the backend's module): a
+    region the backend would write reads back as its mask; a region whose RLE does not fit
+    its size is reported, not fatal."""
+    from pasam_plugins.lsformat import mask_region
+    from pasam_plugins.train.datasets import labelstudio_samples, labelstudio_task_labels
 
-    rng = np.random.default_rng(3)
-    m = (rng.random((23, 31)) > 0.6).astype(np.uint8) * 255
-    m[5:15, 5:25] = 255  # long runs as well as noise
-    rle = mask2rle(m)
-    np.testing.assert_array_equal(_decode_rle(rle), np.asarray(decode_rle(rle), np.uint8))
-    np.testing.assert_array_equal(decode_brush_rle(rle, 23, 31), m > 0)
-    with pytest.raises(SampleError, match="expected"):
-        decode_brush_rle(rle, 20, 31)
+    m = np.zeros((23, 31), bool)
+    m[5:15, 5:25] = True
+    m[np.random.default_rng(3).random((23, 31)) > 0.8] = True  # noise as well as long runs
+    region = mask_region(m, label="Cell", from_name="tag", to_name="image")
+    lab, names, size = labelstudio_task_labels({"annotations": [{"result": [region]}]})
+    assert names == ["Cell"] and size == (23, 31)
+    np.testing.assert_array_equal(lab == 1, m)
+    bad = {"id": 9, "annotations": [{"result": [{**region, "original_height": 20}]}]}
+    ds = labelstudio_samples([bad], lambda t: _img(23, 31))
+    assert not ds.samples and "expected 20x31x4" in ds.skipped[0][1]
 
 
 def test_labelstudio_export(tmp_path):

@@ -208,7 +208,7 @@ def test_label_tiff_and_csv(tmp_path):
 
 
 def _ls_task(lab: np.ndarray, *, polygon: bool) -> dict:
-    from label_studio_backend.rle import mask_to_rle
+    from pasam_plugins.lsformat import mask_to_rle
 
     h, w = lab.shape
     result = []

@@ -111,18 +111,20 @@ def test_brush_config_gets_brush_masks_and_uncertain_tasks_rank_first(setup):
         assert bright["score"] < dim["score"]
 
 
-def test_annotated_tasks_and_the_off_switch_give_empty_predictions(setup):
+def test_annotated_tasks_and_the_off_switch_give_no_prediction(setup):
+    """No prediction at all (not an empty one, which Label Studio would store under this
+    model version and so skip the task once boxes are added: issue 14)."""
     backend, client, urls = setup
     annotated = _task(
         urls["dim.png"], 3, annotations=[{"id": 1, "result": [{"id": "x", "type": "brushlabels"}]}]
     )
     r = client.post("/predict", json=predict_body([annotated], config=POLYGON_CONFIG))
-    assert r.json()["results"][0]["result"] == []
+    assert r.json()["results"] == [[]]
     backend.automatic = AutomaticConfig(enabled=False)
     r = client.post(
         "/predict", json=predict_body([_task(urls["dim.png"], 4)], config=POLYGON_CONFIG)
     )
-    assert r.json()["results"] == [{"result": [], "model_version": backend.model_version}]
+    assert r.json()["results"] == [[]]
 
 
 def test_response_size_is_bounded_for_hundreds_of_objects(setup, capsys):

@@ -258,7 +258,9 @@ def test_batch_turns_every_box_and_keypoint_into_a_mask(client, backend, images,
     first, second, third = out
     # r1 and its duplicate from the predictions count once: r1, r2, k1
     assert len(first["result"]) == 3
-    assert second["result"] == [] and third["result"] == []
+    # no prompts: no prediction at all (Label Studio stores nothing, so a later run with
+    # boxes predicts these tasks)
+    assert second == [] and third == []
     assert "score" in first and 0.0 <= first["score"] <= 1.0
     img = np.asarray(Image.open(images[0] / "imgs" / "wide.png"))
     h, w = img.shape
@@ -423,27 +425,44 @@ def test_webhook_events_and_training_hook(backend):
     project = {"id": 1, "label_config": SAM_CONFIG}
     r = c.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": project, "annotation": {"id": 1}})
     assert r.status_code == 201 and r.json()["status"] == "ok"
-    # the default trainer fine-tunes on the project's annotations, fetched from Label Studio
+    # the default trainer fine-tunes on the project's annotations, fetched from Label Studio:
+    # without LABEL_STUDIO_URL it cannot, and says so at once (Label Studio marks the model
+    # as failed and keeps the message)
     r = c.post("/webhook", json={"action": "START_TRAINING", "project": project})
-    assert r.status_code == 201 and r.json()["status"] == "training started"
-    status = backend.trainer.wait(timeout=60)
-    assert status["status"] == "failed" and "LABEL_STUDIO_URL is not set" in status["error"]
-    assert c.get("/health").json()["training"]["error"] == status["error"]
+    assert r.status_code == 422 and "LABEL_STUDIO_URL is not set" in r.json()["error"]
+    assert c.get("/health").json()["training"]["status"] == "idle"
     r = c.post("/webhook", json={"action": "PROJECT_UPDATED", "project": project})
     assert r.status_code == 200 and r.json()["status"] == "Unknown event"
     assert c.post("/webhook", json={"project": project}).status_code == 400
     assert c.post("/webhook", content=b"{", headers={"content-type": "application/json"}).status_code == 400
 
-    seen = []
+    class Hook:
+        """A custom trainer: label-studio-ml's fit(event, data)."""
+
+        def __init__(self):
+            self.seen = []
+
+        def fit(self, event, data):
+            self.seen.append((event, data["project"]["id"], data.get("tasks")))
+            return {"status": "training", "job": "42"}
+
+    hook = Hook()
     trained = PASamBackend(predictor=backend.predictor, loader=backend.loader, model_version="v",
-                           trainer=lambda event, payload: seen.append((event, payload["project"]["id"])) or {"status": "training", "job": "42"})
-    r = TestClient(create_app(trained)).post("/webhook", json={"action": "START_TRAINING", "project": project})
+                           trainer=hook)
+    tc = TestClient(create_app(trained))
+    r = tc.post("/webhook", json={"action": "START_TRAINING", "project": project})
     assert r.status_code == 201 and r.json() == {"status": "training", "job": "42"}
-    assert seen == [("START_TRAINING", 1)]
+    r = tc.post("/webhook", json={"action": "ANNOTATION_UPDATED", "project": project})
+    assert r.status_code == 201
+    # the legacy /train arrives at the same entry, with its tasks
+    r = tc.post("/train", json={"annotations": [{"id": 3}], "project": "1.1700000000"})
+    assert r.status_code == 201
+    assert hook.seen == [("START_TRAINING", 1, None), ("ANNOTATION_UPDATED", 1, None),
+                         ("START_TRAINING", 1, [{"id": 3}])]
     # without a trainer: acknowledged, nothing happens
     bare = TestClient(create_app(PASamBackend(predictor=backend.predictor, loader=backend.loader)))
     r = bare.post("/webhook", json={"action": "START_TRAINING", "project": project})
-    assert r.status_code == 201 and r.json() == {"status": "no trainer configured"}
+    assert r.status_code == 201 and r.json()["status"] == "no trainer configured"
     assert "training" not in bare.get("/health").json()
 
 
@@ -570,13 +589,13 @@ def test_task_score_weights_boundary_pixels_and_penalizes_empty_masks():
 
 
 def test_batch_tasks_without_prompts_are_not_downloaded(backend):
-    """An annotated task without boxes or keypoints gets an empty prediction even if its
-    image could not be fetched: nothing is downloaded for it (tasks without any annotation
-    are pre-annotated automatically, tests/test_labelstudio_automatic.py)."""
+    """An annotated task without boxes or keypoints gets no prediction even if its image
+    could not be fetched: nothing is downloaded for it (tasks without any annotation are
+    pre-annotated automatically, tests/test_labelstudio_automatic.py)."""
     t = task("/data/local-files/?d=imgs/does-not-exist.png", 9,
              annotations=[{"id": 1, "result": [{"id": "c", "from_name": "tag", "type": "brushlabels",
                                                 "value": {"format": "rle", "rle": [0]}}]}])
     before = backend.loader.local_reads
     res = backend.predict(predict_body([t]))
-    assert res["results"] == [{"result": [], "model_version": backend.model_version}]
+    assert res["results"] == [[]]
     assert backend.loader.local_reads == before

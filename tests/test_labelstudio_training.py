@@ -12,11 +12,13 @@ import time
 import cv2
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from labelstudio_support import (
     SAM_CONFIG,
     FakeLabelStudio,
     brush,
+    decode_brush,
     keypoint,
     predict_body,
     rectangle,
@@ -27,7 +29,7 @@ from label_studio_backend.app import create_app
 from label_studio_backend.config import Settings
 from label_studio_backend.model import PASamBackend
 from label_studio_backend.training import project_id_of
-from pasam_plugins.checkpoint import read_metadata
+from pasam_plugins.checkpoint import load_model, read_metadata
 
 TRAINED = 7  # project with brush annotations
 NO_BRUSH = 8  # project whose annotations hold only rectangles
@@ -77,6 +79,9 @@ def make_backend(checkpoint, fake, tmp_path, **train) -> PASamBackend:
         train_steps=train.pop("steps", 2),
         train_images_per_step=1,
         train_objects_per_image=1,
+        # the card sync has its own test below; off here, so the API calls counted are
+        # fine-tuning's own
+        sync_model_version=train.pop("sync", False),
         **train,
     )
     return PASamBackend.from_settings(settings)
@@ -122,6 +127,9 @@ def test_start_training_answers_at_once_then_serves_the_fine_tuned_model(
         assert time.perf_counter() - t0 < 5.0
         assert r.status_code == 201, r.text
         assert r.json()["status"] == "training started" and r.json()["project"] == TRAINED
+        # a meaningful answer: what runs, on which model, and where progress shows
+        assert r.json()["steps"] == 2 and r.json()["model_version"] == old_version
+        assert "Settings -> Model" in r.json()["progress"]
         # a second click on "Start Training" while the first run is going
         again = start_training(client, TRAINED)
         assert again.status_code == 201 and again.json()["status"] == "already training"
@@ -156,8 +164,10 @@ def test_start_training_answers_at_once_then_serves_the_fine_tuned_model(
     assert gets and all(auth and auth.startswith("Bearer ") for _, auth in gets)
     assert "fields=all" in gets[0][0] and f"project={TRAINED}" in gets[0][0]
 
-    # saved atomically as an adapter file naming its base; a restart on it serves the same model
+    # saved atomically as an adapter file naming its base, named after its model version; a
+    # restart on it serves the same model
     saved = status["checkpoint"]
+    assert saved.endswith(f"labelstudio-project{TRAINED}-{new_version}.safetensors")
     meta = read_metadata(saved)
     assert meta["contents"] == "adapter"
     assert meta["base_checkpoint"] == str(tiny_checkpoint.resolve())
@@ -276,8 +286,9 @@ def test_plain_sam_gets_an_adapter_and_a_fine_tuned_adapter_file_is_saved_in_ful
 ):
     """Serving plain SAM weights: fine-tuning adds a PA-SAM adapter (predictions then carry
     uncertainties) and saves it as an adapter file on the SAM file. A server restarted on
-    that adapter file (base found through its metadata) saves its own fine-tuning in full,
-    as its base is not a complete model."""
+    that adapter file (base found through its metadata) saves its own fine-tuning as an
+    adapter file on the same SAM file (the core's rule, ``save_finetuned``), with the adapter
+    file it started from as its provenance."""
     from pasam_plugins.testing import make_test_checkpoint
 
     sam = make_test_checkpoint(tmp_path / "sam.safetensors", seed=2, adapter=False)
@@ -300,10 +311,97 @@ def test_plain_sam_gets_an_adapter_and_a_fine_tuned_adapter_file_is_saved_in_ful
     start_training(second, TRAINED, label_config=SAM_CONFIG)
     status2 = wait_until_finished(second)
     assert status2["status"] == "done", status2
-    assert read_metadata(status2["checkpoint"])["contents"] == "full"
+    meta2 = read_metadata(status2["checkpoint"])
+    assert meta2["contents"] == "adapter" and meta2["base_checkpoint"] == str(sam.resolve())
+    assert meta2["provenance"]["base"] == status["checkpoint"]  # what the run started from
+    assert meta["provenance"]["base"] == str(sam)
+    # the adapter file on the SAM file is the whole fine-tuned model
+    reloaded = load_model(status2["checkpoint"])
+    for k, v in again.predictor.model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[k], v.cpu()), k
     assert again.model_version not in (backend.model_version, status["previous_model_version"])
 
 
+def test_retraining_on_unchanged_annotations_makes_no_new_version_or_file(
+    tiny_checkpoint, fake_ls, tmp_path
+):
+    backend = make_backend(tiny_checkpoint, fake_ls, tmp_path, steps=1)
+    client = TestClient(create_app(backend))
+    start_training(client, TRAINED, label_config=SAM_CONFIG)
+    first = wait_until_finished(client)
+    assert first["status"] == "done" and not first["unchanged"]
+    version = backend.model_version
+    files = sorted(p.name for p in (tmp_path / "models").glob("*.safetensors"))
+    assert len(files) == 1
+
+    # "Start Training" again, nothing annotated since: nothing trained, nothing written
+    r = start_training(client, TRAINED, label_config=SAM_CONFIG)
+    assert r.status_code == 201 and r.json()["status"] == "training started"
+    again = wait_until_finished(client)
+    assert again["status"] == "done" and again["unchanged"] is True
+    assert again["model_version"] == version == backend.model_version
+    assert again["checkpoint"] == first["checkpoint"] and "images" not in again
+    assert sorted(p.name for p in (tmp_path / "models").glob("*.safetensors")) == files
+
+    # changed annotations (the cells drawn a few pixels wider) train a new model, saved
+    # next to the first
+    task = dict(fake_ls.tasks[TRAINED][0])
+    kernel = np.ones((7, 7), np.uint8)
+    wider = [brush(cv2.dilate(decode_brush(r).astype(np.uint8), kernel) > 0, rid=r["id"])
+             for r in task["annotations"][0]["result"]]
+    ann = dict(task["annotations"][0], result=wider, updated_at="2026-01-03T10:00:00Z")
+    fake_ls.tasks[TRAINED] = [dict(task, annotations=[ann]), *fake_ls.tasks[TRAINED][1:]]
+    try:
+        start_training(client, TRAINED, label_config=SAM_CONFIG)
+        third = wait_until_finished(client)
+    finally:
+        fake_ls.tasks[TRAINED] = [task, *fake_ls.tasks[TRAINED][1:]]
+    assert third["status"] == "done" and not third["unchanged"]
+    assert backend.model_version not in (version, first["previous_model_version"])
+    assert len(list((tmp_path / "models").glob("*.safetensors"))) == 2
+
+
+def test_progress_and_outcome_show_on_the_model_card_in_label_studio(
+    tiny_checkpoint, fake_ls, tmp_path
+):
+    """With the sync on, the backend's card in the project (Settings -> Model) reads the
+    step while a run goes, then the new model version (and the project scores it); a failed
+    run leaves its reason on the card."""
+    backend = make_backend(tiny_checkpoint, fake_ls, tmp_path, sync=True)
+    for pid, ml_id in ((TRAINED, 70), (NO_BRUSH, 80)):
+        fake_ls.projects[pid].update(model_version="PA-SAM", show_collab_predictions=True)
+        fake_ls.ml_backends[ml_id] = {"id": ml_id, "project": pid, "url": "http://127.0.0.1:9090",
+                                      "title": "PA-SAM", "model_version": backend.model_version,
+                                      "auth_method": "NONE"}
+    fake_ls.on_list_ml = lambda b: b.update(model_version=backend.model_version)  # its /setup
+    client = TestClient(create_app(backend))
+    try:
+        old = backend.model_version
+        assert client.post("/setup", json={"project": f"{TRAINED}.1", "schema": SAM_CONFIG}).status_code == 200
+        assert backend.sync.wait_idle()
+        assert fake_ls.ml_backends[70]["title"] == old and fake_ls.projects[TRAINED]["model_version"] == old
+
+        start_training(client, TRAINED, label_config=SAM_CONFIG)
+        status = wait_until_finished(client)
+        assert status["status"] == "done"
+        assert backend.sync.wait_idle()
+        new = backend.model_version
+        assert fake_ls.ml_backends[70]["title"] == new
+        assert fake_ls.projects[TRAINED]["model_version"] == new
+        titles = [h["title"] for h in backend.sync.status()["history"] if h["project"] == TRAINED]
+        assert any(t.startswith(f"{old} (fine-tuning") for t in titles), titles
+        assert titles[-1] == new
+
+        start_training(client, NO_BRUSH)
+        assert wait_until_finished(client)["status"] == "failed"
+        assert backend.sync.wait_idle()
+        card = fake_ls.ml_backends[80]["title"]
+        assert card.startswith(f"{new} (fine-tuning failed: project {NO_BRUSH} has no usable annotations")
+    finally:
+        for ml_id in (70, 80):
+            fake_ls.ml_backends.pop(ml_id, None)
+        fake_ls.on_list_ml = None
+        backend.close()
 def test_train_parts_setting_adapts_a_prompt_learning_module_and_hq_sam_says_what_it_lacks(
     tiny_checkpoint, fake_ls, tmp_path
 ):

@@ -128,7 +128,9 @@ def test_finetune_stops_when_asked_and_skips_bad_samples(tiny_model, tmp_path, t
     assert meta["contents"] == "adapter" and meta["provenance"]["steps"] == 1
     assert meta["untrained"] is True  # fine-tuned on a random-weight SAM: still flagged
     assert meta["base_checkpoint"] == str(tiny_checkpoint.resolve())
-    assert tuned.origin.file == str(path) and tuned.origin.complete_base == str(tiny_checkpoint.resolve())
+    assert tuned.origin.file == str(path) and tuned.origin.complete_base == str(
+        tiny_checkpoint.resolve()
+    )
     reloaded = load_model(path)  # the base is found through the file's metadata
     for k, v in tuned.state_dict().items():
         assert torch.equal(reloaded.state_dict()[k], v), k
@@ -146,6 +148,28 @@ def test_save_finetuned_saves_models_without_a_complete_base_whole(tiny_model, t
     assert again.origin.kind == "pasam-full" and again.origin.complete_base == str(path)
     for k, v in tuned.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
+
+
+def test_fine_tuning_a_model_loaded_from_an_adapter_file_saves_an_adapter_on_its_base(
+    tiny_checkpoint, tmp_path
+):
+    first = finetune(load_model(tiny_checkpoint), _samples(1), steps=1, images_per_step=1)
+    adapter = save_finetuned(first.model, tmp_path / "a.safetensors", provenance={"steps": 1})
+    start = load_model(adapter)
+    assert start.origin.kind == "pasam-adapter"
+    second = finetune(start, _samples(1), steps=1, images_per_step=1).model
+    path = save_finetuned(
+        second, tmp_path / "b.safetensors", provenance={"steps": 1, "base": str(adapter)}
+    )
+    meta = read_metadata(path)
+    assert meta["contents"] == "adapter"
+    assert meta["base_checkpoint"] == str(tiny_checkpoint.resolve())
+    assert meta["provenance"]["base"] == str(adapter)
+    # nothing is lost: the adapter file on the complete base is the fine-tuned model
+    again = load_model(path)
+    for k, v in second.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+    assert any(not torch.equal(start.state_dict()[k], v) for k, v in second.state_dict().items())
 
 
 def _trainer(model, out, **kw):

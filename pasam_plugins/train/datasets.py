@@ -35,6 +35,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from .. import lsformat
 from ..imageio import normalize_image, read_image
 
 logger = logging.getLogger(__name__)
@@ -477,59 +478,6 @@ def read_hqseg(
 
 
 # ------------------------------------------------------------------------ Label Studio
-def decode_brush_rle(rle: Sequence[int], height: int, width: int) -> np.ndarray:
-    """Label Studio brush RLE -> HxW bool mask (the alpha channel of the RGBA bitmap).
-
-    Uses ``label_studio_sdk.converter.brush.decode_rle`` when installed, else an equivalent
-    decoder of the same bit layout (:func:`_decode_rle`).
-    """
-    try:
-        from label_studio_sdk.converter.brush import decode_rle
-    except ImportError:  # pragma: no cover - exercised by the tests through _decode_rle
-        decode_rle = _decode_rle
-    flat = np.asarray(decode_rle(list(rle)), dtype=np.uint8)
-    if flat.size != height * width * 4:
-        raise SampleError(
-            f"brush RLE holds {flat.size} values, expected {height}x{width}x4 = {height * width * 4}"
-        )
-    return flat.reshape(height, width, 4)[..., 3] > 0
-
-
-def _decode_rle(rle: Sequence[int]) -> np.ndarray:
-    """Decode Label Studio's brush RLE (thi-ng rle-pack: 32-bit count, 5-bit word size,
-    four 4-bit run-length field sizes, then runs) into a flat uint8 array."""
-    data = np.frombuffer(bytes(int(v) & 0xFF for v in rle), dtype=np.uint8)
-    bits = np.unpackbits(data)
-    pos = 0
-
-    def read(n: int) -> int:
-        nonlocal pos
-        if pos + n > bits.size:
-            raise SampleError("brush RLE is truncated")
-        v = 0
-        for b in bits[pos : pos + n]:
-            v = (v << 1) | int(b)
-        pos += n
-        return v
-
-    num = read(32)
-    word = read(5) + 1
-    sizes = [read(4) + 1 for _ in range(4)]
-    out = np.zeros(num, dtype=np.uint8)
-    i = 0
-    while i < num:
-        repeat = read(1)
-        j = i + 1 + read(sizes[read(2)])
-        if repeat:
-            out[i:j] = read(word)
-            i = j
-        else:
-            while i < j:
-                out[i] = read(word)
-                i += 1
-    return out
-
-
 def _resolve_ls_path(url: str, *, export_dir: Path, image_root: Path | None) -> Path | None:
     """A local file for a Label Studio task image URL, or None."""
     if url.startswith("data:"):
@@ -598,22 +546,22 @@ def labelstudio_task_labels(
     names: list[str] = []
     size: tuple[int, int] | None = None
     for region in ann.get("result") or []:
-        if str(region.get("type", "")).lower() != "brushlabels":
+        if not lsformat.is_brush_region(region):
             continue
         value = region.get("value") or {}
         if value.get("format", "rle") != "rle" or "rle" not in value:
             continue
-        names_r = value.get("brushlabels") or []
+        names_r = lsformat.region_labels(region)
         if keep is not None and not (set(names_r) & keep):
             continue
         try:
-            h, w = int(region["original_height"]), int(region["original_width"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SampleError(f"brush region without original_width/height ({exc})") from exc
+            m = lsformat.region_mask(region)
+        except lsformat.FormatError as exc:
+            raise SampleError(str(exc)) from None
+        h, w = m.shape
         if size is not None and size != (h, w):
             raise SampleError(f"regions of different sizes {size} and {(h, w)}")
         size = (h, w)
-        m = decode_brush_rle(value["rle"], h, w)
         if out is None:
             out = np.zeros((h, w), np.int32)
         names.append(names_r[0] if names_r else "")
