@@ -47,7 +47,14 @@ def folder(tmp_path):
 
 
 def _cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    """One process, with one torch thread as each rank has (torchrun's OMP_NUM_THREADS=1):
+    the fused-attention encoder's float32 sums then run in the same order in both."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _train_args(folder, ckpt, out, *, accum: int, steps: int, resume: bool = False):

@@ -59,7 +59,10 @@ def test_interactive_masks_are_the_cores(served, model_file, images):
     root, urls = images
     img = np.asarray(Image.open(root / "imgs" / "wide.png"))
     h, w = img.shape
-    core = Segmenter(PASamPredictor(load_model(model_file)))
+    # the backend's encoder settings (fast path, precision auto), a cache of its own
+    core = Segmenter(
+        PASamPredictor(load_model(model_file), **{**backend.predictor.settings(), "cache": None})
+    )
     assert (core.zoom is not None) == (model_file.name == "zoomed.safetensors")
     core.set_image(img)
     cases = [
@@ -115,7 +118,10 @@ def test_batch_masks_are_the_cores(served, model_file, images):
     assert r.status_code == 200, r.text
     prediction = r.json()["results"][0]
     by_id = {reg["meta"]["prompt_region_ids"][0]: reg for reg in prediction["result"]}
-    core = Segmenter(PASamPredictor(load_model(model_file)))
+    # the backend's encoder settings (fast path, precision auto), a cache of its own
+    core = Segmenter(
+        PASamPredictor(load_model(model_file), **{**backend.predictor.settings(), "cache": None})
+    )
     core.set_image(img)
     refs = core.segment_many(boxes=np.array([pixel_box(*b, w, h) for b in boxes]))
     refs += core.segment_many(

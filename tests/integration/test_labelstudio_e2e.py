@@ -172,7 +172,10 @@ def test_interactive_annotating_returns_the_cores_mask(
     from pasam_plugins.predictor import PASamPredictor
     from pasam_plugins.segment import Segmenter
 
-    core = Segmenter(PASamPredictor(load_model(backend[2]), device="cpu"))
+    # as `pasam serve` runs it by default: the fast encoder path, precision auto
+    core = Segmenter(
+        PASamPredictor(load_model(backend[2]), device="cpu", precision="auto", fast_encoder=True)
+    )
     assert core.zoom is not None
     core.set_image(np.asarray(Image.open(image_root / task["data"]["image"].split("?d=")[1])))
     v = region["value"]
