@@ -28,7 +28,6 @@ normalized to HxWx3 uint8 with :func:`pasam_plugins.imageio.normalize_image`.
 """
 
 import errno
-import io
 import logging
 import os
 import posixpath
@@ -45,11 +44,11 @@ from urllib.parse import parse_qs, urljoin, urlparse
 import numpy as np
 import requests
 import urllib3
-from PIL import Image, ImageOps
 from requests.adapters import HTTPAdapter
 
 from pasam_plugins.imageio import ImageError as CoreImageError
-from pasam_plugins.imageio import ImageTooLarge, check_image_size, normalize_image
+from pasam_plugins.imageio import ImageTooLarge, normalize_image
+from pasam_plugins.imageio import decode_image as core_decode_image
 
 from .errors import ImageError
 
@@ -354,47 +353,20 @@ def _too_large(what: str, size: int, limit: int) -> ImageError:
 
 
 def decode_image(data: bytes, *, name: str, max_pixels: int) -> np.ndarray:
-    """Decode image bytes to HxWx3 uint8 (EXIF orientation applied, as browsers show it).
-
-    The size is checked from the header before any pixel is decoded.
+    """Decode image bytes to HxWx3 uint8 through the core's one decoder
+    (:func:`pasam_plugins.imageio.decode_image`: EXIF orientation applied, as browsers show
+    it; the size checked from the header before any pixel is decoded), then normalized.
 
     Raises:
       ImageError: not an image of a supported format (422) or more than ``max_pixels``
         pixels (413, also for PIL's decompression-bomb limit).
     """
     try:
-        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except Image.DecompressionBombError as e:
-        raise ImageError(
-            f"image {name!r} is too large: {e} (PASAM_MAX_IMAGE_PIXELS is {max_pixels})",
-            status_code=413,
-        ) from None
-    except Exception as e:  # noqa: BLE001 - any decoder failure on user data is a bad image
-        raise ImageError(f"cannot decode the image {name!r}: {_describe(e)}") from None
-    try:
-        w, h = img.size
-        check_image_size(h, w, max_pixels=max_pixels, name=repr(name))
+        arr = core_decode_image(data, name=repr(name), max_pixels=max_pixels, formats=IMAGE_FORMATS)
     except ImageTooLarge as e:
-        raise ImageError(f"{e} (PASAM_MAX_IMAGE_PIXELS)", status_code=413) from None
+        raise ImageError(f"{e} (PASAM_MAX_IMAGE_PIXELS is {max_pixels})", status_code=413) from None
     except CoreImageError as e:
         raise ImageError(str(e)) from None
-    try:
-        img = ImageOps.exif_transpose(img) or img
-        mode = img.mode
-        if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
-            img = img.convert("RGBA" if "A" in mode or "transparency" in img.info else "RGB")
-        elif mode == "1":
-            img = img.convert("L")
-        elif mode == "LA":
-            img = img.getchannel("L")
-        elif mode.startswith("I;16"):
-            arr = np.asarray(img).astype(np.uint16)
-            return _normalize(arr, name)
-        arr = np.asarray(img)
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"image {name!r} is too large: {e}", status_code=413) from None
-    except Exception as e:  # noqa: BLE001 - truncated or malformed pixel data
-        raise ImageError(f"cannot decode the image {name!r}: {_describe(e)}") from None
     return _normalize(arr, name)
 
 

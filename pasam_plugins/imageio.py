@@ -20,6 +20,7 @@ side would round to 0 pixels when the model resizes its long side (an aspect rat
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,60 +97,114 @@ def check_image_size(
             )
 
 
-def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
-    """Read PNG/JPEG/TIFF (any bit depth) as a numpy array in channels-last layout.
+#: PIL modes converted to RGB (or RGBA with transparency) on decoding
+_TO_RGB_MODES = ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
+
+
+def _pil_array(im: Any, name: str, limit: int) -> np.ndarray:
+    """A PIL image -> channels-last array: the size checked from the header before any pixel
+    is decoded, EXIF orientation applied (as viewers and browsers show the image), palette /
+    CMYK / other colour modes -> RGB(A), 1-bit and LA -> L, 16-bit kept as uint16."""
+    from PIL import ImageOps
+
+    check_image_size(im.size[1], im.size[0], max_pixels=limit, name=name)
+    im = ImageOps.exif_transpose(im) or im
+    mode = im.mode
+    if mode in _TO_RGB_MODES:
+        im = im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode == "LA":
+        im = im.getchannel("L")
+    arr = np.asarray(im)
+    if mode.startswith("I;16"):
+        arr = arr.astype(np.uint16)
+    return arr
+
+
+def _tiff_array(source: Any, name: str, limit: int) -> np.ndarray:
+    """A TIFF (path or file object) through tifffile, its size checked from the header."""
+    import tifffile
+
+    with tifffile.TiffFile(source) as tif:
+        shape = tuple(int(n) for n in tif.series[0].shape) if tif.series else ()
+        if len(shape) >= 2:
+            check_image_size(shape[0], shape[1], max_pixels=limit, name=name)
+            values = float(np.prod(shape, dtype=np.float64))
+            if values > 4.0 * limit:
+                raise ImageTooLarge(
+                    f"image {name} is too large: shape {shape} holds more than {4 * limit} values"
+                )
+        return tif.asarray()
+
+
+def decode_image(
+    source: "bytes | str | Path",
+    *,
+    name: str | None = None,
+    max_pixels: int | None = None,
+    formats: "tuple[str, ...] | None" = None,
+) -> np.ndarray:
+    """The one image decoder of every tool (the CLI, the Label Studio backend, the training
+    and evaluation datasets): image bytes or a file -> channels-last array, any bit depth.
+
+    PNG, JPEG, BMP, GIF, WebP, ... through PIL (:func:`_pil_array`: EXIF orientation, colour
+    modes, 16-bit); files named ``.tif``/``.tiff`` through tifffile (stacks and any dtype).
+    The size is checked from the header before decoding.
 
     Arguments:
-      path: the image file.
-      max_pixels (int or None): refuse images with more pixels, checked from the file's
-        header before decoding; default :func:`default_max_pixels`.
+      source: the encoded bytes, or a file path.
+      name: how errors name the image (default: the path, or "image").
+      max_pixels: refuse images with more pixels; default :func:`default_max_pixels`.
+      formats: PIL formats to accept (default: all PIL can read).
 
     Raises:
-      ImageTooLarge: more than ``max_pixels`` pixels.
+      ImageTooLarge: more than ``max_pixels`` pixels (also PIL's decompression-bomb limit).
+      ImageError: it cannot be decoded, or it is not a 2D image.
+    """
+    import io
+
+    from PIL import Image
+
+    is_path = not isinstance(source, (bytes, bytearray, memoryview))
+    label = name or (str(source) if is_path else "image")
+    limit = default_max_pixels() if max_pixels is None else int(max_pixels)
+    try:
+        if is_path and Path(source).suffix.lower() in (".tif", ".tiff"):
+            arr = _tiff_array(source, label, limit)
+        else:
+            stream = source if is_path else io.BytesIO(bytes(source))
+            try:
+                im = Image.open(stream, formats=formats)
+            except Image.DecompressionBombError as e:
+                raise ImageTooLarge(f"image {label} is too large: {e}") from None
+            with im:
+                arr = _pil_array(im, label, limit)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"image {label} is too large: {e}") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad image
+        text = str(exc)
+        reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        raise ImageError(f"{label}: cannot decode image ({reason})") from None
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise ImageError(f"{label}: expected a 2D image (HxW or HxWxC), got shape {arr.shape}")
+    return arr
+
+
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file (PNG, JPEG, TIFF, ...; any bit depth) as a channels-last array,
+    through :func:`decode_image`.
+
+    Raises:
+      ImageTooLarge: more than ``max_pixels`` pixels (default :func:`default_max_pixels`).
       ImageError: no such file, or it cannot be decoded.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
-    limit = default_max_pixels() if max_pixels is None else int(max_pixels)
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                shape = tuple(int(n) for n in tif.series[0].shape) if tif.series else ()
-                if len(shape) >= 2:
-                    check_image_size(shape[0], shape[1], max_pixels=limit, name=str(path))
-                    values = float(np.prod(shape, dtype=np.float64))
-                    if values > 4.0 * limit:
-                        raise ImageTooLarge(
-                            f"image {path} is too large: shape {shape} holds more than "
-                            f"{4 * limit} values"
-                        )
-                arr = tif.asarray()
-        else:
-            from PIL import Image
-
-            try:
-                im = Image.open(path)
-            except Image.DecompressionBombError as e:
-                raise ImageTooLarge(f"image {path} is too large: {e}") from None
-            with im:
-                check_image_size(im.size[1], im.size[0], max_pixels=limit, name=str(path))
-                im.load()
-                if im.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
-                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-                arr = np.asarray(im)
-                if im.mode in ("I;16", "I;16B", "I;16L"):
-                    arr = arr.astype(np.uint16)
-    except ImageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad image
-        raise ImageError(f"{path}: cannot decode image ({exc})") from exc
-    if arr.ndim not in (2, 3) or arr.size == 0:
-        raise ImageError(f"{path}: expected a 2D image (HxW or HxWxC), got shape {arr.shape}")
-    return arr
+    return decode_image(path, max_pixels=max_pixels)
 
 
 def _select_channels(image: np.ndarray, channel: int | None) -> np.ndarray:
