@@ -202,9 +202,9 @@ def main() -> int:
         PropagationSummary,
         SlicePrompt,
         SliceResult,
-        object_uncertainty,
         propagate,
     )
+    from pasam_plugins.segment import Segmenter
 
     stack = np.stack(sections)
     geometry = PlaneGeometry(stack.shape)
@@ -213,27 +213,23 @@ def main() -> int:
     def slice_change(p, z):
         # what the widget does when the slice with the object's prompts comes into view:
         # embed that plane (in a worker) and predict the current object
-        p.set_image(geometry.plane(stack, (z,)))
-        p.predict(box=box, multimask_output=False)
+        seg = Segmenter(p)
+        seg.set_image(geometry.plane(stack, (z,)))
+        seg.segment(box=box)
 
     def propagation(p):
-        # the segment function of the widget's propagation job (napari_pasam._widget)
+        # the segment function of the widget's propagation job (napari_pasam.jobs)
+        seg = Segmenter(p)
+
         def segment(z: int, prompt: SlicePrompt) -> SliceResult:
-            p.set_image(geometry.plane(stack, (z,)))
-            pred = p.predict(
-                point_coords=prompt.points,
-                point_labels=prompt.labels,
-                box=prompt.box,
-                multimask_output=False,
-            )
-            mask = np.asarray(pred.masks[0], dtype=bool)
+            seg.set_image(geometry.plane(stack, (z,)))
+            obj = seg.segment(prompt.points, prompt.labels, prompt.box)
+            mask = obj.mask
             if not mask.any():  # random weights: keep going (this times the model work)
                 mask = np.zeros_like(mask)
                 x0, y0, x1, y1 = prompt.box.astype(int)
                 mask[y0 : y1 + 1, x0 : x1 + 1] = True
-            return SliceResult(
-                mask, float(pred.scores[0]), object_uncertainty(pred.uncertainty, mask)
-            )
+            return SliceResult(mask=mask, iou=float(obj.score), uncertainty=obj.mean_uncertainty)
 
         start = np.zeros(stack.shape[1:], dtype=bool)
         start[150:320, 150:330] = True
