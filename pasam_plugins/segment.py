@@ -353,9 +353,7 @@ class Segmenter:
         if self.mode == "whole":
             mask_in = None if previous is None else previous.low_res_logits
             return self._predict_whole([(pts, lab, bx, mask_in)], use_adapter)[0]
-        if self.mode == "tiled":
-            return self._segment_tiled(pts, lab, bx, previous, use_adapter)
-        return self._segment_zoomed(pts, lab, bx, previous, use_adapter)
+        return self._segment_windowed(pts, lab, bx, previous, use_adapter)
 
     # ------------------------------------------------------------------ many objects
     def segment_many(
@@ -389,8 +387,10 @@ class Segmenter:
             for start in range(0, n, chunk):
                 out += self._predict_whole(prompts[start : start + chunk], use_adapter)
             return out
-        one = self._segment_tiled if self.mode == "tiled" else self._segment_zoomed
-        return [one(p, lab, b, prev[i], use_adapter) for i, (p, lab, b, _) in enumerate(prompts)]
+        return [
+            self._segment_windowed(p, lab, b, prev[i], use_adapter)
+            for i, (p, lab, b, _) in enumerate(prompts)
+        ]
 
     # ------------------------------------------------------------------ whole image
     def _predict_whole(self, prompts: list, use_adapter: bool) -> list[ObjectMask]:
@@ -545,7 +545,7 @@ class Segmenter:
             box=box,
         )
 
-    def _segment_tiled(
+    def _segment_windowed(
         self,
         points: np.ndarray | None,
         labels: np.ndarray | None,
@@ -553,20 +553,35 @@ class Segmenter:
         previous: ObjectMask | None,
         use_adapter: bool,
     ) -> ObjectMask:
-        """A large image: the prompt is answered on the tile window that holds it with the
-        most margin (native resolution); clicks whose mask reaches the window's edge are
-        answered again on the window that holds that mask best."""
-        assert self.grid is not None
-        multimask = use_multimask(points, labels, box, False)
+        """Tiled and zoomed modes: a refinement whose prompts lie inside the previous
+        result's window is answered there, with the previous low-res logits as mask prompt
+        (single mask); otherwise the mode picks a window."""
         if (
             previous is not None
             and previous.window is not None
             and self._inside(previous.window, points, box)
         ):
+            window = previous.window
             out, best = self._window_prediction(
-                previous.window, points, labels, box, previous.low_res_logits, use_adapter, False
+                window, points, labels, box, previous.low_res_logits, use_adapter, False
             )
-            return self._window_result(out, best, previous.window, points, labels, box)
+            return self._window_result(out, best, window, points, labels, box)
+        if self.mode == "tiled":
+            return self._segment_tiled(points, labels, box, use_adapter)
+        return self._segment_zoomed(points, labels, box, use_adapter)
+
+    def _segment_tiled(
+        self,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        use_adapter: bool,
+    ) -> ObjectMask:
+        """A large image: the prompt is answered on the tile window that holds it with the
+        most margin (native resolution); clicks whose mask reaches the window's edge are
+        answered again on the window that holds that mask best."""
+        assert self.grid is not None
+        multimask = use_multimask(points, labels, box, False)
         lo, hi = _prompt_extent(points, labels, box)
         window = self._tile_window(lo, hi)
         out, best = self._window_prediction(
@@ -617,22 +632,11 @@ class Segmenter:
         points: np.ndarray | None,
         labels: np.ndarray | None,
         box: np.ndarray | None,
-        previous: ObjectMask | None,
         use_adapter: bool,
     ) -> ObjectMask:
         z = self.zoom
         assert z is not None
         multimask = use_multimask(points, labels, box, False)
-        if (
-            previous is not None
-            and previous.window is not None
-            and self._inside(previous.window, points, box)
-        ):
-            window = previous.window
-            out, best = self._window_prediction(
-                window, points, labels, box, previous.low_res_logits, use_adapter, False
-            )
-            return self._window_result(out, best, window, points, labels, box)
         if box is not None:
             window = self._fit_window(
                 window_around_box(box, context=z.box_context, min_size=z.min_window), points
