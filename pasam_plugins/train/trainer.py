@@ -1013,24 +1013,26 @@ class Trainer:
             if key not in self.cache:
                 self.cache[key] = self._prepare_cached(index, flipped)
             return self.cache[key]
-        loaded = self._load(index)
+        loaded = self._load_flipped(index, flipped)
         if loaded is None:
             return None
-        image, labels = loaded
-        if flipped:
-            image, labels = image[:, ::-1], labels[:, ::-1]
-        image, labels = augment(image, labels, rng, flip=False, jitter=self.cfg.jitter)
+        image, labels = augment(*loaded, rng, flip=False, jitter=self.cfg.jitter)
         return self._encode(index, image, labels, rng, cached=False)
 
     def _prepare_cached(self, index: int, flipped: bool) -> PreparedImage | None:
+        loaded = self._load_flipped(index, flipped)
+        if loaded is None:
+            return None
+        pool_rng = np.random.default_rng([self.cfg.seed, index, int(flipped), 11])
+        return self._encode(index, *loaded, pool_rng, cached=True)
+
+    def _load_flipped(self, index: int, flipped: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """Image and labels of sample ``index`` (None: unreadable), mirrored when ``flipped``."""
         loaded = self._load(index)
         if loaded is None:
             return None
         image, labels = loaded
-        if flipped:
-            image, labels = image[:, ::-1], labels[:, ::-1]
-        pool_rng = np.random.default_rng([self.cfg.seed, index, int(flipped), 11])
-        return self._encode(index, image, labels, pool_rng, cached=True)
+        return (image[:, ::-1], labels[:, ::-1]) if flipped else (image, labels)
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
         sample = self.train_samples[index]
