@@ -24,15 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _splits import TEST  # noqa: E402
+
 from pasam_plugins.automatic import AutomaticSegmenter, AutomaticSettings  # noqa: E402
 from pasam_plugins.instance_metrics import match  # noqa: E402
 from pasam_plugins.predictor import PASamPredictor  # noqa: E402
 from pasam_plugins.train.datasets import read_source  # noqa: E402
-
-DEFAULT_DATA = [
-    f"components:{ROOT.parent / 'shared/data/isbi2012-em'}@20-29",
-    f"labels:{ROOT.parent / 'shared/data/dsb2018-nuclei'}@%5=4",
-]
 
 
 def main() -> None:
@@ -74,7 +71,7 @@ def main() -> None:
             **base, max_boundary_uncertainty=args.max_uncertainty
         )
     rows = []
-    for spec in args.data or DEFAULT_DATA:
+    for spec in args.data or TEST:
         for ds in read_source(spec):
             samples = ds.samples[: args.limit] if args.limit else ds.samples
             for sample in samples:

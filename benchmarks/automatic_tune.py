@@ -18,13 +18,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _splits import validation  # noqa: E402
+
 from pasam_plugins.automatic import AutomaticSegmenter, AutomaticSettings  # noqa: E402
 from pasam_plugins.checkpoint import load_model  # noqa: E402
 from pasam_plugins.instance_metrics import match  # noqa: E402
 from pasam_plugins.predictor import PASamPredictor  # noqa: E402
 from pasam_plugins.train.datasets import read_source  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
 
 
 def main() -> None:
@@ -40,8 +40,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint)
     val = [
-        *read_source(f"components:{DATA / 'isbi2012-em'}@16-{15 + args.em_images}"),
-        *read_source(f"labels:{DATA / 'dsb2018-nuclei'}@%5=3"),
+        *(ds for spec in validation(f"16-{15 + args.em_images}") for ds in read_source(spec)),
     ]
     grid = itertools.product(
         (float(v) for v in args.iou.split(",")), (float(v) for v in args.stability.split(","))

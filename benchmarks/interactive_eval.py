@@ -33,14 +33,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _splits import TEST  # noqa: E402
+
 from pasam_plugins.evaluate import evaluate_model  # noqa: E402
 from pasam_plugins.train.datasets import read_source  # noqa: E402
-
-SHARED = ROOT.parent / "shared" / "data"
-DATA = (
-    f"components:{SHARED / 'isbi2012-em'}@20-29",
-    f"labels:{SHARED / 'dsb2018-nuclei'}@%5=4",
-)
 
 
 def main() -> None:
@@ -50,7 +46,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, help="the model (default: random vit_s256)")
     ap.add_argument("--sam-checkpoint", type=Path, help="base SAM of an adapter-only file")
     ap.add_argument("--variant", default="vit_s256", help="random-weight variant without -c")
-    ap.add_argument("--data", nargs="+", default=list(DATA), help="pasam eval data specs")
+    ap.add_argument("--data", nargs="+", default=list(TEST), help="pasam eval data specs")
     ap.add_argument("--clicks", type=int, default=20)
     ap.add_argument("--max-objects", type=int, default=30)
     ap.add_argument("--min-pixels", type=int, default=20)

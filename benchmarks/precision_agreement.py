@@ -22,12 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from _splits import TEST
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-DEFAULT_DATA = [
-    f"components:{SHARED / 'isbi2012-em'}@20-29",
-    f"labels:{SHARED / 'dsb2018-nuclei'}@%5=4",
-]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.checkpoint, sam_checkpoint=args.sam_checkpoint)
         label = args.checkpoint
     samples = []
-    for spec in args.data or DEFAULT_DATA:
+    for spec in args.data or TEST:
         for ds in read_source(spec, split="val"):
             samples += ds.samples[: args.max_images] if args.max_images else ds.samples
     t0 = time.perf_counter()

@@ -25,6 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _splits import TEST  # noqa: E402
+
 from pasam_plugins.checkpoint import load_model  # noqa: E402
 from pasam_plugins.evaluate import evaluate_filled_box, evaluate_model  # noqa: E402
 from pasam_plugins.predictor import PASamPredictor  # noqa: E402
@@ -32,7 +34,6 @@ from pasam_plugins.segment import Segmenter  # noqa: E402
 from pasam_plugins.train.datasets import read_source  # noqa: E402
 
 WEIGHTS = ROOT / "model" / "weights"
-DATA = ROOT.parent / "shared" / "data"
 PROMPTS = {"1 box": (0, True), "1 point": (1, False), "3 points": (3, False)}
 
 
@@ -80,8 +81,7 @@ def main() -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = [
-        *read_source(f"components:{DATA / 'isbi2012-em'}@20-29"),
-        *read_source(f"labels:{DATA / 'dsb2018-nuclei'}@%5=4"),
+        *(ds for spec in TEST for ds in read_source(spec)),
     ]
     models = {
         "SAM (stage 1)": load_model(args.sam),

@@ -17,12 +17,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _splits import validation  # noqa: E402
+
 from pasam_plugins.checkpoint import load_model  # noqa: E402
 from pasam_plugins.evaluate import evaluate_model  # noqa: E402
 from pasam_plugins.segment import ZoomSettings  # noqa: E402
 from pasam_plugins.train.datasets import read_source  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
 
 
 def main() -> None:
@@ -36,8 +36,7 @@ def main() -> None:
     model = load_model(args.checkpoint)
     base = ZoomSettings.from_metadata(model.origin.metadata) or ZoomSettings()
     val = [
-        *read_source(f"components:{DATA / 'isbi2012-em'}@16-19"),
-        *read_source(f"labels:{DATA / 'dsb2018-nuclei'}@%5=3"),
+        *(ds for spec in validation() for ds in read_source(spec)),
     ]
     print("box prompts (validation mIoU per dataset):")
     for c in (float(v) for v in args.contexts.split(",")):
