@@ -41,7 +41,7 @@ with warnings.catch_warnings():
     from segment_anything_hq.modeling.transformer import TwoWayTransformer as HQTwoWayTransformer
 
 from .hq_keys import HQ_KEY, HQ_PREFIXES
-from .modeling import ENCODER_CONFIGS, DecoderOutput, PASam, capture_output
+from .modeling import ENCODER_CONFIGS, DecoderOutput, PASam, capture_output, rebuilt_with
 
 __all__ = ["HQ_KEY", "HQ_PREFIXES", "HQMaskDecoder", "HQSam", "build_hq", "with_hq"]
 
@@ -271,18 +271,11 @@ def with_hq(model: PASam, *, seed: int = 0) -> HQSam:
         return model
     if model.has_adapter:
         raise ValueError("HQ-SAM is built on a SAM without PA-SAM adapter")
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        new = build_hq(model.variant)
-    finally:
-        torch.random.set_rng_state(state)
-    if model.plm is not None:
-        from .prompt_learning import attach_plm
-
-        attach_plm(new, seed=seed)
-    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected, unexpected
-    assert all(k.startswith(tuple(f"mask_decoder.{p}" for p in HQ_PREFIXES)) for k in missing)
+    new = rebuilt_with(
+        model,
+        lambda: build_hq(model.variant),
+        seed=seed,
+        new_prefixes=tuple(f"mask_decoder.{p}" for p in HQ_PREFIXES),
+    )
     new.origin = model.origin.derived(family="hq-sam", has_adapter=False)
-    return new.to(next(model.parameters()).device)
+    return new

@@ -8,7 +8,7 @@ Everything here takes and returns tensors; image I/O, Canny edges and prompt tra
 in :mod:`pasam_plugins.guide` and :mod:`pasam_plugins.predictor`.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -1086,6 +1086,28 @@ def build_pasam(
     """Build a PA-SAM model with freshly initialized weights (load files with
     :func:`pasam_plugins.checkpoint.load_model`)."""
     return _build(variant, adapter=adapter, guide_mode=guide_mode)
+
+
+def rebuilt_with(
+    model: "PASam", build: "Callable[[], PASam]", *, seed: int, new_prefixes: tuple[str, ...]
+) -> "PASam":
+    """A new model from ``build()`` (its new parts initialized under ``seed``, the global RNG
+    left as it was) holding ``model``'s weights and its prompt learning module, on
+    ``model``'s device: only parameters under ``new_prefixes`` are not ``model``'s."""
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        new = build()
+    finally:
+        torch.random.set_rng_state(state)
+    if model.plm is not None:
+        from .prompt_learning import attach_plm
+
+        attach_plm(new, seed=seed)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected, unexpected
+    assert all(k.startswith(new_prefixes) for k in missing), missing
+    return new.to(next(model.parameters()).device)
 
 
 pasam_model_registry = {name: partial(build_pasam, name) for name in ENCODER_CONFIGS}

@@ -55,7 +55,7 @@ from ..checkpoint import ADAPTER_PREFIXES, HQ_PREFIXES, PLM_PREFIXES, save_check
 from ..fast_encoder import FastImageEncoder
 from ..imageio import ImageError, check_image_size, normalize_image
 from ..metrics import mask_box
-from ..modeling import PASam, build_pasam
+from ..modeling import PASam, build_pasam, rebuilt_with
 from .crops import (
     CropExample,
     CropSampler,
@@ -98,7 +98,6 @@ HEAD_PREFIXES = ("output_upscaling.", "output_hypernetworks_mlps.", "mask_tokens
 PMM_WEIGHT = 0.05
 
 
-
 def _encode(model: PASam, x: Tensor) -> tuple[Tensor, Tensor | None]:
     """(image embedding, early features or None): SAM's encoder through the fused-attention
     path (:mod:`pasam_plugins.fast_encoder`, same math); models with an encoder of their own
@@ -106,6 +105,7 @@ def _encode(model: PASam, x: Tensor) -> tuple[Tensor, Tensor | None]:
     if type(model).encode_image is PASam.encode_image:
         return FastImageEncoder(model.image_encoder)(x), None
     return model.encode_image(x)
+
 
 def parse_parts(train: str | Sequence[str]) -> tuple[str, ...]:
     """The parts of a ``--train`` value (``"adapter"``, ``"adapter,plm"``, ``"plm,pmm"`` ...).
@@ -216,24 +216,14 @@ def with_adapter(model: PASam, *, guide_mode: str = "image", seed: int = 0) -> P
     initialized adapter (seeded) in ``guide_mode``."""
     if model.has_adapter:
         return model
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        new = build_pasam(model.variant, adapter=True, guide_mode=guide_mode)  # type: ignore[arg-type]
-    finally:
-        torch.random.set_rng_state(state)
-    if model.plm is not None:
-        from ..prompt_learning import attach_plm
-
-        attach_plm(new, seed=seed)
-    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected, unexpected
-    assert all(
-        k.startswith(("mask_decoder.guiding_conv.", "mask_decoder.prompt_adapter."))
-        for k in missing
+    new = rebuilt_with(
+        model,
+        lambda: build_pasam(model.variant, adapter=True, guide_mode=guide_mode),  # type: ignore[arg-type]
+        seed=seed,
+        new_prefixes=("mask_decoder.guiding_conv.", "mask_decoder.prompt_adapter."),
     )
     new.origin = new.origin.derived(plm=new.plm is not None)
-    return new.to(next(model.parameters()).device)
+    return new
 
 
 # ---------------------------------------------------------------------------- data prep
