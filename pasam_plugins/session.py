@@ -96,6 +96,14 @@ class SessionLog:
     def _now(self) -> float:
         return round(self._clock() - self._t0, 4)
 
+    def _event(self, event: str, image: str, object_id: int, **fields: Any) -> None:
+        """One object event: its name, the time since the session started, the image and
+        the object, then ``fields``."""
+        self._write(
+            {"event": event, "t": self._now(), "image": str(image), "object": int(object_id)}
+            | fields
+        )
+
     def point(
         self,
         image: str,
@@ -108,19 +116,16 @@ class SessionLog:
         iou: float | None = None,
     ) -> None:
         """A click (image pixels; label 1 positive, 0 negative) and the result's IoUs."""
-        self._write(
-            {
-                "event": "prompt",
-                "t": self._now(),
-                "image": str(image),
-                "object": int(object_id),
-                "kind": "point",
-                "x": float(x),
-                "y": float(y),
-                "label": int(label),
-                "predicted_iou": _num(predicted_iou),
-                "iou": _num(iou),
-            }
+        self._event(
+            "prompt",
+            image,
+            object_id,
+            kind="point",
+            x=float(x),
+            y=float(y),
+            label=int(label),
+            predicted_iou=_num(predicted_iou),
+            iou=_num(iou),
         )
 
     def box(
@@ -133,17 +138,14 @@ class SessionLog:
         iou: float | None = None,
     ) -> None:
         """A box (x0, y0, x1, y1 image pixels) and the result's IoUs."""
-        self._write(
-            {
-                "event": "prompt",
-                "t": self._now(),
-                "image": str(image),
-                "object": int(object_id),
-                "kind": "box",
-                "box": [float(v) for v in box],
-                "predicted_iou": _num(predicted_iou),
-                "iou": _num(iou),
-            }
+        self._event(
+            "prompt",
+            image,
+            object_id,
+            kind="box",
+            box=[float(v) for v in box],
+            predicted_iou=_num(predicted_iou),
+            iou=_num(iou),
         )
 
     def accept(
@@ -156,23 +158,18 @@ class SessionLog:
         area: int | None = None,
     ) -> None:
         """The object was kept."""
-        self._write(
-            {
-                "event": "accept",
-                "t": self._now(),
-                "image": str(image),
-                "object": int(object_id),
-                "predicted_iou": _num(predicted_iou),
-                "iou": _num(iou),
-                "area": None if area is None else int(area),
-            }
+        self._event(
+            "accept",
+            image,
+            object_id,
+            predicted_iou=_num(predicted_iou),
+            iou=_num(iou),
+            area=None if area is None else int(area),
         )
 
     def discard(self, image: str, object_id: int) -> None:
         """The object was thrown away."""
-        self._write(
-            {"event": "discard", "t": self._now(), "image": str(image), "object": int(object_id)}
-        )
+        self._event("discard", image, object_id)
 
     def close(self) -> None:
         self._file.close()
