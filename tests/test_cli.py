@@ -469,3 +469,31 @@ def test_segment_all_runs_the_fast_encoder_in_the_chosen_precision(tmp_path, tin
     bad = run(*common, "--out-dir", str(tmp_path / "bad"), "--precision", "half")
     assert bad.exit_code == 2 and "unknown precision 'half'" in bad.text
     assert "Traceback" not in bad.output
+
+
+def test_pack_checkpoint_halves_and_sets_zoom_settings(tmp_path, tiny_checkpoint):
+    """`pasam pack-checkpoint --half --zoom` (how the shipped model is packed): float16, the
+    zoom settings chosen on validation stored with it; bad --zoom values are named."""
+    from labelstudio_support import zoomed_test_checkpoint
+
+    from pasam_plugins.checkpoint import load_model, read_metadata
+
+    src = zoomed_test_checkpoint(tmp_path / "zoomed.safetensors")
+    out = tmp_path / "packed.safetensors"
+    r = run("pack-checkpoint", str(src), str(out), "--half", "--zoom", '{"box_context": 1.75}')
+    assert r.exit_code == 0, r.output
+    meta = read_metadata(out)
+    assert meta["zoom"]["box_context"] == 1.75 and meta["stored_dtype"] == "float16"
+    assert meta["provenance"]["packed_from"] == "zoomed.safetensors"
+    assert load_model(out).origin.zoom["box_context"] == 1.75
+    assert out.stat().st_size < src.stat().st_size
+
+    r = run("pack-checkpoint", str(src), str(tmp_path / "bad.safetensors"), "--zoom", '{"box": 1}')
+    assert r.exit_code == 2 and "keys must be among" in r.output
+    assert not (tmp_path / "bad.safetensors").exists()
+    r = run("pack-checkpoint", str(src), str(tmp_path / "bad.safetensors"), "--zoom", "{1.5")
+    assert r.exit_code == 2 and "--zoom" in r.output
+    r = run(
+        "pack-checkpoint", str(tiny_checkpoint), str(tmp_path / "x.safetensors"), "--zoom", "{}"
+    )
+    assert r.exit_code == 2 and "is not a zoomed model" in r.output
