@@ -86,11 +86,24 @@ def main() -> None:
     ap.add_argument("--max-objects", type=int, default=30, help="per held-out image")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--rows",
+        type=Path,
+        help="JSON lines file: each finished row is appended; rows already there (same "
+        "dataset, size, method, steps, max objects, seed) are not run again (resume)",
+    )
     args = ap.parse_args()
 
     base = load_model(args.base)
     methods = [m.strip() for m in args.methods.split(";") if m.strip()]
     rows: list[dict] = []
+    settings = {"steps": args.steps, "max objects": args.max_objects, "seed": args.seed}
+    done: dict[tuple, dict] = {}
+    if args.rows is not None and args.rows.exists():
+        for line in args.rows.read_text().splitlines():
+            row = json.loads(line)
+            if all(row.get(k) == v for k, v in settings.items()):
+                done[(row["dataset"], row["train images"], row["method"])] = row
     for ds_name in args.datasets.split(","):
         train_spec, test_spec = SPLITS[ds_name]
         train, test = _one(train_spec), _one(test_spec)
@@ -101,6 +114,15 @@ def main() -> None:
             n = len(train.samples) if size == "all" else min(int(size), len(train.samples))
             chosen = [train.samples[i] for i in order[:n]]
             for method in methods:
+                if (ds_name, n, method) in done:
+                    row = done[(ds_name, n, method)]
+                    rows.append(row)
+                    if method == "base":
+                        base_scores = {
+                            p: (row[f"{p} mIoU"] / 100, row[f"{p} mBIoU"] / 100) for p in PROMPTS
+                        }
+                    print(json.dumps(row), "(from --rows)", flush=True)
+                    continue
                 t0 = time.perf_counter()
                 if method == "base":
                     if base_scores is None:
@@ -130,8 +152,12 @@ def main() -> None:
                     "final loss": losses[-1] if losses else None,
                     **{f"{p} mIoU": round(100 * s[0], 1) for p, s in scores.items()},
                     **{f"{p} mBIoU": round(100 * s[1], 1) for p, s in scores.items()},
+                    **settings,
                 }
                 rows.append(row)
+                if args.rows is not None:
+                    with args.rows.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
     cols = ["1 point mIoU", "1 point mBIoU", "1 box mIoU", "1 box mBIoU"]
     print("\n| dataset | train images | method | " + " | ".join(cols) + " | fine-tune s |")

@@ -239,11 +239,13 @@ def add_one_missing(viewer, layers: AnnotationLayers) -> bool:
 
 def set_array(layer, array: np.ndarray) -> None:
     """Show ``array`` in an Image/Labels layer; same shape and dtype: copy in place and
-    refresh (no dims/extent recomputation, which dominates the cost of ``layer.data = ...``)."""
+    refresh (no dims/extent recomputation, which dominates the cost of ``layer.data = ...``).
+    The layer-list thumbnail is left to :func:`refresh_thumbnails` (called once the clicks
+    pause): recomputing it on every click costs more than the update itself."""
     data = layer.data
     if isinstance(data, np.ndarray) and data.shape == array.shape and data.dtype == array.dtype:
         np.copyto(data, array)
-        layer.refresh(extent=False)
+        layer.refresh(extent=False, thumbnail=False)
     else:
         layer.data = array
 
@@ -251,25 +253,39 @@ def set_array(layer, array: np.ndarray) -> None:
 def clear_array(layer) -> None:
     if layer is not None and isinstance(layer.data, np.ndarray) and layer.data.any():
         layer.data[...] = 0
-        layer.refresh(extent=False)
+        layer.refresh(extent=False, thumbnail=False)
 
 
 def set_points(layer: Points, yx: np.ndarray, positive: np.ndarray) -> None:
     """Show suggestion points with their ``positive`` feature; an empty ``yx`` empties the
     layer (napari 0.9 still draws 2D points whose ``shown`` is False, so hiding is not
-    enough). A new set of the same size and signs is copied in place: replacing a Points
-    layer's data re-computes the viewer's dims."""
-    if len(yx) == 0:
-        if len(layer.data):
-            layer.data = np.zeros((0, layer.ndim))
+    enough). A new set of the same size and signs is copied in place. Otherwise data,
+    features and colours change under two refreshes, without the layer's data events: those
+    make the viewer recompute its dims from every layer, and the suggestions never leave
+    the image's extent (the thumbnail waits for :func:`refresh_thumbnails`)."""
+    if len(yx) == 0 and len(layer.data) == 0:
         return
     same = len(layer.data) == len(yx) and np.array_equal(
         layer.features["positive"].to_numpy(bool), positive
     )
     if same:
         np.copyto(layer.data, yx)
-        layer.refresh(extent=False)
+        layer.refresh(extent=False, thumbnail=False)
         return
-    layer.data = yx
-    layer.features = {"positive": positive}
-    layer.face_color = "positive"  # re-map colours from the new features
+    with layer._block_refresh(), layer.events.data.blocker():
+        layer.data = yx if len(yx) else np.zeros((0, layer.ndim))
+    layer.refresh(thumbnail=False)  # the view's points before their colours' events
+    if len(yx) == 0:  # the features went with the points
+        return
+    with layer._block_refresh():
+        layer.features = {"positive": np.asarray(positive, bool)}
+        layer.face_color = "positive"  # re-map colours from the new features
+    layer.refresh(extent=False, thumbnail=False)
+
+
+def refresh_thumbnails(layers: "AnnotationLayers | None") -> None:
+    """Bring the layer-list thumbnails of the per-click layers up to date."""
+    if layers is None:
+        return
+    for layer in (layers.current, layers.uncertainty, layers.suggestions):
+        layer.refresh(data_displayed=False, highlight=False, extent=False, thumbnail=True)

@@ -30,6 +30,7 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from . import _layers as lay
@@ -110,6 +111,11 @@ class AnnotatorWidget(
         self._shown_plane: tuple | None = None
         self._suspend = False
         self._t0 = clock()
+        # layer-list thumbnails of the per-click layers: once the clicks pause, not per click
+        self._thumbnails = QTimer(self)
+        self._thumbnails.setSingleShot(True)
+        self._thumbnails.setInterval(300)
+        self._thumbnails.timeout.connect(lambda: lay.refresh_thumbnails(self.layers))
         self._init_editing()
         self._init_longtasks()
         self._init_automatic()
@@ -404,6 +410,7 @@ class AnnotatorWidget(
         else:
             lay.clear_array(ls.uncertainty)
         lay.set_points(ls.suggestions, result.suggestions, result.suggestions_positive)
+        self._thumbnails.start()
 
     def _log_prompt(self, before: Prompts | None, result: Prediction) -> None:
         p = result.prompts
@@ -440,6 +447,7 @@ class AnnotatorWidget(
         lay.clear_array(self.layers.current)
         lay.clear_array(self.layers.uncertainty)
         lay.set_points(self.layers.suggestions, np.zeros((0, 2)), np.zeros(0, bool))
+        self._thumbnails.start()
 
     def clear_prompts(self) -> None:
         """Remove the prompt points and boxes and the current prediction (Shift+C)."""

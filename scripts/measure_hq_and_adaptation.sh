@@ -10,7 +10,8 @@
 # threeway: SAM / PA-SAM / HQ-SAM on the held-out splits (EM 20-29, nuclei 4 mod 5) from one
 #           `pasam eval` run per prompt (1 box; 1 point), mIoU and boundary mIoU.
 # adapt:    benchmarks/task_adaptation.py: base / +PLM / +PLM+PMM / +adapter / +both with 10,
-#           25 and all training images, 1 point and 1 box, wall time.
+#           25 and all training images, 1 point and 1 box, wall time; resumable (finished rows
+#           are kept in runs/task-adaptation.rows.jsonl and not run again).
 # Runs go to runs/ (git-ignored); hq continues with --resume after a stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +41,7 @@ threeway() {
 
 adapt() {
     "$PY" benchmarks/task_adaptation.py --base $W/pasam_micro_sam.safetensors \
-        --json runs/task-adaptation.json
+        --max-objects 15 --rows runs/task-adaptation.rows.jsonl --json runs/task-adaptation.json
 }
 
 if [ $# -eq 0 ]; then set -- hq threeway adapt; fi
