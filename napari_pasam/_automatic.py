@@ -100,6 +100,7 @@ class AutomaticMixin:
 
     def _init_automatic(self) -> None:
         self.review_layer: Points | None = None
+        self._review_all: tuple[np.ndarray, np.ndarray] = (np.zeros((0, 2)), np.zeros(0, int))
         self.last_segment_all: dict[tuple[int, ...], Any] = {}
         self.last_segment_all_ids: list[int] = []
         self._segment_all_stop = None
@@ -184,6 +185,14 @@ class AutomaticMixin:
                 if atom is None:
                     continue
                 atoms.append(atom)
+                self.emit(
+                    "accept",
+                    leading,
+                    object_id=next_id,
+                    predicted_iou=float(inst.predicted_iou),
+                    area=int(np.count_nonzero(painted)),
+                    source="segment all",
+                )
                 self.objects.record_found(
                     next_id, leading, inst.predicted_iou, inst.mean_uncertainty, attrs[i]
                 )
@@ -210,6 +219,22 @@ class AutomaticMixin:
             show_info(f"PA-SAM: {msg}")
         else:
             show_warning("PA-SAM: no object passed the filters; lower the thresholds")
+
+    def sync_review(self) -> None:
+        """Ring only the objects that are still in the labels layer: an undone "Segment all"
+        (or an object painted over) takes its ring with it, a redo brings it back."""
+        layer = self.review_layer
+        if layer is None or self.layers is None or layer not in self.viewer.layers:
+            return
+        coords, ids = self._review_all
+        present = set(self.layers.labels.features["index"].astype(int))
+        keep = np.fromiter((i in present for i in ids), bool, len(ids))
+        if len(layer.data) == int(keep.sum()) and np.array_equal(
+            layer.features["label"].to_numpy(int), ids[keep]
+        ):
+            return
+        layer.data = coords[keep]
+        layer.features = {"label": ids[keep]}
 
     def _show_review(self, points: list, ids: list[int]) -> None:
         import pandas as pd
@@ -238,6 +263,7 @@ class AutomaticMixin:
             metadata={lay.ROLE: "review", lay.IMAGE: lay.image_id(image)},
         )
         self.viewer.add_layer(self.review_layer)
+        self._review_all = (coords, np.asarray(ids, int))
         if self.layers.points in self.viewer.layers:
             self.viewer.layers.selection.active = self.layers.points
 

@@ -121,6 +121,7 @@ class EditingMixin:
             return
         labels = self.layers.labels
         labels.features = self.objects.features(np.asarray(labels.data))
+        self.sync_review()  # the "review first" rings follow the objects
 
     def write_labels(self, atoms: list) -> None:
         """Record ``atoms`` (already written ``(indices, old, new)``) as one undo step."""

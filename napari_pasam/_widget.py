@@ -254,11 +254,12 @@ class AnnotatorWidget(
         for fn in actions:
             fn()
 
-    def emit(self, kind: str, **fields) -> None:
-        """Send a :class:`SessionEvent` to the session listeners (session logs)."""
+    def emit(self, kind: str, leading=None, **fields) -> None:
+        """Send a :class:`SessionEvent` to the session listeners (session logs); ``leading``:
+        the plane (default: the current one)."""
         if not self.session_listeners or self.image_layer is None:
             return
-        event = SessionEvent(kind, self.image_label(), t=clock() - self._t0, **fields)
+        event = SessionEvent(kind, self.image_label(leading), t=clock() - self._t0, **fields)
         for fn in list(self.session_listeners):
             try:
                 fn(event)

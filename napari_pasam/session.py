@@ -164,7 +164,7 @@ class SessionEvent:
 
     ``kind``: ``"prompt"`` (``point`` = (x, y, label) or ``box`` = (x0, y0, x1, y1)),
     ``"accept"`` (``area``) or ``"discard"``; ``predicted_iou`` after the prompt / of the
-    accepted object."""
+    accepted object; ``source``: ``"segment all"`` for an object found without prompts."""
 
     kind: str
     image: str
@@ -174,6 +174,7 @@ class SessionEvent:
     box: tuple[float, float, float, float] | None = None
     predicted_iou: float | None = None
     area: int | None = None
+    source: str | None = None
 
 
 #: the hook for session logs: every listener gets every :class:`SessionEvent`
@@ -195,7 +196,10 @@ def log_listener(log: Any) -> SessionListener:
         elif ev.kind == "prompt" and ev.box is not None:
             log.box(ev.image, ev.object_id, ev.box, predicted_iou=ev.predicted_iou)
         elif ev.kind == "accept":
-            log.accept(ev.image, ev.object_id, predicted_iou=ev.predicted_iou, area=ev.area)
+            extra = {} if ev.source is None else {"source": ev.source}
+            log.accept(
+                ev.image, ev.object_id, predicted_iou=ev.predicted_iou, area=ev.area, **extra
+            )
         elif ev.kind == "discard":
             log.discard(ev.image, ev.object_id)
 

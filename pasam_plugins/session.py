@@ -23,6 +23,9 @@ crash loses nothing). Format version 1:
   true IoU when a reference mask is known (e.g. re-annotating a labelled image), else null.
 - ``kind``: ``point`` (``x``, ``y`` image pixels, ``label`` 1 positive / 0 negative) or
   ``box`` (``box``: x0, y0, x1, y1).
+- ``source`` (``accept`` only, optional): how an object was found when not by its own
+  prompts, e.g. ``"segment all"`` (napari's automatic segmentation); such objects are
+  counted apart and left out of the per-object clicks and seconds.
 
 :class:`SessionLog` writes it (the napari panel and any other front end),
 :func:`read_session_log` reads and checks it, :func:`summarize_sessions` (``pasam eval
@@ -156,8 +159,11 @@ class SessionLog:
         predicted_iou: float | None = None,
         iou: float | None = None,
         area: int | None = None,
+        source: str | None = None,
     ) -> None:
-        """The object was kept."""
+        """The object was kept (``source``: how it was found when not by its prompts, e.g.
+        ``"segment all"``)."""
+        extra = {} if source is None else {"source": str(source)}
         self._event(
             "accept",
             image,
@@ -165,6 +171,7 @@ class SessionLog:
             predicted_iou=_num(predicted_iou),
             iou=_num(iou),
             area=None if area is None else int(area),
+            **extra,
         )
 
     def discard(self, image: str, object_id: int) -> None:
@@ -242,6 +249,7 @@ class ObjectSession:
     ious: list[float | None] = field(default_factory=list)
     final_predicted_iou: float | None = None
     final_iou: float | None = None
+    source: str | None = None  # e.g. "segment all": found without its own prompts
 
     @property
     def interactions(self) -> int:
@@ -268,12 +276,14 @@ class SessionSummary:
         """Aggregates over accepted objects: interactions (mean), seconds (median and
         total), final predicted and true IoU (means), and where the true IoU is known after
         every prompt NoC@85 / NoC@90 (an object never reaching it counts its interactions)
-        and NoF@90."""
-        acc = self.accepted
+        and NoF@90. Objects found by automatic segmentation (``source``) are counted in
+        ``found_automatically`` and left out of the aggregates."""
+        acc = [o for o in self.accepted if o.source is None]
         out: dict[str, Any] = {
             "logs": self.logs,
             "images": len({(o.log, o.image) for o in self.objects}),
             "accepted": len(acc),
+            "found_automatically": sum(o.source is not None for o in self.accepted),
             "discarded": sum(o.outcome == "discard" for o in self.objects),
             "open": sum(o.outcome == "open" for o in self.objects),
         }
@@ -368,6 +378,7 @@ def summarize_sessions(paths: Iterable[str | Path]) -> SessionSummary:
                 continue
             obj.outcome = ev
             obj.end_t = float(rec["t"])
+            obj.source = rec.get("source")
             last_pred = obj.predicted_ious[-1] if obj.predicted_ious else None
             last_iou = obj.ious[-1] if obj.ious else None
             pred, true = _num(rec.get("predicted_iou")), _num(rec.get("iou"))

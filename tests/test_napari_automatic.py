@@ -40,6 +40,8 @@ def test_segment_all_fills_the_labels_layer_and_exports(
     image = viewer.add_image(stack, name="discs")
     widget = loaded_widget(viewer, qtbot, tiny_checkpoint)
     ComponentModel(widget.predictor)
+    events = []
+    widget.session_listeners.append(events.append)
     widget.start(image)
     layers_ready(qtbot, widget)
     panel = widget.segment_all_panel
@@ -79,13 +81,25 @@ def test_segment_all_fills_the_labels_layer_and_exports(
     assert [la for la in viewer.layers if la.metadata.get("pasam_role") == "review"] == [review]
     assert len(feats) == len(np.unique(labels)) - 1  # features match the labels
 
-    # the whole run is one undo step; redo brings it back with its features
+    # every object found is in the session log, as accepted by "Segment all", on its plane
+    found = [e for e in events if e.kind == "accept" and e.source == "segment all"]
+    assert sorted(e.object_id for e in found) == sorted(
+        [*widget.last_segment_all_ids, last_ids[0] - 1]
+    )
+    for e in found:
+        z = int(e.image.split("=")[1].rstrip("]"))
+        assert e.area == int((labels[z] == e.object_id).sum()) > 0
+
+    # the whole run is one undo step, its review rings go with it; redo brings both back
+    rings = set(review.features["label"])
     widget.undo()
     np.testing.assert_array_equal(widget.layers.labels.data, before_stack)
     assert set(widget.layers.labels.features["index"]) == {1, last_ids[0] - 1}
+    assert len(review.data) == 0 and review in viewer.layers
     widget.redo()
     labels = widget.layers.labels.data
     assert set(widget.layers.labels.features["index"]) == set(np.unique(labels)) - {0}
+    assert set(review.features["label"]) == rings and len(review.data) == len(rings)
 
     # exports: COCO (pycocotools), label TIFF, CSV
     coco_path = widget.export_labels("coco", str(tmp_path / "discs_coco.json"))

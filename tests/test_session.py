@@ -132,3 +132,18 @@ def test_broken_logs_name_file_and_line(tmp_path, line, message):
         read_session_log(path)
     with pytest.raises(SessionLogError, match="cannot read"):
         read_session_log(tmp_path / "missing.jsonl")
+
+
+def test_objects_found_by_segment_all_are_counted_apart(tmp_path):
+    """An object accepted from "Segment all" has no prompts: it is logged with its source
+    and kept out of the clicks and seconds per object (0 clicks would flatter them)."""
+    path = tmp_path / "s.jsonl"
+    _session(path)
+    with SessionLog(path, clock=Clock()) as log:
+        log.accept("c.png", 7, predicted_iou=0.8, area=120, source="segment all")
+    events = read_session_log(path)
+    assert events[-1]["source"] == "segment all" and events[-1]["area"] == 120
+    assert "source" not in events[4]  # a prompted accept carries none
+    n = summarize_sessions([path]).numbers()
+    assert (n["accepted"], n["found_automatically"]) == (2, 1)
+    assert n["interactions_per_object"] == 2.5 and n["total_seconds"] == pytest.approx(7.0)
