@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .metrics import band_uncertainty_sum, mask_box, task_score, uncertainty_band
+from .metrics import (
+    UNCERTAINTY_BAND_RATIO,
+    band_uncertainty_sum,
+    erosion_iterations,
+    mask_box,
+    task_score,
+    uncertainty_band,
+)
 from .modeling import DecoderOutput
 from .predictor import BatchPrediction, PASamPredictor
 from .tiling import ImageSource, TileGrid
@@ -41,7 +48,7 @@ from .zoom import (
     BOX_CONTEXT,
     MIN_WINDOW,
     Window,
-    paste,
+    paste_part,
     window_around_box,
     window_around_point,
 )
@@ -192,14 +199,31 @@ def use_multimask(
 
 
 def summarize(
-    mask: np.ndarray, uncertainty: np.ndarray | None
+    mask: np.ndarray,
+    uncertainty: np.ndarray | None,
+    *,
+    bounds: tuple[int, int, int, int] | None = None,
 ) -> tuple[float | None, float | None]:
     """(mean uncertainty inside the mask, mean over its boundary band); None for an empty
-    mask or without an uncertainty map."""
-    if uncertainty is None or not mask.any():
+    mask or without an uncertainty map.
+
+    ``bounds`` ``(r0, r1, c0, c1)``: the mask and uncertainty are zero outside these rows and
+    columns (a windowed prediction); the summary is then computed on that part and a margin
+    around it (the same numbers, without full-frame work on a large image)."""
+    if uncertainty is None:
+        return None, None
+    iterations = None
+    if bounds is not None:
+        h, w = mask.shape
+        iterations = erosion_iterations(h, w, UNCERTAINTY_BAND_RATIO)
+        m = 2 * iterations + 1  # the band of a mask inside bounds lies within bounds + m
+        r0, r1, c0, c1 = bounds
+        part = (slice(max(0, r0 - m), min(h, r1 + m)), slice(max(0, c0 - m), min(w, c1 + m)))
+        mask, uncertainty = mask[part], uncertainty[part]
+    if not mask.any():
         return None, None
     inside = float(uncertainty[mask].mean())
-    band = uncertainty_band(mask)
+    band = uncertainty_band(mask, iterations)
     return inside, float(uncertainty[band].mean()) if band.any() else inside
 
 
@@ -238,20 +262,42 @@ class Segmenter:
       predictor: the model (and its embedding cache).
       zoom: how a zoomed model sees objects; default from the model's metadata (None: the
         whole image, as SAM).
+      view: how images are seen. ``auto`` (default): zoomed when the model is zoomed (or
+        ``zoom`` is given), else tiled for large images and whole for the others.
+        ``zoom``: a window per object (``zoom``, the model's settings, or the defaults).
+        ``tiled``: never zoomed; images with a side above ``tile_above`` are tiled, the
+        others whole (runs a zoomed model as a whole-image model on native tiles).
+        ``whole``: never zoomed nor tiled; every image is resized to the input (SAM's way).
+      tile, halo, tile_above: the tiling (:mod:`pasam_plugins.tiling`); defaults from the
+        model input ``n``: halo ``n / 8``, tile ``n - 2 halo``, tiled above ``2 n`` px.
     """
+
+    #: the values of ``view``
+    VIEWS = ("auto", "zoom", "tiled", "whole")
 
     def __init__(
         self,
         predictor: PASamPredictor,
         *,
         zoom: ZoomSettings | None = None,
+        view: str = "auto",
         tile: int | None = None,
         halo: int | None = None,
         tile_above: int | None = None,
     ) -> None:
+        if view not in self.VIEWS:
+            raise ValueError(f"view must be one of {', '.join(self.VIEWS)}; got {view!r}")
         self.predictor = predictor
         model = predictor.model
-        self.zoom = zoom if zoom is not None else ZoomSettings.from_metadata(model.origin.metadata)
+        self.view = view
+        if view in ("tiled", "whole"):
+            self.zoom = None
+        elif zoom is not None:
+            self.zoom = zoom
+        else:
+            self.zoom = ZoomSettings.from_metadata(model.origin.metadata)
+            if self.zoom is None and view == "zoom":
+                self.zoom = ZoomSettings()
         n = model.img_size
         #: tiling of whole-image models (:mod:`pasam_plugins.tiling`): images with a side
         #: above ``tile_above`` px are embedded as tiles of ``tile`` px plus ``halo`` on each
@@ -296,7 +342,7 @@ class Segmenter:
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         shape = tuple(getattr(image, "shape", np.shape(image)))
-        large = len(shape) >= 2 and max(shape[:2]) > self.tile_above
+        large = self.view != "whole" and len(shape) >= 2 and max(shape[:2]) > self.tile_above
         self.grid = None
         if self.zoom is None and not large:
             self.predictor.set_image(np.asarray(image), image_format, channel=channel)
@@ -515,20 +561,24 @@ class Segmenter:
     ) -> ObjectMask:
         h, w = self.size  # type: ignore[misc]
         low = out.low_res_logits[0, best].cpu().numpy()
-        logits = paste(low, window, h, w, fill=OUTSIDE_LOGIT)
-        mask = logits > self.predictor.model.mask_threshold
+        # full-frame results, written only inside the window (zeroed frames: on a large
+        # image only the window's memory pages become resident)
+        logits, bounds = paste_part(low, window, h, w)
+        r0, r1, c0, c1 = bounds
+        mask = np.zeros((h, w), bool)
+        mask[r0:r1, c0:c1] = logits > self.predictor.model.mask_threshold
         unc = mined = mined_l = None
         if out.decoder.uncertainty is not None:
-            unc = np.clip(
-                paste(out.decoder.uncertainty[0, 0].float().cpu().numpy(), window, h, w), 0, 1
-            )
+            part, _ = paste_part(out.decoder.uncertainty[0, 0].float().cpu().numpy(), window, h, w)
+            unc = np.zeros((h, w), np.float32)
+            unc[r0:r1, c0:c1] = np.clip(part, 0, 1)
         if out.mined_points is not None:
             n = self.predictor.model.img_size
             mined = window.from_input(out.mined_points[0].cpu().numpy(), n).astype(np.float32)
             mined[:, 0] = np.clip(mined[:, 0], 0, w - 1)
             mined[:, 1] = np.clip(mined[:, 1], 0, h - 1)
             mined_l = out.mined_labels[0].cpu().numpy()
-        mean_u, band_u = summarize(mask, unc)
+        mean_u, band_u = summarize(mask, unc, bounds=bounds)
         return ObjectMask(
             mask=mask,
             score=float(out.scores[0, best]),

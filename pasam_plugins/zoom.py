@@ -153,34 +153,54 @@ def crop(
     return result
 
 
+def paste_part(
+    maps: np.ndarray, window: Window, height: int, width: int
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Maps over the window (... x L x L) -> only the image pixels the window covers:
+    ``(... x (r1 - r0) x (c1 - c0) float32, (r0, r1, c0, c1))``, bilinear (as :func:`paste`,
+    which places them in a full ... x H x W frame). Large images need no full frame."""
+    arr = np.asarray(maps, dtype=np.float32)
+    lead = arr.shape[:-2]
+    flat = arr.reshape(-1, *arr.shape[-2:])
+    r0, r1, c0, c1 = window.pixel_bounds(height, width)
+    out = np.zeros((flat.shape[0], r1 - r0, c1 - c0), np.float32)
+    if r1 > r0 and c1 > c0:
+        n = flat.shape[-1]
+        s = n / window.size  # map pixels per image pixel
+        # map index of image pixel (r, c): ((c + 0.5) - x0) * s - 0.5
+        m = np.array(
+            [
+                [s, 0.0, (c0 + 0.5 - window.x0) * s - 0.5],
+                [0.0, s, (r0 + 0.5 - window.y0) * s - 0.5],
+            ],
+            dtype=np.float64,
+        )
+        for i in range(flat.shape[0]):
+            out[i] = cv2.warpAffine(
+                np.ascontiguousarray(flat[i]),
+                m,
+                (c1 - c0, r1 - r0),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+    return out.reshape(*lead, r1 - r0, c1 - c0), (r0, r1, c0, c1)
+
+
 def paste(
     maps: np.ndarray, window: Window, height: int, width: int, *, fill: float = 0.0
 ) -> np.ndarray:
     """Maps over the window (... x L x L, e.g. low-res logits or uncertainty at any
     resolution L) -> ... x H x W in the image frame, bilinear; outside the window: ``fill``.
 
-    Only the pixels inside the window are interpolated.
+    Only the pixels inside the window are interpolated; with ``fill`` 0 the frame is
+    allocated zeroed (``np.zeros``), so on large images only the window's pages are ever
+    written (resident memory grows by the window, not the frame).
     """
-    arr = np.asarray(maps, dtype=np.float32)
-    lead = arr.shape[:-2]
-    flat = arr.reshape(-1, *arr.shape[-2:])
-    out = np.full((flat.shape[0], height, width), fill, np.float32)
-    r0, r1, c0, c1 = window.pixel_bounds(height, width)
-    if r1 <= r0 or c1 <= c0:
-        return out.reshape(*lead, height, width)
-    n = flat.shape[-1]
-    s = n / window.size  # map pixels per image pixel
-    # map index of image pixel (r, c): ((c + 0.5) - x0) * s - 0.5
-    m = np.array(
-        [[s, 0.0, (c0 + 0.5 - window.x0) * s - 0.5], [0.0, s, (r0 + 0.5 - window.y0) * s - 0.5]],
-        dtype=np.float64,
-    )
-    for i in range(flat.shape[0]):
-        out[i, r0:r1, c0:c1] = cv2.warpAffine(
-            np.ascontiguousarray(flat[i]),
-            m,
-            (c1 - c0, r1 - r0),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-    return out.reshape(*lead, height, width)
+    part, (r0, r1, c0, c1) = paste_part(maps, window, height, width)
+    lead = part.shape[:-2]
+    if fill == 0:
+        out = np.zeros((*lead, height, width), np.float32)
+    else:
+        out = np.full((*lead, height, width), fill, np.float32)
+    out[..., r0:r1, c0:c1] = part
+    return out

@@ -181,3 +181,109 @@ def test_pasam_embed_precomputes_tiles_resumably_and_segmenting_then_runs_no_enc
     assert seg.predictor.encoder_runs == 0
     res = CliRunner().invoke(app, ["embed", str(tmp_path / "nothing"), "-c", str(ckpt)])
     assert res.exit_code == 1 and "no such file or folder" in res.output
+
+
+# ------------------------------------------------------------------ cache keys of tiles
+def _key_image(h=700, w=640):
+    """uint16, 2 channels, structured everywhere (no two tile windows alike)."""
+    rng = np.random.default_rng(11)
+    img = rng.integers(200, 3000, (h, w, 2), dtype=np.uint16)
+    img[100:400, 150:500, 0] += 20000
+    img[300:650, 50:300, 1] += 15000
+    return img
+
+
+def _tile_key(model, cache, image, i=1, j=1, *, channel=0, **options):
+    """The embedding cache key of tile (i, j) and whether the encoder ran for it. Keyword
+    options go to the predictor (precision, percentiles) or the Segmenter (tile, halo)."""
+    pred_opts = {k: options.pop(k) for k in ("precision", "percentiles") if k in options}
+    seg = Segmenter(PASamPredictor(model, device="cpu", cache=cache, **pred_opts), **options)
+    seg.tile_above = 256  # tile these 700-px test images
+    seg.set_image(image, channel=channel)
+    assert seg.mode == "tiled" and seg.grid is not None
+    ran = seg.embed_window(seg.grid.window(i, j))
+    return seg.predictor.image_key, ran
+
+
+def test_tile_cache_keys_hit_for_the_same_tile_and_differ_for_anything_that_changes_it(tmp_path):
+    """Keys are the content hash of the normalized window fed to the encoder plus the model
+    and precision signature: what changes the encoder's input or output changes the key."""
+    from pasam_plugins.cache import EmbeddingCache
+
+    model = make_test_model(seed=4, variant="vit_tiny256")
+    cache = EmbeddingCache(max_bytes=1 << 28, disk_dir=tmp_path / "store")
+    image = _key_image()
+    key, ran = _tile_key(model, cache, image)
+    assert ran and key.endswith(PASamPredictor(model, device="cpu").embedding_signature)
+    # the same tile of the same image hits: in memory, in another session, and from disk
+    hits = cache.hits
+    assert _tile_key(model, cache, image) == (key, False) and cache.hits == hits + 1
+    fresh = EmbeddingCache(max_bytes=1 << 28, disk_dir=tmp_path / "store")
+    assert _tile_key(model, fresh, image) == (key, False) and fresh.disk_hits == 1
+    # ... also when the image arrives as another array type (read lazily, same pixels)
+    assert _tile_key(model, cache, CountingArray(image)) == (key, False)
+
+    brighter = image.copy()
+    brighter[:50, :50, 0] = 65535  # far from tile (1, 1): its pixels are unchanged,
+    brighter[650:, 600:, 0] = 65535  # but the whole-image contrast levels move
+    variants = {
+        "another tile": _tile_key(model, cache, image, 1, 2),
+        "another halo": _tile_key(model, cache, image, tile=192, halo=16),
+        "another halo, same window size": _tile_key(model, cache, image, tile=224, halo=16),
+        "another tile size": _tile_key(model, cache, image, tile=128, halo=32),
+        "another channel": _tile_key(model, cache, image, channel=1),
+        "other contrast percentiles": _tile_key(model, cache, image, percentiles=(1.0, 99.0)),
+        "other whole-image levels": _tile_key(model, cache, brighter),
+        "bf16 encoder": _tile_key(model, cache, image, precision="bf16"),
+        "another model": _tile_key(make_test_model(seed=5, variant="vit_tiny256"), cache, image),
+    }
+    for what, (other, ran) in variants.items():
+        assert other != key and ran, what  # a new key, and the encoder ran for it
+    assert len({k for k, _ in variants.values()}) == len(variants)
+
+    # a tile key is never a whole-image key: the whole image (shrunk to the input) of the
+    # same pixels has its own key, unlike every tile's
+    whole = Segmenter(PASamPredictor(model, device="cpu", cache=cache), view="whole")
+    whole.set_image(image, channel=0)
+    assert whole.mode == "whole"
+    tiled = Segmenter(PASamPredictor(model, device="cpu", cache=cache), tile_above=256)
+    tiled.set_image(image, channel=0)
+    tile_keys = set()
+    for window in tiled.windows():
+        tiled.embed_window(window)
+        tile_keys.add(tiled.predictor.image_key)
+    assert len(tile_keys) == len(tiled.grid) == 16
+    assert whole.predictor.image_key not in tile_keys | {k for k, _ in variants.values()}
+
+
+# ------------------------------------------------------------------ view
+def test_view_forces_tiled_or_whole_use_of_a_zoomed_model():
+    from pasam_plugins.segment import ZoomSettings
+
+    model = make_test_model(seed=4, variant="vit_tiny256")
+    model.origin = model.origin.derived(metadata={"zoom": ZoomSettings().to_metadata()})
+    image = _straddling_image(700, 640)
+    pred = PASamPredictor(model, device="cpu")
+    auto = Segmenter(pred)
+    auto.set_image(image)
+    assert auto.mode == "zoom"
+    tiled = Segmenter(pred, view="tiled")
+    tiled.set_image(image)
+    assert tiled.mode == "tiled" and tiled.zoom is None
+    obj = tiled.segment(box=[150, 150, 239, 259])
+    assert obj.window is not None and obj.window.size == 256  # a native tile, not a zoom window
+    tiled.set_image(image[:300, :400])
+    assert tiled.mode == "whole"  # small images stay whole
+    whole = Segmenter(pred, view="whole")
+    whole.set_image(image)
+    assert whole.mode == "whole" and whole.predictor.original_size == (700, 640)
+    assert whole.segment(box=[150, 150, 239, 259]).window is None
+    # a whole-image model used zoomed on request, with the default zoom settings
+    plain = Segmenter(PASamPredictor(make_test_model(seed=4, variant="vit_tiny256"), device="cpu"))
+    assert plain.zoom is None
+    zoomed = Segmenter(plain.predictor, view="zoom")
+    assert zoomed.zoom == ZoomSettings()
+    zoomed.set_image(image)
+    assert zoomed.mode == "zoom"
+    with pytest.raises(ValueError, match="view must be one of"):
+        Segmenter(pred, view="shrunk")
