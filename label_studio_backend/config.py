@@ -42,6 +42,10 @@ def _env_bool(name: str, default: bool) -> bool:
     raise ValueError(f"environment variable {name}={value!r} is not 1/0, true/false, yes/no")
 
 
+#: most tasks prefetched after one prediction (each costs an encoder run, or many tiles)
+MAX_PREFETCH_TASKS = 100
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything the server can be configured with.
@@ -95,6 +99,10 @@ class Settings:
         ``adapter`` (PA-SAM's adapter, the default), ``plm`` (a prompt learning module),
         ``plm,pmm`` (with the point matching loss), ``adapter,plm``, ``hq`` (HQ-SAM's token)
         (:func:`pasam_plugins.train.finetune.finetune_parts`).
+      prefetch_tasks: after answering ``/predict`` for a task, embed the next N tasks of
+        its project (task id order, listed through Label Studio's API) in the background,
+        so their first click finds the embedding cached; 0 = off [PASAM_PREFETCH_TASKS]
+        (:mod:`label_studio_backend.prefetch`).
     """
 
     checkpoint: Path | None = None
@@ -126,6 +134,7 @@ class Settings:
     train_every_n_annotations: int = 0
     sync_model_version: bool = True
     train_parts: str = "adapter"
+    prefetch_tasks: int = 0
 
     def __post_init__(self) -> None:
         from pasam_plugins.precision import check_precision
@@ -179,6 +188,7 @@ class Settings:
             ),
             sync_model_version=_env_bool("PASAM_SYNC_MODEL_VERSION", cls.sync_model_version),
             train_parts=_env("PASAM_TRAIN_PARTS", cls.train_parts) or cls.train_parts,
+            prefetch_tasks=_env_int("PASAM_PREFETCH_TASKS", cls.prefetch_tasks),
         )
         names = {f.name for f in fields(cls)}
         unknown = set(overrides) - names
@@ -227,6 +237,11 @@ class Settings:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name}={value} must be a positive number")
+        if not 0 <= self.prefetch_tasks <= MAX_PREFETCH_TASKS:
+            raise ValueError(
+                f"PASAM_PREFETCH_TASKS={self.prefetch_tasks} must be 0 (off) to "
+                f"{MAX_PREFETCH_TASKS}"
+            )
         from pasam_plugins.train.finetune import finetune_parts
 
         try:

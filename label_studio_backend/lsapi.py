@@ -7,7 +7,7 @@ Label Studio sent with ``/setup``), have timeouts, follow no redirects and use n
 """
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
@@ -110,22 +110,50 @@ class LabelStudioClient:
     def annotated_tasks(self, project_id: int, *, token: str | None = None) -> list[dict]:
         """All tasks of the project that have annotations (with their annotations), page by
         page (the Data Manager API label-studio-sdk's ``get_labeled_tasks`` uses)."""
-        query = json.dumps(
-            {
-                "filters": {
-                    "conjunction": "and",
-                    "items": [
-                        {
-                            "filter": "filter:tasks:total_annotations",
-                            "operator": "greater",
-                            "type": "Number",
-                            "value": 0,
-                        }
-                    ],
-                }
-            }
-        )
-        tasks: list[dict] = []
+        items = [_filter("filter:tasks:total_annotations", 0)]
+        pages = self._task_pages(project_id, items, fields="all", token=token)
+        return [t for page in pages for t in page if t.get("annotations")]
+
+    def tasks(
+        self,
+        project_id: int,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+        token: str | None = None,
+    ) -> Iterator[dict]:
+        """The project's tasks (id and data, no annotations) in task id order, page by page:
+        only those with an id above ``after`` when given, at most ``limit`` of them."""
+        items = [_filter("filter:tasks:id", int(after))] if after is not None else []
+        size = max(1, min(self.page_size, limit)) if limit is not None else self.page_size
+        n = 0
+        for page in self._task_pages(
+            project_id, items, fields="task_only", token=token, page_size=size
+        ):
+            for task in sorted(page, key=lambda t: _task_id(t) or 0):
+                tid = _task_id(task)
+                if tid is None or (after is not None and tid <= after):
+                    continue
+                yield task
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+
+    def _task_pages(
+        self,
+        project_id: int,
+        filters: list[dict],
+        *,
+        fields: str,
+        token: str | None,
+        page_size: int | None = None,
+    ) -> Iterator[list[dict]]:
+        """Pages of the Data Manager's ``/api/tasks`` (filters joined with "and", ordered
+        by task id)."""
+        size = page_size or self.page_size
+        query: dict[str, Any] = {"ordering": ["tasks:id"]}
+        if filters:
+            query["filters"] = {"conjunction": "and", "items": filters}
         page = 1
         while True:
             body = self.request(
@@ -134,20 +162,20 @@ class LabelStudioClient:
                 token=token,
                 params={
                     "project": int(project_id),
-                    "fields": "all",
+                    "fields": fields,
                     "page": page,
-                    "page_size": self.page_size,
-                    "query": query,
+                    "page_size": size,
+                    "query": json.dumps(query),
                     "resolve_uri": "false",
                 },
             )
             items = body.get("tasks") if isinstance(body, dict) else body
             if not isinstance(items, list):
                 raise LabelStudioAPIError("unexpected answer of Label Studio's /api/tasks")
-            tasks += [t for t in items if isinstance(t, dict) and t.get("annotations")]
+            yield [t for t in items if isinstance(t, dict)]
             total = body.get("total", 0) if isinstance(body, dict) else 0
-            if not items or page * self.page_size >= int(total or 0):
-                return tasks
+            if not items or page * size >= int(total or 0):
+                return
             page += 1
 
     # ------------------------------------------------------------------ ML backends
@@ -186,3 +214,13 @@ class LabelStudioClient:
             )
         answer = self.request("PATCH", f"/api/ml/{int(backend['id'])}", token=token, body=body)
         return answer if isinstance(answer, dict) else {}
+
+
+def _filter(column: str, above: int) -> dict:
+    """A Data Manager filter item: ``column`` greater than ``above``."""
+    return {"filter": column, "operator": "greater", "type": "Number", "value": int(above)}
+
+
+def _task_id(task: dict) -> int | None:
+    tid = task.get("id")
+    return tid if isinstance(tid, int) and not isinstance(tid, bool) else None

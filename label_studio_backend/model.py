@@ -17,6 +17,7 @@ import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +35,7 @@ from .errors import BackendError, BadRequest, InvalidPrompt
 from .images import ImageLoader
 from .labelconfig import ParsedConfig, parse_label_config
 from .lsapi import LabelStudioClient
+from .prefetch import Prefetcher
 from .prompts import Prompt, interactive_prompt, regions_of, task_prompts
 from .shared import Announcements, server_started
 from .sync import ModelVersionSync
@@ -152,6 +154,11 @@ class PASamBackend:
         }
         self._latency: deque[float] = deque(maxlen=200)
         self.started = time.time()
+        #: /predict requests being answered (prefetching waits until there are none)
+        self._in_flight = 0
+        self._idle = threading.Condition()
+        #: embeds the next tasks of a project after a prediction (PASAM_PREFETCH_TASKS)
+        self.prefetcher: Prefetcher | None = None
 
     @property
     def segmenter(self) -> Segmenter:
@@ -231,6 +238,15 @@ class PASamBackend:
                 token_for=lambda project: backend.project_tokens.get(str(project)),
                 report=sync.note if sync is not None else None,
             )
+        if settings.prefetch_tasks > 0:
+            if client is None:
+                logger.warning(
+                    "PASAM_PREFETCH_TASKS=%d is ignored: the next tasks of a project are "
+                    "listed through Label Studio's API, and LABEL_STUDIO_URL is not set",
+                    settings.prefetch_tasks,
+                )
+            else:
+                backend.prefetcher = Prefetcher(backend, client, count=settings.prefetch_tasks)
         # several workers (pasam serve --workers N, or one per GPU) share the models dir:
         # a model fine-tuned by any of them is served by all
         backend.announcements = Announcements(settings.models_dir, since=server_started())
@@ -291,6 +307,16 @@ class PASamBackend:
 
         Batch: one answer per task; a task without prompt regions gets an empty list (no
         prediction: Label Studio stores nothing, so a later run with prompts predicts it)."""
+        with self._idle:
+            self._in_flight += 1
+        try:
+            return self._predict(body)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _predict(self, body: object) -> dict:
         t0 = time.perf_counter()
         body = _object(body, "the /predict body")
         self.refresh()
@@ -334,7 +360,76 @@ class PASamBackend:
         )
         if not interactive and self.sync is not None and project.isdigit():
             self.sync.predicted(int(project))
+        ids = [t["id"] for t in tasks if isinstance(t.get("id"), int)]
+        if self.prefetcher is not None and project.isdigit() and ids:
+            # the tasks after these ones, embedded in the background (never waited for)
+            self.prefetcher.after(int(project), max(ids), config, token)
         return {"results": results, "model_version": self.model_version}
+
+    def embed_task(
+        self,
+        task: dict,
+        config: ParsedConfig,
+        token: str | None = None,
+        *,
+        proceed: Callable[[], bool] | None = None,
+    ) -> tuple[int, int]:
+        """Embed a task's image as ``/predict`` will ask for it (the whole image, or every
+        tile of a large one: the serving segmenter's rules, the same predictor, cache and
+        precision, so the same cache keys) without segmenting anything.
+
+        Arguments:
+          task: a Label Studio task (``id`` and ``data``).
+          config: the project's parsed labeling config (which data key holds the image).
+          token: the token Label Studio sent with ``/setup`` (used without an API key).
+          proceed: called before each encoder run, outside the model lock; False stops
+            (prefetching waits in it until no request is being answered).
+
+        Returns:
+          (embeddings computed, embeddings found cached); (0, 0) for a zoomed model, which
+          embeds a window around each prompt when the prompt arrives.
+
+        Raises:
+          BadRequest: the task has no image under the config's key; ImageError: the image
+          cannot be fetched or decoded (the loader's rules).
+        """
+        task_id = task.get("id")
+        data = task.get("data")
+        if not isinstance(data, dict) or config.image_key not in data:
+            raise BadRequest(f"task {task_id}: missing data[{config.image_key!r}]")
+        if self.segmenter.zoom is not None:
+            return 0, 0
+        image = self.loader.load(
+            data[config.image_key],
+            task_id=task_id if isinstance(task_id, int) else None,
+            fallback_token=token,
+        )
+        ran = cached = 0
+        serving = self.segmenter
+        # a segmenter of its own on the same predictor: the serving one keeps its image
+        # (and tiles) for the next click; _set_image notices the predictor's new image
+        warm = Segmenter(
+            serving.predictor, tile=serving.tile, halo=serving.halo, tile_above=serving.tile_above
+        )
+        windows: list = [None]  # None: the whole image, embedded by set_image
+        if serving.tiles(image.shape):
+            warm.set_image(image)  # tiles: nothing is embedded yet (no lock needed)
+            windows = warm.windows()
+        for window in windows:
+            if proceed is not None and not proceed():
+                break
+            with self.lock:
+                if self.segmenter is not serving:  # a fine-tuned model came in meanwhile
+                    break
+                runs = serving.predictor.encoder_runs
+                if window is None:
+                    warm.set_image(image)
+                else:
+                    warm.embed_window(window)
+                done = serving.predictor.encoder_runs > runs
+            ran += done
+            cached += not done
+        return ran, cached
 
     def webhook(self, body: object) -> tuple[dict, int]:
         """``POST /webhook``: training events go to ``trainer.fit(event, data)``, others are
@@ -410,8 +505,16 @@ class PASamBackend:
         status = getattr(self.trainer, "status", None)
         return status() if callable(status) else None
 
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no ``/predict`` is being answered (prefetching goes after requests);
+        False when ``timeout`` passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
     def close(self) -> None:
-        """Server shutdown: stop a running fine-tuning and the sync."""
+        """Server shutdown: stop prefetching, a running fine-tuning and the sync."""
+        if self.prefetcher is not None:
+            self.prefetcher.stop(timeout=10)
         stop = getattr(self.trainer, "stop", None)
         if callable(stop):
             stop(timeout=10)
@@ -449,6 +552,7 @@ class PASamBackend:
             **counters,
             "training": self.training_status(),
             "label_studio_sync": self.sync.status() if self.sync is not None else None,
+            "prefetch": self.prefetcher.status() if self.prefetcher is not None else None,
         }
 
     def count_error(self) -> None:

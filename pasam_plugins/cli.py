@@ -511,6 +511,9 @@ def embed(
 
     Under torchrun (torchrun --nproc_per_node=N --no-python pasam embed ...) every rank
     embeds its share of the files on its own GPU into the same store.
+
+    A Label Studio project's images: pasam embed-project ID (added by the Label Studio
+    backend, pip install 'pasam-plugins[labelstudio]').
     """
     from . import distributed
 

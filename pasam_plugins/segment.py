@@ -342,9 +342,8 @@ class Segmenter:
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         shape = tuple(getattr(image, "shape", np.shape(image)))
-        large = self.view != "whole" and len(shape) >= 2 and max(shape[:2]) > self.tile_above
         self.grid = None
-        if self.zoom is None and not large:
+        if not self.tiles(shape) and self.zoom is None:
             self.predictor.set_image(np.asarray(image), image_format, channel=channel)
             self.source = None
             self.size = self.predictor.original_size
@@ -354,6 +353,18 @@ class Segmenter:
         self.size = self.source.shape
         if self.zoom is None:
             self.grid = TileGrid(*self.source.shape, tile=self.tile, halo=self.halo)
+
+    def tiles(self, shape: tuple[int, ...]) -> bool:
+        """Whether an image of this shape (HxW...) is embedded as tiles: a whole-image model
+        and a side above ``tile_above`` px. (Without tiles a whole-image model embeds the
+        image in :meth:`set_image`; a zoomed model a window per prompt; ``view="whole"``
+        never tiles.)"""
+        return (
+            self.zoom is None
+            and self.view != "whole"
+            and len(shape) >= 2
+            and max(shape[:2]) > self.tile_above
+        )
 
     def windows(self) -> list[Window]:
         """The windows ``embed_all`` embeds: every tile of a tiled image, none otherwise

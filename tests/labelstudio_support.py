@@ -278,6 +278,7 @@ class FakeLabelStudio:
                     return self._send(200, json.dumps({"id": int(pid), **project}).encode())
                 if p.path.rstrip("/") == "/api/tasks":
                     tasks = fake.tasks.get(int((q.get("project") or ["0"])[0]), [])
+                    tasks = _data_manager_query(tasks, json.loads((q.get("query") or ["{}"])[0]))
                     if (q.get("fields") or [""])[0] != "all":
                         tasks = [{k: v for k, v in t.items() if k != "annotations"} for t in tasks]
                     page, size = int((q.get("page") or [1])[0]), int((q.get("page_size") or [100])[0])
@@ -313,6 +314,22 @@ class FakeLabelStudio:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _data_manager_query(tasks: list[dict], query: dict) -> list[dict]:
+    """The Data Manager's ``query`` on a project's tasks, as far as the backend uses it:
+    "greater than" filters on the task id and the number of annotations, id ordering."""
+    columns = {
+        "filter:tasks:id": lambda t: t["id"],
+        "filter:tasks:total_annotations": lambda t: len(t.get("annotations") or []),
+    }
+    for item in (query.get("filters") or {}).get("items", []):
+        assert item["operator"] == "greater" and item["filter"] in columns, item
+        value = columns[item["filter"]]
+        tasks = [t for t in tasks if value(t) > item["value"]]
+    if query.get("ordering") in (["tasks:id"], ["id"]):
+        tasks = sorted(tasks, key=lambda t: t["id"])
+    return tasks
 
 
 def zoomed_test_checkpoint(path: Path, *, seed: int = 0) -> Path:
