@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from pasam_plugins.lsformat import mask_to_rle, rle_region
-from pasam_plugins.metrics import UNCERTAINTY_BAND_RATIO, erosion_iterations, uncertainty_band
 from pasam_plugins.metrics import task_score as core_task_score
 from pasam_plugins.predictor import PASamPredictor
 from pasam_plugins.segment import ObjectMask, PromptError, Segmenter
@@ -692,46 +691,22 @@ def _region_result(p: Prompt, obj: ObjectMask) -> RegionResult:
     uncertainty summary, and the boundary band's sum and size for the task score."""
     mask = obj.mask
     area = obj.area
-    band_sum, band_n = 0.0, 0
     mean_u = obj.mean_uncertainty
-    if obj.uncertainty is not None:
-        if area:
-            band_sum, band_n = band_stats(mask, obj.uncertainty)
-        else:
-            mean_u = (
-                1.0  # an empty mask is no answer: fully uncertain (as the task score counts it)
-            )
+    if obj.uncertainty is not None and not area:
+        mean_u = 1.0  # an empty mask is no answer: fully uncertain (as the task score counts it)
     h, w = mask.shape
     return RegionResult(
         label=p.label,
         rle=mask_to_rle(mask),
         score=obj.score,
         mean_uncertainty=mean_u,
-        band_uncertainty_sum=band_sum,
-        band_pixels=band_n,
+        band_uncertainty_sum=obj.band_uncertainty_sum,
+        band_pixels=obj.band_pixels,
         area=area,
         region_ids=list(p.region_ids),
         width=int(w),
         height=int(h),
     )
-
-
-def band_stats(mask: np.ndarray, uncertainty: np.ndarray) -> tuple[float, int]:
-    """(sum of ``uncertainty`` over the mask's boundary band, band pixels): the core's
-    :func:`pasam_plugins.metrics.uncertainty_band`, computed on the mask's bounding box plus
-    a margin wider than the band (the same pixels: the band never reaches the margin's edge,
-    and where the box meets the image border the border is the same), so a small object on
-    a large image costs little."""
-    h, w = mask.shape
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return 0.0, 0
-    d = erosion_iterations(h, w, UNCERTAINTY_BAND_RATIO)
-    y0, y1 = max(0, rows[0] - d - 2), min(h, rows[-1] + d + 3)
-    x0, x1 = max(0, cols[0] - d - 2), min(w, cols[-1] + d + 3)
-    band = uncertainty_band(mask[y0:y1, x0:x1], d)
-    return float(uncertainty[y0:y1, x0:x1][band].sum(dtype=np.float64)), int(band.sum())
 
 
 def task_score(found: list[RegionResult]) -> float:

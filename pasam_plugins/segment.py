@@ -35,7 +35,6 @@ import torch
 
 from .metrics import (
     UNCERTAINTY_BAND_RATIO,
-    band_uncertainty_sum,
     erosion_iterations,
     mask_box,
     task_score,
@@ -105,6 +104,7 @@ class ObjectMask:
       mined_scores: 8 mining strengths (higher: mined more strongly; see the module doc).
       mean_uncertainty / boundary_uncertainty: mean of the uncertainty map inside the mask /
         over its boundary band (None without adapter or for an empty mask).
+      band_uncertainty_sum / band_pixels: the boundary band's sum and size (0 without).
     """
 
     mask: np.ndarray
@@ -117,6 +117,8 @@ class ObjectMask:
     mined_scores: np.ndarray | None = None
     mean_uncertainty: float | None = None
     boundary_uncertainty: float | None = None
+    band_uncertainty_sum: float = 0.0
+    band_pixels: int = 0
     points: np.ndarray | None = None
     point_labels: np.ndarray | None = None
     box: np.ndarray | None = None
@@ -167,19 +169,10 @@ def task_score_of(objects: "list[ObjectMask]") -> float:
     """The task score of one image from its segmented objects
     (:func:`pasam_plugins.metrics.task_score`; without uncertainty: mean predicted IoU)."""
     has_u = any(o.uncertainty is not None for o in objects)
-    sums, pixels = [], []
-    for o in objects:
-        if o.uncertainty is None:
-            sums.append(0.0)
-            pixels.append(0)
-        else:
-            total, n = band_uncertainty_sum(o.mask, o.uncertainty)
-            sums.append(total)
-            pixels.append(n)
     return task_score(
         [o.score for o in objects],
-        sums if has_u else None,
-        pixels,
+        [o.band_uncertainty_sum for o in objects] if has_u else None,
+        [o.band_pixels for o in objects],
         [o.area for o in objects],
     )
 
@@ -198,33 +191,68 @@ def use_multimask(
     )
 
 
+@dataclass(frozen=True)
+class UncertaintySummary:
+    """An object's uncertainty: mean inside the mask, mean over its boundary band (the
+    inside mean when the band is empty; both None for an empty mask or without a map), and
+    the band's sum and pixel count (what task scores add up over objects)."""
+
+    mean: float | None = None
+    boundary: float | None = None
+    band_sum: float = 0.0
+    band_pixels: int = 0
+
+
+def summarize_uncertainty(
+    mask: np.ndarray,
+    uncertainty: np.ndarray | None,
+    *,
+    bounds: tuple[int, int, int, int] | None = None,
+) -> UncertaintySummary:
+    """The :class:`UncertaintySummary` of an object. The band
+    (:func:`pasam_plugins.metrics.uncertainty_band`, whose width follows the whole frame)
+    is computed on the mask's bounding box, or on ``bounds`` ``(r0, r1, c0, c1)`` when the
+    mask is known to lie inside them (a windowed prediction), plus a margin wider than the
+    band: the same pixels as on the whole frame (the band never reaches the margin's edge,
+    and where the box meets the image border that border is the same), so a small object on
+    a large image costs little."""
+    if uncertainty is None:
+        return UncertaintySummary()
+    h, w = mask.shape
+    if bounds is None:
+        rows = np.flatnonzero(mask.any(axis=1))
+        if rows.size == 0:
+            return UncertaintySummary()
+        cols = np.flatnonzero(mask.any(axis=0))
+        bounds = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    iterations = erosion_iterations(h, w, UNCERTAINTY_BAND_RATIO)
+    m = 2 * iterations + 1  # the band of a mask inside bounds lies within bounds + m
+    r0, r1, c0, c1 = bounds
+    part = (slice(max(0, r0 - m), min(h, r1 + m)), slice(max(0, c0 - m), min(w, c1 + m)))
+    mask, uncertainty = mask[part], uncertainty[part]
+    if not mask.any():
+        return UncertaintySummary()
+    inside = float(uncertainty[mask].mean())
+    band = uncertainty_band(mask, iterations)
+    n = int(np.count_nonzero(band))
+    if n == 0:
+        return UncertaintySummary(inside, inside)
+    values = uncertainty[band]
+    return UncertaintySummary(
+        inside, float(values.mean()), float(values.sum(dtype=np.float64)), n
+    )
+
+
 def summarize(
     mask: np.ndarray,
     uncertainty: np.ndarray | None,
     *,
     bounds: tuple[int, int, int, int] | None = None,
 ) -> tuple[float | None, float | None]:
-    """(mean uncertainty inside the mask, mean over its boundary band); None for an empty
-    mask or without an uncertainty map.
-
-    ``bounds`` ``(r0, r1, c0, c1)``: the mask and uncertainty are zero outside these rows and
-    columns (a windowed prediction); the summary is then computed on that part and a margin
-    around it (the same numbers, without full-frame work on a large image)."""
-    if uncertainty is None:
-        return None, None
-    iterations = None
-    if bounds is not None:
-        h, w = mask.shape
-        iterations = erosion_iterations(h, w, UNCERTAINTY_BAND_RATIO)
-        m = 2 * iterations + 1  # the band of a mask inside bounds lies within bounds + m
-        r0, r1, c0, c1 = bounds
-        part = (slice(max(0, r0 - m), min(h, r1 + m)), slice(max(0, c0 - m), min(w, c1 + m)))
-        mask, uncertainty = mask[part], uncertainty[part]
-    if not mask.any():
-        return None, None
-    inside = float(uncertainty[mask].mean())
-    band = uncertainty_band(mask, iterations)
-    return inside, float(uncertainty[band].mean()) if band.any() else inside
+    """(mean uncertainty inside the mask, mean over its boundary band) of
+    :func:`summarize_uncertainty`."""
+    s = summarize_uncertainty(mask, uncertainty, bounds=bounds)
+    return s.mean, s.boundary
 
 
 def check_prompts(
@@ -505,7 +533,7 @@ class Segmenter:
     ) -> ObjectMask:
         mask = out.masks[i, best].cpu().numpy().astype(bool)
         unc = None if out.uncertainty is None else out.uncertainty[i].cpu().numpy()
-        mean_u, band_u = summarize(mask, unc)
+        s = summarize_uncertainty(mask, unc)
         return ObjectMask(
             mask=mask,
             score=float(out.scores[i, best]),
@@ -515,8 +543,10 @@ class Segmenter:
             mined_points=None if out.mined_points is None else out.mined_points[i].cpu().numpy(),
             mined_labels=None if out.mined_labels is None else out.mined_labels[i].cpu().numpy(),
             mined_scores=mining_scores(out.decoder, i),
-            mean_uncertainty=mean_u,
-            boundary_uncertainty=band_u,
+            mean_uncertainty=s.mean,
+            boundary_uncertainty=s.boundary,
+            band_uncertainty_sum=s.band_sum,
+            band_pixels=s.band_pixels,
             points=points,
             point_labels=labels,
             box=box,
@@ -589,7 +619,7 @@ class Segmenter:
             mined[:, 0] = np.clip(mined[:, 0], 0, w - 1)
             mined[:, 1] = np.clip(mined[:, 1], 0, h - 1)
             mined_l = out.mined_labels[0].cpu().numpy()
-        mean_u, band_u = summarize(mask, unc, bounds=bounds)
+        s = summarize_uncertainty(mask, unc, bounds=bounds)
         return ObjectMask(
             mask=mask,
             score=float(out.scores[0, best]),
@@ -599,8 +629,10 @@ class Segmenter:
             mined_points=mined,
             mined_labels=mined_l,
             mined_scores=mining_scores(out.decoder, 0),
-            mean_uncertainty=mean_u,
-            boundary_uncertainty=band_u,
+            mean_uncertainty=s.mean,
+            boundary_uncertainty=s.boundary,
+            band_uncertainty_sum=s.band_sum,
+            band_pixels=s.band_pixels,
             points=points,
             point_labels=labels,
             box=box,

@@ -351,3 +351,38 @@ def test_manifest_is_valid_and_package_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False"] * 4
+
+
+def test_uncertainty_summary_on_the_bounding_box_equals_the_whole_image():
+    """The core's per-object summary (band cropped to the object, or to the window the mask
+    lies in) is the band over the whole image, for objects inside, at the border and
+    covering the image; the backend and task scores add up its band sums."""
+    from pasam_plugins.metrics import uncertainty_band
+    from pasam_plugins.segment import summarize_uncertainty
+
+    rng = np.random.default_rng(0)
+    unc = rng.random((300, 410)).astype(np.float32)
+    yy, xx = np.mgrid[:300, :410]
+    masks = [
+        (yy - 150) ** 2 + (xx - 200) ** 2 < 40**2,  # inside
+        (yy - 5) ** 2 + (xx - 3) ** 2 < 30**2,  # at a corner
+        (yy > 250) & (xx > 100),  # along two borders
+        np.ones((300, 410), bool),  # everything: no boundary inside the image
+        rng.random((300, 410)) > 0.7,  # noise
+    ]
+    one = np.zeros((300, 410), bool)
+    one[100, 409] = True
+    masks.append(one)
+    for m in masks:
+        band = uncertainty_band(m)
+        for bounds in (None, (0, 300, 0, 410)):
+            s = summarize_uncertainty(m, unc, bounds=bounds)
+            assert s.band_pixels == int(band.sum())
+            assert s.band_sum == pytest.approx(float(unc[band].sum(dtype=np.float64)), rel=1e-9)
+            assert s.mean == pytest.approx(float(unc[m].mean()), rel=1e-6)
+            if band.any():
+                assert s.boundary == pytest.approx(float(unc[band].mean()), rel=1e-6)
+            else:
+                assert s.boundary == s.mean
+    empty = summarize_uncertainty(np.zeros((4, 4), bool), unc[:4, :4])
+    assert (empty.mean, empty.boundary, empty.band_sum, empty.band_pixels) == (None, None, 0.0, 0)
