@@ -54,7 +54,6 @@ from ._panels import (
 from ._workers import TaskRunner
 from .jobs import (
     Failure,
-    PlaneRef,
     Prediction,
     message_of,
     predict_job,
@@ -336,8 +335,8 @@ class AnnotatorWidget(
         if prompts.empty:
             self.clear_current()
             return
-        key = self.plane_key(leading, channel)
-        plane = PlaneRef(lay.level0(self.image_layer), self.geometry, leading, channel, key)
+        plane = self.plane_ref(leading, channel)
+        key = plane.key
         cur = self.current
         previous = None
         if cur is not None and cur.plane_key == (id(self.slot), key):
