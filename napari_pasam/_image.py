@@ -146,7 +146,9 @@ class ImageMixin:
             QTimer.singleShot(0, self._add_layers_stepwise)
 
     def stop_annotating(self) -> None:
-        """Forget the annotated image (its layers stay in the viewer as they are)."""
+        """Forget the annotated image (its layers stay in the viewer as they are). Closing
+        the viewer comes here too (it removes the layers): a prefetch stops."""
+        self.cancel_prefetch()
         if self.current is not None:
             self.emit("discard", object_id=self.current.object_id)
         self._pending_predict = False

@@ -51,6 +51,7 @@ from ._panels import (
     SavePanel,
     TaskPanel,
 )
+from ._prefetch import PrefetchMixin
 from ._workers import TaskRunner
 from .jobs import (
     Failure,
@@ -85,7 +86,7 @@ def _warm_imports() -> None:
 
 
 class AnnotatorWidget(
-    ModelMixin, ImageMixin, EditingMixin, LongTasksMixin, AutomaticMixin, QWidget
+    ModelMixin, ImageMixin, EditingMixin, LongTasksMixin, AutomaticMixin, PrefetchMixin, QWidget
 ):
     """PA-SAM annotation dock widget (see the module docstring)."""
 
@@ -115,6 +116,7 @@ class AnnotatorWidget(
         self._build_ui()
         self.runner.listeners.append(self._on_task_change)
         self.runner.idle_callbacks.append(self._on_idle)
+        self._init_prefetch()
         self._refresh_image_choices()
         hooks = [
             (self.viewer.layers.events.inserted, self._refresh_image_choices),

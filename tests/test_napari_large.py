@@ -80,6 +80,7 @@ def test_dask_pyramid_is_segmented_tile_by_tile_without_reading_the_image(
 
     viewer = make_napari_viewer()
     widget = loaded_widget(viewer, qtbot, tiny_checkpoint)
+    widget.prefetch_check.setChecked(False)  # reads of one click only (prefetch: below)
     reads = Reads()
     pyramid = [lazy_image(1, reads), lazy_image(4), lazy_image(16)]
     layer = viewer.add_image(pyramid, multiscale=True, name="slide", contrast_limits=(0, 20000))
@@ -125,6 +126,7 @@ def test_plain_dask_layer_reads_a_few_chunks_for_contrast_and_the_tile(
 
     viewer = make_napari_viewer()
     widget = loaded_widget(viewer, qtbot, tiny_checkpoint)
+    widget.prefetch_check.setChecked(False)
     reads = Reads(worker_only=True)
     with dask.config.set(scheduler="synchronous"):  # blocks run in the thread that reads
         layer = viewer.add_image(lazy_image(1, reads), name="plain", contrast_limits=(0, 20000))
