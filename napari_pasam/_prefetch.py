@@ -6,11 +6,13 @@ queued behind it: every task the runner starts (a click's prediction first of al
 it, and so do the panel's checkbox, "Cancel" and closing the viewer. The image panel shows
 its progress."""
 
+import numpy as np
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QLabel
 
 from . import _layers as lay
+from .jobs import message_of
 from .prefetch import (
     PREFETCH_DEPTH,
     PREFETCH_TILES,
@@ -142,11 +144,12 @@ class PrefetchMixin:
         return [PrefetchItem(self.plane_ref(s, channel)) for s in (leading, *near)]
 
     def _view_rect(self) -> tuple[float, float, float, float]:
-        """Rows and columns of the annotated image that napari shows (level 0 pixels)."""
+        """Rows and columns of the annotated image that napari shows (level-0 pixels, as of
+        the canvas's last draw)."""
         layer = self.image_layer
-        corners = layer.corner_pixels.astype(float)
+        corners = np.asarray(layer.corner_pixels, float)
         if layer.multiscale:
-            corners = corners * layer.downsample_factors[layer.data_level]
+            corners = corners * np.asarray(layer.downsample_factors[layer.data_level])
         (r0, c0), (r1, c1) = corners[0, -2:], corners[1, -2:]
         return float(r0), float(r1) + 1, float(c0), float(c1) + 1
 
@@ -167,7 +170,12 @@ class PrefetchMixin:
         if held is None or held[0] != lay.image_id(self.image_layer):
             return  # nothing of this image was embedded yet: wait for the first click
         slot = self.slot
-        items = [it for it in self.prefetch_items() if (id(slot), it.key) not in self._prefetched]
+        try:
+            planned = self.prefetch_items()
+        except Exception as exc:  # noqa: BLE001 - prefetching is optional: say so, go on
+            self._prefetch_status(f"Prefetch failed: {message_of(exc)}")
+            return
+        items = [it for it in planned if (id(slot), it.key) not in self._prefetched]
         if not items:
             return
         s.cancel()

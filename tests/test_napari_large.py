@@ -14,6 +14,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 da = pytest.importorskip("dask.array")
 
+from napari.utils.notifications import notification_manager  # noqa: E402
 from napari_support import errors_since, layers_ready, loaded_widget, wait_idle  # noqa: E402
 
 import napari_pasam  # noqa: E402
@@ -84,7 +85,7 @@ def test_dask_pyramid_is_segmented_tile_by_tile_without_reading_the_image(
     reads = Reads()
     pyramid = [lazy_image(1, reads), lazy_image(4), lazy_image(16)]
     layer = viewer.add_image(pyramid, multiscale=True, name="slide", contrast_limits=(0, 20000))
-    n_errors = len(errors_since(0))
+    n_errors = len(notification_manager.records)
     widget.start(layer)
     layers_ready(qtbot, widget)
     assert widget.layers.labels.data.shape == (SIDE, SIDE)
@@ -152,7 +153,7 @@ def test_image_whose_annotation_layers_cannot_fit_is_refused(
         for s in (1, 10, 100)
     ]
     layer = viewer.add_image(pyramid, multiscale=True, name="huge", contrast_limits=(0, 1))
-    n = len(errors_since(0))
+    n = len(notification_manager.records)
     widget.start(layer)
     errors = errors_since(n)
     assert len(errors) == 1 and "GiB" in errors[0] and large.MAX_LAYER_ENV in errors[0], errors
@@ -171,3 +172,48 @@ def _geometry(shape):
     from napari_pasam.planes import PlaneGeometry
 
     return PlaneGeometry(tuple(shape))
+
+
+def test_tiles_in_view_are_prefetched_with_bounded_reads(
+    make_napari_viewer, qtbot, tiny_checkpoint
+):
+    from napari_pasam.prefetch import PREFETCH_TILES
+
+    viewer = make_napari_viewer(show=True)  # the view is known once the canvas draws
+    widget = loaded_widget(viewer, qtbot, tiny_checkpoint)
+    reads = Reads()
+    pyramid = [lazy_image(1, reads), lazy_image(4), lazy_image(16)]
+    layer = viewer.add_image(pyramid, multiscale=True, name="slide", contrast_limits=(0, 20000))
+    widget.start(layer)
+    layers_ready(qtbot, widget)
+    y, x = DISCS[0][:2]
+    viewer.camera.center = (y, x)
+    viewer.camera.zoom = 0.3  # about 2000 px of the image in view
+    qtbot.wait(200)
+    widget.layers.points.add([y, x])
+    wait_idle(qtbot, widget)
+    qtbot.waitUntil(lambda: widget.prefetch_run is not None, timeout=60_000)
+    run = widget.prefetch_run
+    qtbot.waitUntil(lambda: run.finished, timeout=180_000)
+    assert run.error is None and 1 <= run.total <= PREFETCH_TILES
+    assert run.encoded >= 1  # tiles beside the clicked one were embedded
+    r0, r1, c0, c1 = widget._view_rect()
+    assert r0 <= y <= r1 and c0 <= x <= c1 and r1 - r0 < SIDE / 2, (r0, r1, c0, c1)
+    for item in run.items:  # every prefetched tile overlaps the view
+        w = item.window
+        assert w.y0 < r1 and w.y0 + w.size > r0 and w.x0 < c1 and w.x0 + w.size > c0
+    # the clicked tile, the prefetched ones: a bounded number of windows, not the image
+    # (each window reads the chunks it touches; overlapping windows read some chunks twice)
+    assert reads.pixels <= (2 + run.total) * window_cover() and reads.pixels < SIDE * SIDE
+
+    # a click on a prefetched tile does not run the encoder
+    widget.prefetch_check.setChecked(False)
+    other = next(it.window for it in run.items if it.window != widget.current.result.window)
+    widget.clear_prompts()
+    runs = widget.predictor.encoder_runs
+    cy, cx = other.y0 + other.size / 2, other.x0 + other.size / 2
+    widget.layers.points.add([cy, cx])
+    wait_idle(qtbot, widget)
+    assert widget.current is not None
+    if widget.current.result.window == other:
+        assert widget.predictor.encoder_runs == runs

@@ -14,6 +14,7 @@ from PIL import Image as PILImage
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from napari.utils.notifications import notification_manager  # noqa: E402
 from napari_support import WAIT_MS, click, errors_since, layers_ready, loaded_widget  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -49,7 +50,7 @@ def test_neighbouring_slices_are_prefetched_after_a_click(
     assert widget.prefetch_check.isChecked()  # on by default
     assert widget.prefetch_run is None  # nothing is prefetched before the first embedding
     viewer.dims.set_current_step(0, 4)
-    n = len(errors_since(0))
+    n = len(notification_manager.records)
     runs = widget.predictor.encoder_runs
     click(qtbot, widget, (256, 256))
     assert widget.predictor.encoder_runs == runs + 1  # the click embedded slice 4
@@ -91,7 +92,7 @@ def test_a_click_stops_the_prefetch_and_cancel_and_closing_stop_it(
         return set_image(*args, **kwargs)
 
     seg.set_image = slow_set_image
-    n = len(errors_since(0))
+    n = len(notification_manager.records)
     click(qtbot, widget, (256, 256))
     qtbot.waitUntil(lambda: widget.prefetch_run is not None, timeout=WAIT_MS)
     first = widget.prefetch_run
