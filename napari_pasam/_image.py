@@ -9,6 +9,8 @@ from qtpy.QtCore import QTimer
 
 from . import _layers as lay
 from .axes import SOURCE_CHOSEN, axes_for, infer_axes
+from .jobs import PlaneRef
+from .large import check_annotation_size, overview_of
 from .planes import PlaneGeometry
 
 #: ``start(channel_axis=AUTO)``: take the panel's choice (inferred from the layer by default)
@@ -104,6 +106,7 @@ class ImageMixin:
             geometry = PlaneGeometry(
                 tuple(lay.level0(layer).shape), rgb=bool(layer.rgb), channel_axis=axes.channel_axis
             )
+            check_annotation_size(geometry)  # dense annotation layers: refuse what cannot fit
         except ValueError as exc:
             show_error(f"PA-SAM: cannot annotate layer {layer.name!r}: {exc}")
             return
@@ -143,7 +146,9 @@ class ImageMixin:
             QTimer.singleShot(0, self._add_layers_stepwise)
 
     def stop_annotating(self) -> None:
-        """Forget the annotated image (its layers stay in the viewer as they are)."""
+        """Forget the annotated image (its layers stay in the viewer as they are). Closing
+        the viewer comes here too (it removes the layers): a prefetch stops."""
+        self.cancel_prefetch()
         if self.current is not None:
             self.emit("discard", object_id=self.current.object_id)
         self._pending_predict = False
@@ -203,6 +208,14 @@ class ImageMixin:
 
     def _plane_position(self) -> tuple:
         return (self.current_leading(), self.current_channel())
+
+    def plane_ref(self, leading: tuple[int, ...], channel: int | None) -> PlaneRef:
+        """The plane ``leading``/``channel`` of the annotated image for the jobs: level 0
+        of a pyramid (read lazily for dask/zarr data), with a coarse level for contrast."""
+        layer = self.image_layer
+        overview = overview_of(layer.data, self.geometry) if layer.multiscale else None
+        key = self.plane_key(leading, channel)
+        return PlaneRef(lay.level0(layer), self.geometry, leading, channel, key, overview)
 
     def _sync_channel_spin(self) -> None:
         spin = self.image_panel.channel_spin

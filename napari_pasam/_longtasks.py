@@ -29,7 +29,8 @@ class LongTasksMixin:
     def cancel(self) -> None:
         """Cancel the running task: a propagation after the slice in progress, fine-tuning
         after the step in progress (keeping what it trained), a model load or embedding at
-        once (its result is dropped)."""
+        once (its result is dropped). A background prefetch stops too."""
+        self.cancel_prefetch()
         if not self.runner.cancel():
             return
         if self.runner.task is None:

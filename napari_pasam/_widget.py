@@ -52,10 +52,10 @@ from ._panels import (
     SavePanel,
     TaskPanel,
 )
+from ._prefetch import PrefetchMixin
 from ._workers import TaskRunner
 from .jobs import (
     Failure,
-    PlaneRef,
     Prediction,
     message_of,
     predict_job,
@@ -87,7 +87,7 @@ def _warm_imports() -> None:
 
 
 class AnnotatorWidget(
-    ModelMixin, ImageMixin, EditingMixin, LongTasksMixin, AutomaticMixin, QWidget
+    ModelMixin, ImageMixin, EditingMixin, LongTasksMixin, AutomaticMixin, PrefetchMixin, QWidget
 ):
     """PA-SAM annotation dock widget (see the module docstring)."""
 
@@ -122,6 +122,7 @@ class AnnotatorWidget(
         self._build_ui()
         self.runner.listeners.append(self._on_task_change)
         self.runner.idle_callbacks.append(self._on_idle)
+        self._init_prefetch()
         self._refresh_image_choices()
         hooks = [
             (self.viewer.layers.events.inserted, self._refresh_image_choices),
@@ -343,8 +344,8 @@ class AnnotatorWidget(
         if prompts.empty:
             self.clear_current()
             return
-        key = self.plane_key(leading, channel)
-        plane = PlaneRef(lay.level0(self.image_layer), self.geometry, leading, channel, key)
+        plane = self.plane_ref(leading, channel)
+        key = plane.key
         cur = self.current
         previous = None
         if cur is not None and cur.plane_key == (id(self.slot), key):

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._compat import avoid_triton_llvm_clash
+from .large import LazyPlane, is_lazy, level_sample, reads_in_windows
 from .planes import PlaneGeometry
 from .propagation import (
     PropagationRule,
@@ -211,16 +212,29 @@ def load_job(
 # ---------------------------------------------------------------------------- one object
 @dataclass(frozen=True)
 class PlaneRef:
-    """Which plane of which layer data: ``key`` identifies it (image, slice, channel)."""
+    """Which plane of which layer data: ``key`` identifies it (image, slice, channel);
+    ``overview``: a coarse level of the layer's pyramid (contrast levels of a large plane)."""
 
     data: Any
     geometry: PlaneGeometry
     leading: tuple[int, ...]
     channel: int | None
     key: tuple
+    overview: Any = None
 
     def read(self) -> np.ndarray:
         return self.geometry.plane(self.data, self.leading, self.channel)
+
+    def for_segmenter(self, segmenter) -> tuple[Any, Any]:
+        """The image ``segmenter.set_image`` gets and its contrast ``sample``: the plane as
+        numpy (a view of a numpy layer), or for a dask/zarr layer that the segmenter reads
+        in windows a :class:`~napari_pasam.large.LazyPlane` (never read whole)."""
+        if is_lazy(self.data):
+            lazy = LazyPlane(self.data, self.geometry, self.leading, self.channel)
+            if reads_in_windows(segmenter, lazy.shape):
+                g, lead, ch = self.geometry, self.leading, self.channel
+                return lazy, level_sample(lazy, self.overview, g, lead, ch)
+        return self.read(), None
 
 
 @dataclass
@@ -245,7 +259,8 @@ def hold_plane(slot: ModelSlot, plane: PlaneRef) -> bool:
     if slot.image_key == plane.key:
         return False
     slot.image_key = None
-    slot.segmenter.set_image(plane.read())
+    image, sample = plane.for_segmenter(slot.segmenter)
+    slot.segmenter.set_image(image, sample=sample)
     slot.image_key = plane.key
     return True
 

@@ -360,13 +360,26 @@ class Segmenter:
         return "tiled" if self.grid is not None else "whole"
 
     # ------------------------------------------------------------------ image
+    def grid_for(self, shape: tuple[int, ...]) -> TileGrid | None:
+        """The tiles an image of ``shape`` (H, W, ...) is embedded as; None when it is not
+        tiled (zoomed models, and images with no side above ``tile_above``)."""
+        if self.zoom is not None or len(shape) < 2 or max(shape[:2]) <= self.tile_above:
+            return None
+        return TileGrid(int(shape[0]), int(shape[1]), tile=self.tile, halo=self.halo)
+
     def set_image(
-        self, image: Any, *, channel: int | None = None, image_format: str = "RGB"
+        self,
+        image: Any,
+        *,
+        channel: int | None = None,
+        image_format: str = "RGB",
+        sample: Any = None,
     ) -> None:
         """Use this image: any dtype and channels (see :func:`normalize_image`); an
         array-like (memmap, zarr, dask, :func:`pasam_plugins.tiling.open_image`) is read
         lazily. Whole-image models embed it now (or take it from the cache); zoomed models
-        and large images embed windows where prompts arrive."""
+        and large images embed windows where prompts arrive, with contrast levels from
+        ``sample`` when given (see :class:`~pasam_plugins.tiling.ImageSource`)."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         shape = tuple(getattr(image, "shape", np.shape(image)))
@@ -376,11 +389,12 @@ class Segmenter:
             self.source = None
             self.size = self.predictor.original_size
             return
-        self.source = ImageSource(image, channel=channel, percentiles=self.predictor.percentiles)
+        self.source = ImageSource(
+            image, channel=channel, percentiles=self.predictor.percentiles, sample=sample
+        )
         self.bgr = image_format == "BGR"
         self.size = self.source.shape
-        if self.zoom is None:
-            self.grid = TileGrid(*self.source.shape, tile=self.tile, halo=self.halo)
+        self.grid = self.grid_for(self.source.shape)
 
     def tiles(self, shape: tuple[int, ...]) -> bool:
         """Whether an image of this shape (HxW...) is embedded as tiles: a whole-image model

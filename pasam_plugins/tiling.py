@@ -41,6 +41,10 @@ class ImageSource:
       channel: the channel to segment in a multichannel image.
       percentiles: contrast percentiles for non-8-bit images (as :func:`normalize_image`;
         exact for images up to :data:`LEVEL_SAMPLES` pixels, from a regular subsample above).
+      sample: what the contrast levels are estimated from instead of that subsample: a small
+        array of the image's pixels (a coarse level of an image pyramid, or
+        :func:`chunk_sample`). A strided subsample of a chunked array (zarr, dask) reads
+        every chunk, i.e. the whole image.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class ImageSource:
         *,
         channel: int | None = None,
         percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+        sample: Any = None,
     ) -> None:
         shape = tuple(int(v) for v in getattr(data, "shape", np.shape(data)))
         if len(shape) == 3 and shape[-1] == 1:
@@ -60,8 +65,12 @@ class ImageSource:
         self.channel = channel
         self.height, self.width = shape[:2]
         self.dtype = np.dtype(getattr(data, "dtype", np.asarray(data[:1, :1]).dtype))
-        step = max(1, int(np.ceil(np.sqrt(self.height * self.width / LEVEL_SAMPLES))))
-        sample = np.asarray(data[::step, ::step])
+        if sample is None:
+            step = max(1, int(np.ceil(np.sqrt(self.height * self.width / LEVEL_SAMPLES))))
+            sample = data[::step, ::step]
+        sample = np.asarray(sample)
+        if sample.ndim == 3 and sample.shape[-1] == 1 and len(shape) == 2:
+            sample = sample[..., 0]
         self.levels = image_levels(sample, channel=channel, percentiles=percentiles)
         self._full: np.ndarray | None = None
 
@@ -97,6 +106,51 @@ class ImageSource:
 
     def nbytes_read_per_pixel(self) -> int:
         return int(self.dtype.itemsize)
+
+
+def _chunk_bounds(data: Any, axis: int, extent: int) -> np.ndarray | None:
+    """Start offsets of the chunks of ``data`` along ``axis`` (dask: tuples of sizes per
+    axis; zarr: one size per axis), plus ``extent``; None for unchunked arrays."""
+    chunks = getattr(data, "chunks", None)
+    if not chunks or len(chunks) <= axis:
+        return None
+    c = chunks[axis]
+    if isinstance(c, tuple | list):
+        starts = np.concatenate([[0], np.cumsum(c)])
+    else:
+        starts = np.arange(0, extent + int(c), max(1, int(c)))
+    return np.minimum(starts, extent).astype(np.int64)
+
+
+def chunk_sample(data: Any, *, blocks: int = 3, side: int = 512) -> np.ndarray:
+    """A small sample of a large lazily read HxW[xC] image to estimate its contrast levels
+    from (see :class:`ImageSource`'s ``sample``), reading a bounded part of it: ``blocks`` x
+    ``blocks`` squares of at most ``side`` px spread regularly over the image, each inside
+    one storage chunk where the array has chunks (so each square reads one chunk). Returns
+    the sampled pixels as an Nx1[xC] array."""
+    shape = tuple(int(v) for v in data.shape)
+    h, w = shape[:2]
+    parts = []
+    spans = []
+    for axis, extent in ((0, h), (1, w)):
+        bounds = _chunk_bounds(data, axis, extent)
+        axis_spans = []
+        for k in range(blocks):
+            centre = int((k + 0.5) * extent / blocks)
+            if bounds is None:
+                lo = max(0, min(centre - side // 2, extent - side))
+                hi = min(extent, lo + side)
+            else:
+                i = int(np.searchsorted(bounds, centre, side="right")) - 1
+                lo, hi = int(bounds[i]), int(bounds[min(i + 1, len(bounds) - 1)])
+                hi = min(hi, lo + side)
+            axis_spans.append((lo, max(hi, lo + 1)))
+        spans.append(sorted(set(axis_spans)))
+    for r0, r1 in spans[0]:
+        for c0, c1 in spans[1]:
+            block = np.asarray(data[r0:r1, c0:c1])
+            parts.append(block.reshape(-1, 1, *block.shape[2:]))
+    return np.concatenate(parts, axis=0)
 
 
 def open_image(path: str | Path) -> Any:

@@ -8,7 +8,7 @@ from pasam_plugins.metrics import mask_iou
 from pasam_plugins.predictor import PASamPredictor
 from pasam_plugins.segment import Segmenter
 from pasam_plugins.testing import make_test_model
-from pasam_plugins.tiling import ImageSource, TileGrid
+from pasam_plugins.tiling import ImageSource, TileGrid, chunk_sample
 from pasam_plugins.zoom import Window
 
 
@@ -85,6 +85,34 @@ def test_image_source_matches_normalize_image_and_reads_lazily():
     crop = lazy.crop(Window(3000.0, 2000.0, 256.0), 256)
     assert crop.shape == (256, 256, 3) and crop.dtype == np.uint8
     assert big.pixels_read - levels_read <= 258 * 258  # the window (and a 1-px margin) only
+
+
+def test_chunk_sample_reads_few_chunks_and_gives_the_image_levels():
+    """A strided subsample of a chunked (dask) array reads every chunk; the chunk sample
+    reads at most 3 x 3 chunks, and its contrast levels are close to the whole image's."""
+    da = pytest.importorskip("dask.array")
+    read = []
+
+    def block(block_info=None):
+        (r0, r1), (c0, c1) = block_info[None]["array-location"]
+        rng = np.random.default_rng(r0 * 7 + c0)
+        out = rng.normal(1000 + 0.05 * r0, 150, (r1 - r0, c1 - c0)).clip(0).astype(np.uint16)
+        read.append(out.size)
+        return out
+
+    lazy = da.map_blocks(block, dtype=np.uint16, chunks=((500,) * 12, (500,) * 12))
+    sample = chunk_sample(lazy)
+    assert sum(read) <= 9 * 500 * 500 and len(read) <= 9
+    assert sample.ndim == 2 and sample.shape[1] == 1 and sample.size == 9 * 500 * 500
+    full = np.asarray(lazy)
+    src = ImageSource(lazy, sample=sample)
+    exact = ImageSource(full, sample=full).levels
+    span = exact[0, 1] - exact[0, 0]
+    np.testing.assert_allclose(src.levels, exact, atol=0.05 * span)
+    # unchunked arrays: 3 x 3 squares of 512 px; a small image is sampled whole
+    numpy_sample = chunk_sample(full)
+    assert numpy_sample.shape == (9 * 512 * 512, 1)
+    assert chunk_sample(full[:300, :200]).size == 300 * 200
 
 
 def _straddling_image(h=700, w=640):
