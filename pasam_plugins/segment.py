@@ -362,8 +362,14 @@ class Segmenter:
     # ------------------------------------------------------------------ image
     def grid_for(self, shape: tuple[int, ...]) -> TileGrid | None:
         """The tiles an image of ``shape`` (H, W, ...) is embedded as; None when it is not
-        tiled (zoomed models, and images with no side above ``tile_above``)."""
-        if self.zoom is not None or len(shape) < 2 or max(shape[:2]) <= self.tile_above:
+        tiled (zoomed models, ``view="whole"``, and images with no side above
+        ``tile_above``): the one tiling rule."""
+        if (
+            self.zoom is not None
+            or self.view == "whole"
+            or len(shape) < 2
+            or max(shape[:2]) <= self.tile_above
+        ):
             return None
         return TileGrid(int(shape[0]), int(shape[1]), tile=self.tile, halo=self.halo)
 
@@ -397,16 +403,10 @@ class Segmenter:
         self.grid = self.grid_for(self.source.shape)
 
     def tiles(self, shape: tuple[int, ...]) -> bool:
-        """Whether an image of this shape (HxW...) is embedded as tiles: a whole-image model
-        and a side above ``tile_above`` px. (Without tiles a whole-image model embeds the
-        image in :meth:`set_image`; a zoomed model a window per prompt; ``view="whole"``
-        never tiles.)"""
-        return (
-            self.zoom is None
-            and self.view != "whole"
-            and len(shape) >= 2
-            and max(shape[:2]) > self.tile_above
-        )
+        """Whether an image of this shape (HxW...) is embedded as tiles (:meth:`grid_for`).
+        (Without tiles a whole-image model embeds the image in :meth:`set_image`; a zoomed
+        model a window per prompt.)"""
+        return self.grid_for(shape) is not None
 
     def windows(self) -> list[Window]:
         """The windows ``embed_all`` embeds: every tile of a tiled image, none otherwise
