@@ -34,7 +34,7 @@ from .errors import BackendError, BadRequest, InvalidPrompt
 from .images import ImageLoader
 from .labelconfig import ParsedConfig, parse_label_config
 from .lsapi import LabelStudioClient
-from .prefetch import Prefetcher
+from .prefetch import Prefetcher, Warmer
 from .prompts import Prompt, interactive_prompt, regions_of, task_prompts
 from .shared import Announcements, server_started
 from .sync import ModelVersionSync
@@ -158,6 +158,9 @@ class PASamBackend:
         self._idle = threading.Condition()
         #: embeds the next tasks of a project after a prediction (PASAM_PREFETCH_TASKS)
         self.prefetcher: Prefetcher | None = None
+        #: embeds prompt-less tasks of batch requests ("Retrieve predictions") in the
+        #: background, so their first click finds the embedding (whole-image models)
+        self.warmer = Warmer(self)
 
     @property
     def segmenter(self) -> Segmenter:
@@ -359,6 +362,8 @@ class PASamBackend:
         )
         if not interactive and self.sync is not None and project.isdigit():
             self.sync.predicted(int(project))
+        if not interactive and self.segmenter.zoom is None:
+            self.warmer.add([t for t in tasks if not self._has_prompts(t, config)], config, token)
         ids = [t["id"] for t in tasks if isinstance(t.get("id"), int)]
         if self.prefetcher is not None and project.isdigit() and ids:
             # the tasks after these ones, embedded in the background (never waited for)
@@ -514,6 +519,7 @@ class PASamBackend:
         """Server shutdown: stop prefetching, a running fine-tuning and the sync."""
         if self.prefetcher is not None:
             self.prefetcher.stop(timeout=10)
+        self.warmer.stop(timeout=10)
         stop = getattr(self.trainer, "stop", None)
         if callable(stop):
             stop(timeout=10)
@@ -552,6 +558,7 @@ class PASamBackend:
             "training": self.training_status(),
             "label_studio_sync": self.sync.status() if self.sync is not None else None,
             "prefetch": self.prefetcher.status() if self.prefetcher is not None else None,
+            "warm": self.warmer.status(),
         }
 
     def count_error(self) -> None:
@@ -561,6 +568,13 @@ class PASamBackend:
     def _count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:
             self.counters[key] = self.counters.get(key, 0) + n
+
+    @staticmethod
+    def _has_prompts(task: dict, config: ParsedConfig) -> bool:
+        """Whether a task's annotations hold boxes or keypoints of the config's prompts."""
+        return any(
+            isinstance(r, dict) and r.get("from_name") in config.prompts for r in regions_of(task)
+        )
 
     def _predict_task(
         self, task: dict, config: ParsedConfig, regions: list | None, token: str | None
@@ -572,9 +586,7 @@ class PASamBackend:
                 f"task {task_id}: missing data[{config.image_key!r}] (the <Image name="
                 f'{config.image_name!r} value="${config.image_key}"> of the labeling config)'
             )
-        if regions is None and not any(
-            isinstance(r, dict) and r.get("from_name") in config.prompts for r in regions_of(task)
-        ):
+        if regions is None and not self._has_prompts(task, config):
             # batch task without boxes or keypoints: every object, no prompts (issue 17);
             # nothing found (or automatic pre-annotation off, or already annotated): no
             # prediction (an empty one would be stored under this model version and make

@@ -207,3 +207,99 @@ class Prefetcher:
         with self._cond:
             self.counters["failures"] += 1
             self.last_error = message
+
+
+#: tasks of "Retrieve predictions" waiting to be embedded at most (the oldest are dropped)
+WARM_QUEUE = 256
+
+
+class Warmer:
+    """Embeds the images of tasks that came without prompts ("Retrieve predictions" on tasks
+    with no boxes or keypoints) in a background thread, as ``/predict`` will ask for them
+    (:meth:`~label_studio_backend.model.PASamBackend.embed_task`): the first click on such a
+    task then finds its embedding (every tile of a large image) cached. This is how Label
+    Studio users warm the cache without a shell; ``pasam embed-project`` does a whole project.
+
+    - Requests never wait: :meth:`add` only queues (at most ``queue_size`` tasks, the oldest
+      dropped and counted beyond); before each encoder run the thread waits until no
+      ``/predict`` is being answered; the model lock keeps one encoder at a time.
+    - A task whose image cannot be loaded is logged and counted, never an HTTP error.
+    """
+
+    def __init__(self, backend: Any, *, queue_size: int = WARM_QUEUE) -> None:
+        self.backend = backend
+        self.queue_size = max(1, int(queue_size))
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[dict, ParsedConfig, str | None]] = deque()
+        self._busy = False
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self.counters = {"tasks": 0, "dropped": 0, "embedded": 0, "cached": 0, "failures": 0}
+        self.last_error: str | None = None
+
+    def add(self, tasks: list[dict], config: ParsedConfig, token: str | None) -> None:
+        """Queue ``tasks`` (returns at once)."""
+        with self._cond:
+            if self._stopped or not tasks:
+                return
+            for task in tasks:
+                self._queue.append((task, config, token))
+            while len(self._queue) > self.queue_size:
+                self._queue.popleft()
+                self.counters["dropped"] += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="pasam-warm", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def wait(self, timeout: float = 30.0) -> bool:
+        """Wait until nothing is queued or running (tests); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Drop what is queued and stop after the encoder run in progress (shutdown)."""
+        with self._cond:
+            self._stopped = True
+            self._queue.clear()
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def status(self) -> dict:
+        """For ``GET /metrics``."""
+        with self._cond:
+            return {"queued": len(self._queue), **self.counters, "last_error": self.last_error}
+
+    def _proceed(self) -> bool:
+        while not self.backend.wait_idle(timeout=0.1):
+            if self._stopped:
+                return False
+        return not self._stopped
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                task, config, token = self._queue.popleft()
+                self._busy = True
+            try:
+                ran, cached = self.backend.embed_task(task, config, token, proceed=self._proceed)
+                with self._cond:
+                    self.counters["tasks"] += 1
+                    self.counters["embedded"] += ran
+                    self.counters["cached"] += cached
+            except Exception as e:  # an image that cannot be loaded: the next task
+                message = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+                logger.warning("warming the cache: task %s: %s", task.get("id"), message)
+                with self._cond:
+                    self.counters["failures"] += 1
+                    self.last_error = f"task {task.get('id')}: {message}"
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()

@@ -178,6 +178,36 @@ def test_prefetch_is_off_by_default(ckpt, fake, monkeypatch):
         Settings.from_env().validate()
 
 
+def test_retrieve_predictions_on_unprompted_tasks_warms_the_cache(ckpt, fake, monkeypatch):
+    """'Retrieve predictions' on tasks without boxes or keypoints (automatic pre-annotation
+    off) answers at once with no prediction and embeds their images in the background, every
+    tile of a large one; the first click there then runs no encoder. A refused image is
+    counted, never an HTTP error; tasks with prompts are not queued."""
+    monkeypatch.setenv("PASAM_AUTO", "0")
+    backend = PASamBackend.from_settings(_settings(ckpt, fake))
+    client = TestClient(create_app(backend))
+    tasks = [{"id": t, "data": {"image": f"/data/upload/1/{IMAGES[t][0]}"}} for t in (12, 14)]
+    tasks.append({"id": REFUSED, "data": {"image": "http://elsewhere.example/x.png"}})
+    prompted, box = _box_task(11, fake)
+    prompted = {**prompted, "annotations": [{"id": 1, "result": box}]}
+    r = client.post("/predict", json=predict_body([*tasks, prompted], project="7.17"))
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert results[:3] == [[], [], []] and results[3]["result"]  # nothing stored for them
+    assert backend.warmer.wait(60)
+    warm = client.get("/metrics").json()["warm"]
+    assert (warm["tasks"], warm["embedded"], warm["failures"]) == (2, 16 + 1, 1)
+    assert "refusing to fetch" in warm["last_error"]
+    for tid in (12, 14):
+        task, prompt = _box_task(tid, fake)
+        runs = backend.predictor.encoder_runs
+        r = client.post("/predict", json=predict_body([task], context=prompt, project="7.17"))
+        assert r.status_code == 200 and r.json()["results"][0]["result"]
+        assert backend.predictor.encoder_runs == runs, tid
+    backend.close()
+    assert not backend.warmer._thread.is_alive()
+
+
 class _SlowBackend:
     """embed_task blocks until released; records what it embedded."""
 
