@@ -14,8 +14,9 @@ settings the masks are the same (``tests/test_automatic.py``). What differs is t
 - with the adapter, a point gives one mask (the decoder picks among its 3 itself) through
   the adapter's faster decoder path, and its uncertainty map gives each object a boundary
   uncertainty (:func:`pasam_plugins.segment.summarize`'s definition);
-- the image embedding of every window comes from the predictor's cache, so a second run
-  (other thresholds, another front end) never re-runs the encoder.
+- the image embedding of every window comes from the predictor's cache (bounded LRU, and
+  the disk store when there is one), so a second run (other thresholds, another front end)
+  does not re-run the encoder while the embeddings are held.
 
 Windows: whole-image models (SAM's 1024-px input) see the whole image plus, with
 ``crop_n_layers``, SAM's crop layers. Zoomed models (``model.origin.zoom``, this
