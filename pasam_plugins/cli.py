@@ -315,7 +315,7 @@ def download(
             typer.echo(f"{entry.name}: {state} (sha256 {result.sha256})", err=True)
         else:
             typer.echo(
-                f"warning: {entry.name}: no published sha256, so the file was NOT verified",
+                f"warning: {entry.name}: no published checksum, so the file was NOT verified",
                 err=True,
             )
         typer.echo(str(result.path))

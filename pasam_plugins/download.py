@@ -45,7 +45,8 @@ class DownloadResult:
 
     Attributes:
       path: the file in the cache.
-      verified: True when its SHA-256 matched the registry's published digest.
+      verified: True when its SHA-256 matched the registry's published digest (or its MD5,
+        for entries with only a published MD5).
       reused: True when the file was already cached (nothing downloaded).
       sha256: the file's digest when it was computed or recorded, else None.
     """
@@ -74,23 +75,37 @@ def _marker(path: Path) -> Path:
     return path.with_name(path.name + MARKER_SUFFIX)
 
 
-def _write_marker(path: Path, digest: str) -> None:
+def _write_marker(path: Path, digest: str, md5: str | None = None) -> None:
     st = path.stat()
     data = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if md5 is not None:
+        data["md5"] = md5
     _marker(path).write_text(json.dumps(data), encoding="utf-8")
 
 
-def _marker_digest(path: Path) -> str | None:
-    """The recorded digest if the marker still describes the file (same size and mtime)."""
+def _marker_data(path: Path) -> dict:
+    """The recorded digests if the marker still describes the file (same size and mtime)."""
     try:
         data = json.loads(_marker(path).read_text(encoding="utf-8"))
         st = path.stat()
     except (OSError, ValueError):
-        return None
+        return {}
     if data.get("size") == st.st_size and data.get("mtime_ns") == st.st_mtime_ns:
-        digest = data.get("sha256")
-        return digest if isinstance(digest, str) else None
-    return None
+        return {k: v for k, v in data.items() if k in ("sha256", "md5") and isinstance(v, str)}
+    return {}
+
+
+def _marker_digest(path: Path) -> str | None:
+    """The recorded SHA-256 if the marker still describes the file."""
+    return _marker_data(path).get("sha256")
+
+
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _reason(exc: BaseException) -> str:
@@ -104,11 +119,24 @@ def _check_existing(path: Path, entry: RegistryEntry) -> DownloadResult | None:
     """Reuse ``path`` if it is good; delete it (and its marker) if it is known bad."""
     if not path.is_file():
         return None
-    if entry.sha256 is None:
+    if not entry.verifiable:
         if entry.size_bytes is not None and path.stat().st_size != entry.size_bytes:
             path.unlink()
             return None
         return DownloadResult(path=path, verified=False, reused=True, sha256=None)
+    if entry.sha256 is None:  # only an MD5 is published
+        recorded = _marker_data(path)
+        if recorded.get("md5") == entry.md5 and "sha256" in recorded:
+            return DownloadResult(
+                path=path, verified=True, reused=True, sha256=recorded["sha256"]
+            )
+        if _md5_file(path) == entry.md5:
+            digest = sha256_file(path)
+            _write_marker(path, digest, entry.md5)
+            return DownloadResult(path=path, verified=True, reused=True, sha256=digest)
+        path.unlink()
+        _marker(path).unlink(missing_ok=True)
+        return None
     digest = _marker_digest(path)
     if digest is None:
         digest = sha256_file(path)
@@ -207,6 +235,7 @@ def fetch(
         fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{entry.filename}.", suffix=".part")
         tmp = Path(tmp_name)
         h = hashlib.sha256()
+        h_md5 = hashlib.md5(usedforsecurity=False) if entry.sha256 is None and entry.md5 else None
         received = 0
         try:
             from tqdm.auto import tqdm
@@ -235,6 +264,8 @@ def fetch(
                         break
                     out.write(chunk)
                     h.update(chunk)
+                    if h_md5 is not None:
+                        h_md5.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
                 out.flush()
@@ -250,15 +281,19 @@ def fetch(
                     f"checksum mismatch for {entry.filename} from {entry.url}: expected sha256 "
                     f"{entry.sha256}, got {digest}; the file was deleted"
                 )
+            md5 = h_md5.hexdigest() if h_md5 is not None else None
+            if h_md5 is not None and md5 != entry.md5:
+                raise DownloadError(
+                    f"checksum mismatch for {entry.filename} from {entry.url}: expected md5 "
+                    f"{entry.md5}, got {md5}; the file was deleted"
+                )
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    if entry.sha256 is not None:
-        _write_marker(target, digest)
-    return DownloadResult(
-        path=target, verified=entry.sha256 is not None, reused=False, sha256=digest
-    )
+    if entry.verifiable:
+        _write_marker(target, digest, md5)
+    return DownloadResult(path=target, verified=entry.verifiable, reused=False, sha256=digest)
 
 
 def local_checkpoint(

@@ -24,6 +24,7 @@ CARDS_DIR = model_data_dir() / "cards"
 SCHEMA_VERSION = 1
 KINDS = ("sam", "pasam-decoder", "pasam", "hq-sam")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 class RegistryError(ValueError):
@@ -42,7 +43,10 @@ class RegistryEntry:
       variant: SAM image-encoder variant (``vit_b``/``vit_l``/``vit_h``).
       url: where the file is published.
       filename: name of the file in the cache directory.
-      sha256: published SHA-256 (lower-case hex), or None when no value is known; then a
+      sha256: published SHA-256 (lower-case hex), or None when no value is known.
+      md5: published MD5 (lower-case hex), used only where no SHA-256 is known (HQ-SAM's
+        files: their MD5 is published identically by several independent projects). It
+        catches damaged and wrong files, not a deliberately forged one. Without either, a
         download is never reported as verified.
       size_bytes: published size, or None.
       direct_download: False when the URL is a web page (e.g. a cloud-drive share) that
@@ -57,6 +61,7 @@ class RegistryEntry:
     url: str
     filename: str
     sha256: str | None = None
+    md5: str | None = None
     size_bytes: int | None = None
     direct_download: bool = True
     title: str = ""
@@ -78,7 +83,7 @@ class RegistryEntry:
     @property
     def verifiable(self) -> bool:
         """Whether a download of this entry can be checked against a published digest."""
-        return self.sha256 is not None
+        return self.sha256 is not None or self.md5 is not None
 
     def card_text(self) -> str | None:
         """The model card (Markdown), or None when the entry has none."""
@@ -108,6 +113,13 @@ def _entry_from_json(name: str, raw: Any, *, source: str) -> RegistryEntry:
                 f"{source}: entry {name!r} sha256 must be 64 hex digits or null, got {sha!r}"
             )
         sha = sha.lower()
+    md5 = raw.get("md5")
+    if md5 is not None:
+        if not isinstance(md5, str) or not _MD5_RE.match(md5.lower()):
+            raise RegistryError(
+                f"{source}: entry {name!r} md5 must be 32 hex digits or null, got {md5!r}"
+            )
+        md5 = md5.lower()
     size = raw.get("size_bytes")
     if size is not None and (not isinstance(size, int) or size <= 0):
         raise RegistryError(f"{source}: entry {name!r} size_bytes must be a positive integer")
@@ -122,7 +134,7 @@ def _entry_from_json(name: str, raw: Any, *, source: str) -> RegistryEntry:
             f"{source}: entry {name!r} bundled must be a path inside the model folder"
         )
     known = {k: v for k, v in raw.items() if k in _FIELDS}
-    known.update(sha256=sha, size_bytes=size, filename=filename)
+    known.update(sha256=sha, md5=md5, size_bytes=size, filename=filename)
     known["direct_download"] = bool(raw.get("direct_download", True)) and bundled is None
     extra = {k: v for k, v in raw.items() if k not in _FIELDS}
     return RegistryEntry(name=name, extra=extra, **known)

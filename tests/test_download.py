@@ -267,3 +267,37 @@ def test_local_checkpoint_of_a_bundled_entry_is_the_shipped_file(tmp_path, monke
     assert not (tmp_path / "cache").exists() and not (tmp_path / "other").exists()
     with pytest.raises(DownloadError, match="does not match the registry's sha256"):
         local_checkpoint(dataclasses.replace(entry, sha256="f" * 64), tmp_path)
+
+
+PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
+
+
+def test_an_entry_with_only_a_published_md5_is_verified_by_it(tmp_path, server):
+    """HQ-SAM's files have a published MD5 and no SHA-256: a download is checked against
+    it (and reported verified), reused later without network, replaced when damaged, and
+    deleted with a one-line error when it does not match."""
+    cache = tmp_path / "cache"
+    entry = entry_for(tmp_path, f"{server}/ckpt.pth", sha256=None, md5=PAYLOAD_MD5.upper())
+    assert entry.md5 == PAYLOAD_MD5 and entry.verifiable
+    res = fetch(entry, cache, progress=False)
+    assert res.verified and not res.reused and res.sha256 == PAYLOAD_SHA
+    assert leftovers(cache) == ["test_ckpt.pth", "test_ckpt.pth.verified"]
+    again = fetch(entry, cache, progress=False)
+    assert again.verified and again.reused and _Handler.requests == ["/ckpt.pth"]
+    # a damaged cached copy (same size, other bytes): found by its MD5, downloaded again
+    damaged = bytearray(PAYLOAD)
+    damaged[10] ^= 0xFF
+    (cache / "test_ckpt.pth").write_bytes(bytes(damaged))
+    res = fetch(entry, cache, progress=False)
+    assert not res.reused and res.verified and res.path.read_bytes() == PAYLOAD
+    wrong = entry_for(tmp_path, f"{server}/ckpt.pth", sha256=None, md5="0" * 32)
+    with pytest.raises(DownloadError) as info:
+        fetch(wrong, tmp_path / "other", progress=False)
+    msg = str(info.value)
+    assert "checksum mismatch" in msg and "md5" in msg and PAYLOAD_MD5 in msg and "\n" not in msg
+    assert leftovers(tmp_path / "other") == []
+
+
+def test_registry_rejects_a_malformed_md5(tmp_path):
+    with pytest.raises(RegistryError, match="md5 must be 32 hex digits"):
+        entry_for(tmp_path, "http://127.0.0.1/x.pth", sha256=None, md5="abc")
