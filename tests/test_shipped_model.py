@@ -66,3 +66,17 @@ def test_shipped_model_segments_held_out_objects_from_one_box(shipped, shared_da
     random = build_pasam("vit_s256", guide_mode="image").eval()
     random.origin = random.origin.derived(metadata={"zoom": ZoomSettings().to_metadata()})
     assert _median_box_iou(random, samples, np.random.default_rng(0)) < 0.75
+
+
+def test_shipped_hq_sam_of_the_three_way_comparison_segments_held_out_cells(shared_data):
+    """pasam_micro_hq (HQ-SAM's parts trained on the shipped base, the model card's HQ-SAM
+    row) is registered, pinned, loads as HQ-SAM on its base and segments held-out EM cells."""
+    from pasam_plugins.download import local_checkpoint, sha256_file
+
+    entry = get_entry("pasam_micro_hq")
+    path = local_checkpoint(entry)
+    assert entry.bundled and sha256_file(path) == entry.sha256
+    hq = load_model(path)
+    assert hq.origin.family == "hq-sam" and hq.origin.zoom is not None
+    samples = _held_out(shared_data, "components:{data}/isbi2012-em@20-29")
+    assert _median_box_iou(hq, samples, np.random.default_rng(0)) >= 0.75
