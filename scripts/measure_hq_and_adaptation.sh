@@ -8,7 +8,9 @@
 #           frozen stage-1 SAM with the data, schedule, step budget and seed of the PA-SAM
 #           adapter (stage 2 of scripts/train_real_weights.sh): 1512 steps of 8 crops.
 # threeway: SAM / PA-SAM / HQ-SAM on the held-out splits (EM 20-29, nuclei 4 mod 5) from one
-#           `pasam eval` run per prompt (1 box; 1 point), mIoU and boundary mIoU.
+#           `pasam eval` run per prompt (1 box; 1 point), mIoU and boundary mIoU; HQ=FILE
+#           evaluates another HQ file, e.g. the shipped model/weights/pasam_micro_hq.safetensors
+#           (runs/hq/hq.safetensors packed as float16).
 # adapt:    benchmarks/task_adaptation.py: base / +PLM / +PLM+PMM / +adapter / +both with 10,
 #           25 and all training images, 1 point and 1 box, wall time; resumable (finished rows
 #           are kept in runs/task-adaptation.rows.jsonl and not run again).
@@ -34,9 +36,9 @@ hq() {
 
 threeway() {
     "$PASAM" eval "${TEST[@]}" -c $W/pasam_micro.safetensors --baseline $W/pasam_micro_sam.safetensors \
-        --compare runs/hq/hq.safetensors --max-objects 15 --csv runs/threeway-box.csv
+        --compare "${HQ:-runs/hq/hq.safetensors}" --max-objects 15 --csv runs/threeway-box.csv
     "$PASAM" eval "${TEST[@]}" -c $W/pasam_micro.safetensors --baseline $W/pasam_micro_sam.safetensors \
-        --compare runs/hq/hq.safetensors --max-objects 15 --points 1 --no-box --csv runs/threeway-point.csv
+        --compare "${HQ:-runs/hq/hq.safetensors}" --max-objects 15 --points 1 --no-box --csv runs/threeway-point.csv
 }
 
 adapt() {
