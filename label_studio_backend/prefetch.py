@@ -43,59 +43,20 @@ class _Request:
     token: str | None
 
 
-class Prefetcher:
-    """Embeds the next ``count`` tasks of a project in a background thread.
+class _QueueThread:
+    """A deque of work items handled one at a time by a daemon thread started on demand:
+    what :class:`Prefetcher` and :class:`Warmer` share (waiting, stopping, failures)."""
 
-    Arguments:
-      backend: the :class:`~label_studio_backend.model.PASamBackend` (``embed_task``,
-        ``wait_idle``).
-      client: Label Studio's API (lists the next tasks).
-      count: tasks embedded after each prediction.
-      queue_size: prefetch requests waiting at most.
-    """
+    thread_name = "pasam-background"
 
-    def __init__(
-        self, backend: Any, client: LabelStudioClient, *, count: int, queue_size: int = QUEUE_SIZE
-    ) -> None:
-        self.backend = backend
-        self.client = client
-        self.count = int(count)
-        self.queue_size = max(1, int(queue_size))
+    def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._queue: deque[_Request] = deque()
-        self._current: _Request | None = None
+        self._queue: deque = deque()
+        self._current: Any = None
         self._stopped = False
         self._thread: threading.Thread | None = None
-        self.counters = {
-            "requests": 0,
-            "dropped": 0,
-            "tasks": 0,
-            "embedded": 0,
-            "cached": 0,
-            "failures": 0,
-        }
+        self.counters: dict[str, int] = {}
         self.last_error: str | None = None
-
-    # ------------------------------------------------------------------ public
-    def after(self, project: int, task_id: int, config: ParsedConfig, token: str | None) -> None:
-        """Queue the tasks after ``task_id`` of ``project`` (returns at once)."""
-        with self._cond:
-            if self._stopped:
-                return
-            self.counters["requests"] += 1
-            kept = [r for r in self._queue if r.project != project]
-            self.counters["dropped"] += len(self._queue) - len(kept)
-            self._queue = deque(kept)
-            self._queue.append(_Request(project, int(task_id), config, token))
-            while len(self._queue) > self.queue_size:
-                self._queue.popleft()
-                self.counters["dropped"] += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="pasam-prefetch", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify_all()
 
     @property
     def queued(self) -> int:
@@ -119,6 +80,87 @@ class Prefetcher:
         if thread is not None:
             thread.join(timeout)
 
+    def _wake(self) -> None:
+        """With the lock held, after queueing: start the thread if needed, notify it."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+            self._thread.start()
+        self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                item = self._current = self._queue.popleft()
+            try:
+                self._handle(item)
+            except Exception as e:  # never let the thread die on an unexpected error
+                logger.exception("%s: %r failed", self.thread_name, item)
+                self._fail(f"{type(e).__name__}: {e}")
+            finally:
+                with self._cond:
+                    self._current = None
+                    self._cond.notify_all()
+
+    def _handle(self, item: Any) -> None:
+        raise NotImplementedError
+
+    def _fail(self, message: str) -> None:
+        logger.warning("%s: %s", self.thread_name, message)
+        with self._cond:
+            self.counters["failures"] = self.counters.get("failures", 0) + 1
+            self.last_error = message
+
+
+class Prefetcher(_QueueThread):
+    """Embeds the next ``count`` tasks of a project in a background thread.
+
+    Arguments:
+      backend: the :class:`~label_studio_backend.model.PASamBackend` (``embed_task``,
+        ``wait_idle``).
+      client: Label Studio's API (lists the next tasks).
+      count: tasks embedded after each prediction.
+      queue_size: prefetch requests waiting at most.
+    """
+
+    def __init__(
+        self, backend: Any, client: LabelStudioClient, *, count: int, queue_size: int = QUEUE_SIZE
+    ) -> None:
+        super().__init__()
+        self.backend = backend
+        self.client = client
+        self.count = int(count)
+        self.queue_size = max(1, int(queue_size))
+        self.counters = {
+            "requests": 0,
+            "dropped": 0,
+            "tasks": 0,
+            "embedded": 0,
+            "cached": 0,
+            "failures": 0,
+        }
+
+    thread_name = "pasam-prefetch"
+
+    # ------------------------------------------------------------------ public
+    def after(self, project: int, task_id: int, config: ParsedConfig, token: str | None) -> None:
+        """Queue the tasks after ``task_id`` of ``project`` (returns at once)."""
+        with self._cond:
+            if self._stopped:
+                return
+            self.counters["requests"] += 1
+            kept = [r for r in self._queue if r.project != project]
+            self.counters["dropped"] += len(self._queue) - len(kept)
+            self._queue = deque(kept)
+            self._queue.append(_Request(project, int(task_id), config, token))
+            while len(self._queue) > self.queue_size:
+                self._queue.popleft()
+                self.counters["dropped"] += 1
+            self._wake()
+
     def status(self) -> dict:
         """For ``GET /metrics``."""
         with self._cond:
@@ -131,25 +173,7 @@ class Prefetcher:
             }
 
     # ------------------------------------------------------------------ thread
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopped:
-                    self._cond.wait()
-                if self._stopped:
-                    return
-                request = self._current = self._queue.popleft()
-            try:
-                self._prefetch(request)
-            except Exception as e:  # never let the thread die on an unexpected error
-                logger.exception("prefetch for project %d failed", request.project)
-                self._fail(f"project {request.project}: {type(e).__name__}: {e}")
-            finally:
-                with self._cond:
-                    self._current = None
-                    self._cond.notify_all()
-
-    def _prefetch(self, request: _Request) -> None:
+    def _handle(self, request: _Request) -> None:
         t0 = time.perf_counter()
         try:
             tasks = list(
@@ -202,18 +226,12 @@ class Prefetcher:
                 return False
         return not self._cancelled(request)
 
-    def _fail(self, message: str) -> None:
-        logger.warning("prefetch: %s", message)
-        with self._cond:
-            self.counters["failures"] += 1
-            self.last_error = message
-
 
 #: tasks of "Retrieve predictions" waiting to be embedded at most (the oldest are dropped)
 WARM_QUEUE = 256
 
 
-class Warmer:
+class Warmer(_QueueThread):
     """Embeds the images of tasks that came without prompts ("Retrieve predictions" on tasks
     with no boxes or keypoints) in a background thread, as ``/predict`` will ask for them
     (:meth:`~label_studio_backend.model.PASamBackend.embed_task`): the first click on such a
@@ -226,16 +244,13 @@ class Warmer:
     - A task whose image cannot be loaded is logged and counted, never an HTTP error.
     """
 
+    thread_name = "pasam-warm"
+
     def __init__(self, backend: Any, *, queue_size: int = WARM_QUEUE) -> None:
+        super().__init__()
         self.backend = backend
         self.queue_size = max(1, int(queue_size))
-        self._cond = threading.Condition()
-        self._queue: deque[tuple[dict, ParsedConfig, str | None]] = deque()
-        self._busy = False
-        self._stopped = False
-        self._thread: threading.Thread | None = None
         self.counters = {"tasks": 0, "dropped": 0, "embedded": 0, "cached": 0, "failures": 0}
-        self.last_error: str | None = None
 
     def add(self, tasks: list[dict], config: ParsedConfig, token: str | None) -> None:
         """Queue ``tasks`` (returns at once)."""
@@ -247,25 +262,7 @@ class Warmer:
             while len(self._queue) > self.queue_size:
                 self._queue.popleft()
                 self.counters["dropped"] += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="pasam-warm", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-
-    def wait(self, timeout: float = 30.0) -> bool:
-        """Wait until nothing is queued or running (tests); False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Drop what is queued and stop after the encoder run in progress (shutdown)."""
-        with self._cond:
-            self._stopped = True
-            self._queue.clear()
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+            self._wake()
 
     def status(self) -> dict:
         """For ``GET /metrics``."""
@@ -278,28 +275,15 @@ class Warmer:
                 return False
         return not self._stopped
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopped:
-                    self._cond.wait()
-                if self._stopped:
-                    return
-                task, config, token = self._queue.popleft()
-                self._busy = True
-            try:
-                ran, cached = self.backend.embed_task(task, config, token, proceed=self._proceed)
-                with self._cond:
-                    self.counters["tasks"] += 1
-                    self.counters["embedded"] += ran
-                    self.counters["cached"] += cached
-            except Exception as e:  # an image that cannot be loaded: the next task
-                message = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
-                logger.warning("warming the cache: task %s: %s", task.get("id"), message)
-                with self._cond:
-                    self.counters["failures"] += 1
-                    self.last_error = f"task {task.get('id')}: {message}"
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+    def _handle(self, item: tuple[dict, ParsedConfig, str | None]) -> None:
+        task, config, token = item
+        try:
+            ran, cached = self.backend.embed_task(task, config, token, proceed=self._proceed)
+        except Exception as e:  # an image that cannot be loaded: the next task
+            message = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+            self._fail(f"task {task.get('id')}: {message}")
+            return
+        with self._cond:
+            self.counters["tasks"] += 1
+            self.counters["embedded"] += ran
+            self.counters["cached"] += cached
