@@ -169,6 +169,9 @@ class PrefetchMixin:
         held = self.slot.image_key
         if held is None or held[0] != lay.image_id(self.image_layer):
             return  # nothing of this image was embedded yet: wait for the first click
+        if self.prefetching:  # a stopped run still finishes its item: plan after it
+            self._prefetch_timer.start()
+            return
         slot = self.slot
         try:
             planned = self.prefetch_items()

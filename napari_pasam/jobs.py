@@ -125,12 +125,38 @@ def _random_model(spec: str, guide_mode: str | None):
 @dataclass
 class ModelSlot:
     """The loaded model: a :class:`~pasam_plugins.segment.Segmenter`, the key of the plane
-    it holds and the lock every job takes to use it."""
+    it holds and the lock every job takes to use it; and, for prefetching, a second
+    segmenter on the same model (:meth:`background`)."""
 
     segmenter: Any
     info: ModelInfo
     image_key: tuple | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _background: Any = None
+    #: the plane the background segmenter holds, and the lock of its users (prefetching)
+    background_key: tuple | None = None
+    background_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def background(self):
+        """A second segmenter on the same model, embedding cache and settings (no compile of
+        its own): prefetching embeds with it without the slot's lock, so a click never waits
+        for a prefetched encoder run (the two only share the processor). Made on first use."""
+        if self._background is None:
+            from pasam_plugins.predictor import PASamPredictor
+            from pasam_plugins.segment import Segmenter
+
+            seg = self.segmenter
+            p = seg.predictor
+            twin = PASamPredictor(p.model, **{**p.settings(), "compile_encoder": False})
+            self._background = Segmenter(
+                twin,
+                zoom=seg.zoom,
+                view=seg.view,
+                tile=seg.tile,
+                halo=seg.halo,
+                tile_above=seg.tile_above,
+            )
+        return self._background
 
     @property
     def predictor(self):

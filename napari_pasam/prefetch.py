@@ -3,11 +3,12 @@ what the user is likely to click next in a background worker, so that the encode
 run at the click: the neighbouring slices of a stack (z-1, z+1, z-2, ... up to a depth),
 and for an image the core tiles, the tiles in view nearest its centre (bounded).
 
-The embeddings go to the predictor's embedding cache (as a click's would), so a later
-click, slice change or propagation finds them there. The job takes the model slot's lock
-for one item at a time and checks its stop event before each: a click's prediction (any
-task of the dock) sets it and waits at most for the item in progress. Zoomed models are
-not prefetched: they embed a window around each prompt, which cannot be known before.
+The embeddings go to the shared embedding cache (as a click's would), so a later click,
+slice change or propagation finds them there. The job embeds with the slot's background
+segmenter (:meth:`~napari_pasam.jobs.ModelSlot.background`: the same model and cache, its
+own state), never with the slot's lock, so a click's prediction does not wait for it; any
+task of the dock sets its stop event, checked before each item. Zoomed models are not
+prefetched: they embed a window around each prompt, which cannot be known before.
 """
 
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .jobs import ModelSlot, PlaneRef, hold_plane, message_of
+from .jobs import ModelSlot, PlaneRef, message_of
 
 #: slices on each side of the current one that are prefetched
 PREFETCH_DEPTH = 2
@@ -90,20 +91,24 @@ def tiles_around(grid, view: tuple[float, float, float, float], limit: int) -> l
 
 
 def prefetch_job(slot: ModelSlot, run: PrefetchRun) -> Iterator[PrefetchItem]:
-    """Generator for a thread worker: embed ``run.items`` into the cache, one per lock
-    hold, stopping before the next item once ``run.stop`` is set. Yields each item done."""
+    """Generator for a thread worker: embed ``run.items`` into the cache with the slot's
+    background segmenter, stopping before the next item once ``run.stop`` is set. Yields
+    each item done."""
     try:
+        seg = slot.background()
         for item in run.items:
             if run.stop.is_set():
                 return
-            with slot.lock:
-                if run.stop.is_set():
-                    return
-                runs = slot.predictor.encoder_runs
-                hold_plane(slot, item.plane)
+            with slot.background_lock:
+                runs = seg.predictor.encoder_runs
+                if slot.background_key != item.plane.key:
+                    slot.background_key = None
+                    image, sample = item.plane.for_segmenter(seg)
+                    seg.set_image(image, sample=sample)
+                    slot.background_key = item.plane.key
                 if item.window is not None:
-                    slot.segmenter.embed_window(item.window)
-                encoded = slot.predictor.encoder_runs > runs
+                    seg.embed_window(item.window)
+                encoded = seg.predictor.encoder_runs > runs
             run.done += 1
             run.encoded += int(encoded)
             yield item
