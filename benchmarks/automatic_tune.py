@@ -19,6 +19,7 @@ mask NMS), so the sweep costs one pass of the model:
 
 import argparse
 import itertools
+import pickle
 import sys
 import time
 from dataclasses import replace
@@ -58,6 +59,12 @@ def main() -> None:
     ap.add_argument("--scales", default="16,32,64,128,256", help="grid box sides")
     ap.add_argument("--agreement", default="0,0.5,0.7")
     ap.add_argument("--nms", default="0.7", help="mask NMS thresholds")
+    ap.add_argument(
+        "--uncertainty", default="none", help="max boundary uncertainty values ('none': off)"
+    )
+    ap.add_argument(
+        "--store", type=Path, default=None, help="pickle of the masks: written once, then read"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint)
@@ -97,6 +104,10 @@ def tune_boxes(args, predictor, val) -> None:
     )
     seg = AutomaticSegmenter(predictor, zero)
     stored = []  # (data set, masks, image size, labels)
+    if args.store is not None and args.store.exists():
+        with args.store.open("rb") as f:
+            stored = pickle.load(f)
+        val = []
     for ds in val:
         for sample in ds.samples:
             image, labels = sample.load()
@@ -106,17 +117,21 @@ def tune_boxes(args, predictor, val) -> None:
                 f"{sample.name}: {len(cands)} masks, {time.perf_counter() - t0:.1f} s", flush=True
             )
             stored.append((ds.name, cands, size, labels))
+    if args.store is not None and not args.store.exists():
+        with args.store.open("wb") as f:
+            pickle.dump(stored, f)
     floats = [[float(v) for v in a.split(",")] for a in (args.iou, args.stability, args.agreement)]
+    uncs = [None if v == "none" else float(v) for v in args.uncertainty.split(",")]
+    nmss = [float(v) for v in args.nms.split(",")]
     rows = []
-    for iou, stab, agree, nms in itertools.product(
-        *floats, [float(v) for v in args.nms.split(",")]
-    ):
+    for iou, stab, agree, nms, unc in itertools.product(*floats, nmss, uncs):
         s = replace(
             zero,
             pred_iou_thresh=iou,
             stability_score_thresh=stab,
             min_box_agreement=agree,
             box_nms_thresh=nms,
+            max_boundary_uncertainty=unc,
         )
         per: dict[str, list[float]] = {}
         for name, cands, size, labels in stored:
@@ -124,9 +139,10 @@ def tune_boxes(args, predictor, val) -> None:
             (m50,) = match(labels, result.label_image(), (0.5,))
             per.setdefault(name, []).append(m50.ap)
         aps = {k: round(float(np.mean(v)), 3) for k, v in per.items()}
-        rows.append((float(np.mean(list(aps.values()))), iou, stab, agree, nms, aps))
+        rows.append((float(np.mean(list(aps.values()))), iou, stab, agree, nms, unc, aps))
         print(
-            f"iou {iou:.2f} stability {stab:.2f} agreement {agree:.2f} nms {nms:.2f}: "
+            f"iou {iou:.2f} stability {stab:.2f} agreement {agree:.2f} nms {nms:.2f} "
+            f"uncertainty {unc}: "
             f"AP50 {aps} mean {rows[-1][0]:.3f}",
             flush=True,
         )
