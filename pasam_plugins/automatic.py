@@ -218,7 +218,7 @@ class AutomaticSettings:
 #: :meth:`AutomaticSettings.for_zoom`'s values, chosen by mean AP50 over the two
 #: VALIDATION parts (EM sections 16-19, nuclei files 3 mod 5) with the shipped pasam_micro
 #: (``benchmarks/automatic_tune.py model/weights/pasam_micro.safetensors --boxes
-#: --box-source regions ...``, 2025-12-01): region (MSER) boxes, predicted IoU > 0.6,
+#: --box-source regions ...``, 2026-12-01): region (MSER) boxes, predicted IoU > 0.6,
 #: stability >= 0.85, box agreement >= 0.8, mask NMS at 0.4: AP50 0.285 EM / 0.409 nuclei
 #: on validation. Grid boxes were measured worse (see the README's "Segment everything").
 #: The uncertainty filter stays off: on validation every threshold tried lowered AP50.
@@ -792,7 +792,8 @@ class AutomaticSegmenter:
         """Number of progress steps (decoder batches plus one embedding per window)."""
         s = self.settings
         if self.prompt_mode == "boxes":
-            if s.box_source == "regions":  # known with the image only: a rough estimate
+            if s.box_source == "regions":
+                # known with the image only: an estimate (steps() yields the exact total)
                 return 2 * max(1, height * width // 400)
             return 2 * len(self.proposals(height, width))  # one decoder call per window
         boxes, layers = self.windows(height, width)

@@ -245,6 +245,8 @@ def segment_all_command(
             )
 
             def tick(done: int, total: int, bar=bar) -> None:
+                if bar.total != total:  # region proposals: known once the image is read
+                    bar.total = total
                 bar.update(done - bar.n)
 
             result = segmenter.generate(rgb, progress=tick)
