@@ -18,9 +18,12 @@ response: see ``label_studio_backend/README.md`` for measured sizes.
 
 Settings (environment, read when the backend starts; tests set ``backend.automatic``):
 ``PASAM_AUTO=0`` turns it off (no prediction, as before), ``PASAM_AUTO_POINTS_PER_SIDE``
-(32), ``PASAM_AUTO_PRED_IOU`` (0.88), ``PASAM_AUTO_STABILITY`` (0.95),
-``PASAM_AUTO_MAX_UNCERTAINTY`` (unset: no uncertainty filter), ``PASAM_AUTO_MIN_AREA``
-(pixels, 0), ``PASAM_AUTO_MAX_REGIONS`` (500), ``PASAM_POLYGON_TOLERANCE`` (1.0).
+(32), ``PASAM_AUTO_PRED_IOU``, ``PASAM_AUTO_STABILITY`` and ``PASAM_AUTO_BOX_AGREEMENT``
+(unset: the model's defaults, :func:`pasam_plugins.automatic.default_settings`: SAM's 0.88
+/ 0.95 for whole-image models, :meth:`~pasam_plugins.automatic.AutomaticSettings.for_zoom`
+(box proposals) for zoomed ones), ``PASAM_AUTO_MAX_UNCERTAINTY`` (unset: no uncertainty
+filter), ``PASAM_AUTO_MIN_AREA`` (pixels, 0), ``PASAM_AUTO_MAX_REGIONS`` (500),
+``PASAM_POLYGON_TOLERANCE`` (1.0).
 """
 
 import logging
@@ -34,6 +37,7 @@ import numpy as np
 from pasam_plugins.automatic import (
     AutomaticSegmenter,
     AutomaticSettings,
+    default_settings,
     instance_attributes,
 )
 from pasam_plugins.export import POLYGON_TOLERANCE, mask_to_polygon
@@ -60,8 +64,10 @@ class AutomaticConfig:
 
     enabled: bool = True
     points_per_side: int = 32
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
+    #: None: the model's default (:func:`pasam_plugins.automatic.default_settings`)
+    pred_iou_thresh: float | None = None
+    stability_score_thresh: float | None = None
+    min_box_agreement: float | None = None
     max_boundary_uncertainty: float | None = None
     min_area: int = 0
     max_regions: int = 500
@@ -73,20 +79,25 @@ class AutomaticConfig:
             enabled=os.environ.get("PASAM_AUTO", "1").strip().lower()
             not in ("0", "false", "no", "off"),
             points_per_side=_env_number("PASAM_AUTO_POINTS_PER_SIDE", 32, int),
-            pred_iou_thresh=_env_number("PASAM_AUTO_PRED_IOU", 0.88),
-            stability_score_thresh=_env_number("PASAM_AUTO_STABILITY", 0.95),
+            pred_iou_thresh=_env_number("PASAM_AUTO_PRED_IOU", None),
+            stability_score_thresh=_env_number("PASAM_AUTO_STABILITY", None),
+            min_box_agreement=_env_number("PASAM_AUTO_BOX_AGREEMENT", None),
             max_boundary_uncertainty=_env_number("PASAM_AUTO_MAX_UNCERTAINTY", None),
             min_area=_env_number("PASAM_AUTO_MIN_AREA", 0, int),
             max_regions=_env_number("PASAM_AUTO_MAX_REGIONS", 500, int),
             polygon_tolerance=_env_number("PASAM_POLYGON_TOLERANCE", POLYGON_TOLERANCE),
         )
 
-    def settings(self, has_adapter: bool) -> AutomaticSettings:
-        return AutomaticSettings(
+    def settings(self, model: Any) -> AutomaticSettings:
+        """The settings for ``model``: its defaults (zoomed models: box proposals,
+        :meth:`AutomaticSettings.for_zoom`) with what the environment sets."""
+        return default_settings(
+            model,
             points_per_side=self.points_per_side,
             pred_iou_thresh=self.pred_iou_thresh,
             stability_score_thresh=self.stability_score_thresh,
-            max_boundary_uncertainty=self.max_boundary_uncertainty if has_adapter else None,
+            min_box_agreement=self.min_box_agreement,
+            max_boundary_uncertainty=self.max_boundary_uncertainty if model.has_adapter else None,
             min_mask_region_area=self.min_area,
         )
 
@@ -126,7 +137,7 @@ def predict_task(backend: Any, task: dict, config: ParsedConfig, token: str | No
     with backend.lock:
         version = backend.model_version
         predictor = backend.predictor
-        segmenter = AutomaticSegmenter(predictor, auto.settings(predictor.model.has_adapter))
+        segmenter = AutomaticSegmenter(predictor, auto.settings(predictor.model))
         result = segmenter.generate(image)
         # the predictor now holds the last window's embedding, not the whole image
         backend._image = backend._image_key = None

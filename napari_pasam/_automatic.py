@@ -58,6 +58,15 @@ class SegmentAllPanel(QGroupBox):
         self.stability_spin.setSingleStep(0.01)
         self.stability_spin.setValue(0.95)
         form.addRow("Min stability", self.stability_spin)
+        self.agreement_spin = QDoubleSpinBox()
+        self.agreement_spin.setRange(0.0, 1.0)
+        self.agreement_spin.setSingleStep(0.05)
+        self.agreement_spin.setValue(0.0)
+        self.agreement_spin.setToolTip(
+            "Zoomed models (box proposals): keep masks whose bounding box overlaps the "
+            "proposal box by at least this IoU"
+        )
+        form.addRow("Min box agreement", self.agreement_spin)
         self.uncertainty_spin = QDoubleSpinBox()
         self.uncertainty_spin.setRange(0.0, 1.0)
         self.uncertainty_spin.setSingleStep(0.05)
@@ -79,13 +88,23 @@ class SegmentAllPanel(QGroupBox):
         )
         form.addRow(self.run_button)
 
+    def use_defaults(self, settings) -> None:
+        """Show a model's default thresholds (:func:`pasam_plugins.automatic.
+        default_settings`: zoomed models have their own) in the spin boxes."""
+        self.points_spin.setValue(settings.points_per_side)
+        self.iou_spin.setValue(settings.pred_iou_thresh)
+        self.stability_spin.setValue(settings.stability_score_thresh)
+        self.agreement_spin.setValue(settings.min_box_agreement)
+
     def settings(self, has_adapter: bool) -> dict:
-        """Keyword arguments of :class:`pasam_plugins.automatic.AutomaticSettings`."""
+        """Keyword arguments of :func:`pasam_plugins.automatic.default_settings` (the
+        model's defaults with these values)."""
         u = self.uncertainty_spin.value()
         return {
             "points_per_side": self.points_spin.value(),
             "pred_iou_thresh": self.iou_spin.value(),
             "stability_score_thresh": self.stability_spin.value(),
+            "min_box_agreement": self.agreement_spin.value(),
             "max_boundary_uncertainty": u
             if (u > self.uncertainty_spin.minimum() and has_adapter)
             else None,

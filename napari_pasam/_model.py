@@ -128,5 +128,9 @@ class ModelMixin:
         self.slot = slot
         self.model_panel.model_label.set_full_text(slot.info.describe())
         self.finetune_panel.set_adapt_choices(slot.model)
+        from pasam_plugins.automatic import default_settings
+
+        # "Segment all" shows this model's defaults (zoomed models have their own)
+        self.segment_all_panel.use_defaults(default_settings(slot.model))
         self.clear_current(keep_clicks=True)
         self._pending_predict = self.layers is not None

@@ -373,13 +373,14 @@ def segment_all_job(
 ) -> Iterator[tuple[int, int]]:
     """Generator for a thread worker: every object of each plane in ``planes`` by the core's
     :class:`pasam_plugins.automatic.AutomaticSegmenter` (the rules of ``pasam segment-all``
-    and the Label Studio backend) with :class:`~pasam_plugins.automatic.AutomaticSettings`
-    ``settings``. Yields once per embedding and decoder batch; returns ``{leading:
+    and the Label Studio backend) with ``settings``, keyword arguments of
+    :func:`~pasam_plugins.automatic.default_settings` (the model's defaults: zoomed models
+    have their own). Yields once per embedding and decoder batch; returns ``{leading:
     AutomaticResult}`` (the planes done when ``stop`` was set, the last one partly)."""
     avoid_triton_llvm_clash()
-    from pasam_plugins.automatic import AutomaticSegmenter, AutomaticSettings
+    from pasam_plugins.automatic import AutomaticSegmenter, default_settings
 
-    seg = AutomaticSegmenter(slot.predictor, AutomaticSettings(**settings))
+    seg = AutomaticSegmenter(slot.predictor, default_settings(slot.predictor.model, **settings))
     results = {}
     cancelled = (lambda: stop.is_set()) if stop is not None else None
     with slot.lock:
@@ -395,6 +396,7 @@ def segment_all_job(
 def segment_all_steps(slot: ModelSlot, settings: dict, plane_shape: tuple[int, int]) -> int:
     """Progress steps of :func:`segment_all_job` on one plane (imports torch: a worker's or
     a loaded model's caller)."""
-    from pasam_plugins.automatic import AutomaticSegmenter, AutomaticSettings
+    from pasam_plugins.automatic import AutomaticSegmenter, default_settings
 
-    return AutomaticSegmenter(slot.predictor, AutomaticSettings(**settings)).plan(*plane_shape)
+    settings_ = default_settings(slot.predictor.model, **settings)
+    return AutomaticSegmenter(slot.predictor, settings_).plan(*plane_shape)

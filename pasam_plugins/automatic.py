@@ -20,10 +20,21 @@ settings the masks are the same (``tests/test_automatic.py``). What differs is t
 
 Windows: whole-image models (SAM's 1024-px input) see the whole image plus, with
 ``crop_n_layers``, SAM's crop layers. Zoomed models (``model.origin.zoom``, this
-project's 256-px models, which see one object at a time when prompted) see the image at
-native resolution in square tiles of the model's input size that overlap by
-``tile_overlap``; masks cut by a tile edge (not an image edge) are dropped there and come
-from the neighbouring tile, and NMS runs across tiles.
+project's 256-px models, trained on one object at a time around a BOX) get **box
+proposals** (``prompts="boxes"``, the default for them): for each object size ``s`` of
+``box_scales`` (capped by the image) box centres lie on a lattice of spacing
+``box_stride`` x ``s`` over the image; ``boxes_per_window`` x ``boxes_per_window``
+neighbouring boxes of side ``s`` share one zoomed window of side ``box_context`` x ``s``
+(plus the lattice span), i.e. the geometry the model was trained on (an object of about
+``s`` fills about half the window). One encoder run per window (cached), one decoder call
+per window with all its boxes. A mask is kept when its predicted IoU, stability and the
+agreement (IoU) of its bounding box with the prompt box pass the thresholds (an object of
+about this size is really there) and it does not reach an inner window edge; mask NMS
+then runs across windows and scales. Their tuned thresholds are
+:meth:`AutomaticSettings.for_zoom` (:func:`default_settings` picks them for a zoomed
+model). ``prompts="points"`` runs a zoomed model the older way: a point grid in square
+native-resolution tiles of its input size overlapping by ``tile_overlap`` (its IoU head
+predicts 0.4-0.6 for such clicks and the masks are poor: AP50 about 0.01).
 
 The network is used through tensors only (``PASam.decode``); this module owns the rules.
 """
@@ -50,8 +61,12 @@ from .imageio import normalize_image
 from .metrics import UNCERTAINTY_BAND_RATIO, erosion_iterations
 from .predictor import PASamPredictor
 from .segment import ZoomSettings
+from .zoom import BOX_CONTEXT, MIN_WINDOW, Window, paste_part, window_around_box
+from .zoom import crop as zoom_crop
 
 NmsMode = Literal["box", "mask"]
+PromptMode = Literal["auto", "points", "boxes"]
+BoxSource = Literal["grid", "regions"]
 #: progress callback: (windows/batches done, total)
 Progress = Callable[[int, int], None]
 
@@ -85,6 +100,29 @@ class AutomaticSettings:
       tile_overlap: overlap of neighbouring tiles as a fraction of the tile side.
       edge_tolerance: pixels; masks whose box comes this close to a window edge that is not
         an image edge are dropped in that window (SAM's ``is_box_near_crop_edge``).
+      prompts: ``"points"`` (SAM's point grid), ``"boxes"`` (box proposals in zoomed
+        windows, see the module docstring) or ``"auto"`` (boxes for zoomed models, points
+        for whole-image models).
+      box_source: where the proposal boxes come from: ``"grid"`` (a lattice of boxes per
+        scale, see the module docstring) or ``"regions"`` (the bounding boxes of the
+        image's maximally stable extremal regions, OpenCV's MSER on the grey image and its
+        inverse: blob-like regions of any size; each box gets its own window of side
+        ``box_context`` x its longer side, the geometry of a prompted box).
+      region_delta / region_min_area / region_max_fraction / region_nms: MSER's
+        ``delta``, its smallest region (pixels), its largest (fraction of the image), and
+        the box IoU above which near-duplicate region boxes are merged.
+      box_scales: box sides (image pixels) proposed by the grid; scales above the image's
+        longer side are capped to it.
+      box_stride: spacing of the box centres as a fraction of the box side.
+      boxes_per_window: k: k x k neighbouring boxes share one window (one encoder run).
+      box_context: window side / box side; None: the model's ``zoom.box_context``.
+      min_box_agreement: keep masks whose bounding box has at least this IoU with the
+        prompt box (0: off). Box proposals only.
+      box_edge_tolerance: pixels; box proposals: masks this close to a window edge that is
+        not an image edge are dropped (the object goes on beyond the window).
+
+    Whole-image defaults are SAM's; :meth:`for_zoom` holds the defaults for zoomed models
+    (chosen on validation data) and :func:`default_settings` picks the right ones.
     """
 
     points_per_side: int = 32
@@ -104,6 +142,18 @@ class AutomaticSettings:
     tile_size: int | None = None
     tile_overlap: float = 0.25
     edge_tolerance: float = 20.0
+    prompts: PromptMode = "auto"
+    box_source: BoxSource = "grid"
+    region_delta: int = 5
+    region_min_area: int = 30
+    region_max_fraction: float = 0.25
+    region_nms: float = 0.8
+    box_scales: tuple[int, ...] = (16, 32, 64, 128, 256)
+    box_stride: float = 0.5
+    boxes_per_window: int = 2
+    box_context: float | None = None
+    min_box_agreement: float = 0.0
+    box_edge_tolerance: float = 1.0
 
     def __post_init__(self) -> None:
         if self.points_per_side < 1:
@@ -130,6 +180,25 @@ class AutomaticSettings:
             raise ValueError(f"tile_size must be at least 16 pixels, got {self.tile_size}")
         if self.crop_n_layers < 0 or self.min_mask_region_area < 0:
             raise ValueError("crop_n_layers and min_mask_region_area must not be negative")
+        if self.prompts not in ("auto", "points", "boxes"):
+            raise ValueError(f"prompts must be 'auto', 'points' or 'boxes', got {self.prompts!r}")
+        object.__setattr__(self, "box_scales", tuple(int(v) for v in self.box_scales))
+        if not self.box_scales or min(self.box_scales) < 4:
+            raise ValueError(
+                f"box_scales must be sides of at least 4 pixels, got {self.box_scales}"
+            )
+        if not 0.0 < self.box_stride <= 2.0:
+            raise ValueError(f"box_stride must be in (0, 2], got {self.box_stride}")
+        if self.box_source not in ("grid", "regions"):
+            raise ValueError(f"box_source must be 'grid' or 'regions', got {self.box_source!r}")
+        if self.boxes_per_window < 1:
+            raise ValueError(f"boxes_per_window must be at least 1, got {self.boxes_per_window}")
+        if self.box_context is not None and self.box_context < 1.0:
+            raise ValueError(f"box_context must be at least 1, got {self.box_context}")
+        if not 0.0 <= self.min_box_agreement <= 1.0:
+            raise ValueError(
+                f"min_box_agreement must be between 0 and 1, got {self.min_box_agreement}"
+            )
 
     @classmethod
     def sam(cls, **changes: Any) -> "AutomaticSettings":
@@ -137,6 +206,48 @@ class AutomaticSettings:
         (plus ``changes``)."""
         base = cls(use_adapter=False, max_boundary_uncertainty=None, nms="box")
         return replace(base, **changes)
+
+    @classmethod
+    def for_zoom(cls, **changes: Any) -> "AutomaticSettings":
+        """The defaults for zoomed models (this project's 256-px models): box proposals and
+        thresholds chosen by AP50 on the VALIDATION parts (EM sections 16-19, nuclei files
+        3 mod 5) with the shipped ``pasam_micro`` (``benchmarks/automatic_tune.py
+        --boxes``; see the README's "Segment everything"), plus ``changes``."""
+        return replace(cls(**ZOOM_DEFAULTS), **changes)
+
+
+#: :meth:`AutomaticSettings.for_zoom`'s values, chosen by mean AP50 over the two
+#: VALIDATION parts (EM sections 16-19, nuclei files 3 mod 5) with the shipped pasam_micro
+#: (``benchmarks/automatic_tune.py model/weights/pasam_micro.safetensors --boxes
+#: --box-source regions ...``, 2026-12-01): region (MSER) boxes, predicted IoU > 0.6,
+#: stability >= 0.85, box agreement >= 0.8, mask NMS at 0.4: AP50 0.285 EM / 0.409 nuclei
+#: on validation. Grid boxes were measured worse (see the README's "Segment everything").
+#: The uncertainty filter stays off: on validation every threshold tried lowered AP50.
+ZOOM_DEFAULTS: dict[str, Any] = dict(
+    prompts="boxes",
+    box_source="regions",
+    pred_iou_thresh=0.6,
+    stability_score_thresh=0.85,
+    min_box_agreement=0.8,
+    box_nms_thresh=0.4,
+)
+
+
+def is_zoomed(model: Any) -> bool:
+    """Whether a model sees objects zoomed in (its metadata has zoom settings)."""
+    origin = getattr(model, "origin", None)
+    return ZoomSettings.from_metadata(getattr(origin, "metadata", None)) is not None
+
+
+def default_settings(model: Any, **changes: Any) -> AutomaticSettings:
+    """The automatic settings a front end uses for ``model``: :meth:`AutomaticSettings.
+    for_zoom` for zoomed models, SAM's defaults otherwise, with ``changes`` (the user's
+    choices; ``None`` values mean "the model's default" and are ignored). ``pasam
+    segment-all``, the Label Studio backend and napari's "Segment all" all come here."""
+    given = {k: v for k, v in changes.items() if v is not None}
+    if is_zoomed(model):
+        return AutomaticSettings.for_zoom(**given)
+    return AutomaticSettings(**given)
 
 
 @dataclass
@@ -152,6 +263,10 @@ class Instance:
       window: the window ``(x0, y0, x1, y1)`` (exclusive end) the mask was predicted in.
       mean_uncertainty / boundary_uncertainty: the adapter's uncertainty inside the mask /
         over its boundary band (None without adapter).
+      prompt_box: box proposals: the prompt box ``(x0, y0, x1, y1)`` (inclusive; ``point``
+        is its centre); None for point prompts.
+      box_agreement: IoU of the mask's bounding box with ``prompt_box``.
+      scale: box proposals: the proposal's object size (an entry of ``box_scales``, capped).
     """
 
     crop: np.ndarray
@@ -162,6 +277,9 @@ class Instance:
     window: tuple[int, int, int, int]
     mean_uncertainty: float | None = None
     boundary_uncertainty: float | None = None
+    prompt_box: tuple[int, int, int, int] | None = None
+    box_agreement: float | None = None
+    scale: int | None = None
 
     @property
     def area(self) -> int:
@@ -271,6 +389,180 @@ def tile_boxes(
         for y0 in starts(height)
         for x0 in starts(width)
     ]
+
+
+def box_scales_for(height: int, width: int, scales: tuple[int, ...]) -> list[int]:
+    """The box sides proposed on an image: ``scales`` capped by its longer side, sorted,
+    without repeats."""
+    cap = max(1, max(height, width))
+    return sorted({min(int(s), cap) for s in scales})
+
+
+def lattice(n: int, side: float, spacing: float) -> list[float]:
+    """Box centres (continuous coordinates, pixel ``i`` covers ``[i, i + 1)``) along an
+    image side of ``n`` pixels for boxes of side ``side``: evenly from ``side / 2`` to ``n -
+    side / 2`` (the boxes cover the side), neighbours at most ``spacing`` apart; one centre
+    ``n / 2`` when the box is not shorter than the side."""
+    if n <= side:
+        return [n / 2.0]
+    k = max(1, math.ceil((n - side) / spacing - 1e-9))
+    return [side / 2.0 + i * (n - side) / k for i in range(k + 1)]
+
+
+def _runs(m: int, k: int) -> list[range]:
+    """Runs of ``k`` consecutive indices of ``range(m)`` covering all of them (the last run
+    ends at ``m - 1``, overlapping its neighbour when ``k`` does not divide ``m``)."""
+    if m <= k:
+        return [range(m)]
+    starts = list(range(0, m - k + 1, k))
+    if starts[-1] != m - k:
+        starts.append(m - k)
+    return [range(a, a + k) for a in starts]
+
+
+@dataclass(frozen=True)
+class BoxWindow:
+    """One window of box proposals: the object size, the zoomed window and its prompt
+    boxes (Bx4 ``x0, y0, x1, y1`` inclusive pixel indices, clipped to the image)."""
+
+    scale: int
+    window: Window
+    boxes: np.ndarray
+
+
+def box_proposals(
+    height: int,
+    width: int,
+    scales: tuple[int, ...],
+    *,
+    stride: float,
+    per_window: int,
+    context: float,
+) -> list[BoxWindow]:
+    """Box proposals of an image, grouped by window (see the module docstring): for each
+    scale ``s`` (capped by the image) box centres on a lattice of spacing ``stride * s``
+    covering the image, ``per_window`` x ``per_window`` neighbouring boxes per window of
+    side ``context * s + (per_window - 1) * stride * s`` centred on them (every box has at
+    least ``(context - 1) / 2 * s`` of context on each side; the window may reach past the
+    image: zero padding, as for prompted zoomed windows)."""
+    out: list[BoxWindow] = []
+    for s in box_scales_for(height, width, scales):
+        spacing = stride * s
+        xs = lattice(width, s, spacing)
+        ys = lattice(height, s, spacing)
+        side = context * s + (per_window - 1) * spacing
+        for ry in _runs(len(ys), per_window):
+            for rx in _runs(len(xs), per_window):
+                cx = float(np.mean([xs[i] for i in rx]))
+                cy = float(np.mean([ys[j] for j in ry]))
+                boxes = []
+                for j in ry:
+                    for i in rx:
+                        x0 = int(round(xs[i] - s / 2.0))
+                        y0 = int(round(ys[j] - s / 2.0))
+                        boxes.append(
+                            [
+                                max(0, x0),
+                                max(0, y0),
+                                min(width - 1, x0 + s - 1),
+                                min(height - 1, y0 + s - 1),
+                            ]
+                        )
+                window = Window(cx - side / 2.0, cy - side / 2.0, side)
+                out.append(BoxWindow(int(s), window, np.array(boxes, dtype=np.int64)))
+    return out
+
+
+def region_boxes(
+    gray: np.ndarray,
+    *,
+    delta: int = 5,
+    min_area: int = 30,
+    max_fraction: float = 0.25,
+    nms_thresh: float = 0.8,
+) -> np.ndarray:
+    """Nx4 inclusive pixel boxes of the maximally stable extremal regions (MSER) of a grey
+    uint8 image, dark-on-bright and bright-on-dark, near-duplicates (box IoU above
+    ``nms_thresh``) merged, smallest boxes first kept; boxes under 4 pixels dropped."""
+    boxes = []
+    max_area = max(min_area + 1, int(max_fraction * gray.size))
+    for img in (gray, 255 - gray):
+        mser = cv2.MSER_create(delta=int(delta), min_area=int(min_area), max_area=max_area)
+        _, bb = mser.detectRegions(np.ascontiguousarray(img))
+        boxes += [[x, y, x + w - 1, y + h - 1] for x, y, w, h in bb if min(w, h) >= 4]
+    if not boxes:
+        return np.zeros((0, 4), np.int64)
+    arr = np.array(boxes, np.int64)
+    arr = np.unique(arr, axis=0)
+    area = (arr[:, 2] - arr[:, 0] + 1) * (arr[:, 3] - arr[:, 1] + 1)
+    keep = batched_nms(
+        torch.as_tensor(arr, dtype=torch.float64),
+        torch.as_tensor(-area, dtype=torch.float64),
+        torch.zeros(len(arr)),
+        nms_thresh,
+    )
+    return arr[keep.numpy()]
+
+
+def region_proposals(boxes: np.ndarray, context: float, min_window: float) -> list[BoxWindow]:
+    """One window per box (:func:`pasam_plugins.zoom.window_around_box`: the geometry a
+    prompted box gets), its scale the box's longer side."""
+    out = []
+    for b in np.asarray(boxes, np.int64).reshape(-1, 4):
+        win = window_around_box(b, context=context, min_size=min_window)
+        side = int(max(b[2] - b[0], b[3] - b[1]) + 1)
+        out.append(BoxWindow(side, win, b[None]))
+    return out
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of two Nx4 arrays of inclusive pixel boxes ``(x0, y0, x1, y1)``."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + 1, 0, None)
+    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + 1, 0, None)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
+    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    return inter / np.maximum(area_a + area_b - inter, 1e-9)
+
+
+def passes(inst: Instance, s: AutomaticSettings) -> bool:
+    """Whether an object passes the thresholds of ``s`` (predicted IoU, stability, box
+    agreement, boundary uncertainty)."""
+    if s.pred_iou_thresh > 0.0 and not inst.predicted_iou > s.pred_iou_thresh:
+        return False
+    if s.stability_score_thresh > 0.0 and inst.stability_score < s.stability_score_thresh:
+        return False
+    if (
+        s.min_box_agreement > 0.0
+        and inst.box_agreement is not None
+        and inst.box_agreement < s.min_box_agreement
+    ):
+        return False
+    u = s.max_boundary_uncertainty
+    return not (
+        u is not None and inst.boundary_uncertainty is not None and inst.boundary_uncertainty > u
+    )
+
+
+def select_boxes(
+    candidates: list[Instance], s: AutomaticSettings, image_size: tuple[int, int]
+) -> list[Instance]:
+    """Box proposals' masks -> the objects: those passing ``s``'s filters (:func:`passes`),
+    mask NMS across windows and scales by predicted IoU (threshold ``box_nms_thresh``),
+    then the small-region cleanup. The last steps of :meth:`AutomaticSegmenter.generate`
+    for box proposals; ``benchmarks/automatic_tune.py`` reruns them on stored masks."""
+    kept = [i for i in candidates if passes(i, s)]
+    if kept:
+        scores = np.array([i.predicted_iou for i in kept])
+        nms = box_nms if s.nms == "box" else mask_nms
+        kept = [kept[i] for i in nms(kept, scores, s.box_nms_thresh)]
+    if s.min_mask_region_area > 0:
+        kept = postprocess_small_regions(
+            kept, image_size, s.min_mask_region_area, s.box_nms_thresh, s.nms
+        )
+    return kept
 
 
 # ---------------------------------------------------------------------------- NMS
@@ -437,9 +729,57 @@ class AutomaticSegmenter:
     def model(self):
         return self.predictor.model
 
-    def windows(self, height: int, width: int) -> tuple[list[tuple[int, int, int, int]], list[int]]:
-        """The windows ``(x0, y0, x1, y1)`` the image is segmented in and their layer."""
+    @property
+    def prompt_mode(self) -> str:
+        """``"boxes"`` (box proposals in zoomed windows) or ``"points"`` (a point grid):
+        ``settings.prompts``, where ``"auto"`` means boxes for zoomed models."""
+        p = self.settings.prompts
+        if p == "auto":
+            return "boxes" if self.zoom is not None else "points"
+        return p
+
+    def proposals(self, height: int, width: int, rgb: np.ndarray | None = None) -> list[BoxWindow]:
+        """Box proposals: the windows and their prompt boxes (:func:`box_proposals`, or
+        :func:`region_proposals` of the normalized image ``rgb`` for ``box_source=
+        "regions"``; without ``rgb`` those are unknown: empty list)."""
         s = self.settings
+        context = s.box_context
+        if context is None:
+            context = self.zoom.box_context if self.zoom is not None else BOX_CONTEXT
+        if s.box_source == "regions":
+            if rgb is None:
+                return []
+            gray = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb[..., :3], cv2.COLOR_RGB2GRAY)
+            boxes = region_boxes(
+                gray,
+                delta=s.region_delta,
+                min_area=s.region_min_area,
+                max_fraction=s.region_max_fraction,
+                nms_thresh=s.region_nms,
+            )
+            min_window = self.zoom.min_window if self.zoom is not None else MIN_WINDOW
+            return region_proposals(boxes, float(context), min_window)
+        return box_proposals(
+            height,
+            width,
+            s.box_scales,
+            stride=s.box_stride,
+            per_window=s.boxes_per_window,
+            context=float(context),
+        )
+
+    def windows(self, height: int, width: int) -> tuple[list[tuple[int, int, int, int]], list[int]]:
+        """The windows ``(x0, y0, x1, y1)`` the image is segmented in and their layer (box
+        proposals: the image pixels of each window, layer = index of its scale)."""
+        s = self.settings
+        if self.prompt_mode == "boxes":
+            props = self.proposals(height, width)
+            scales = sorted({p.scale for p in props})
+            out = []
+            for p in props:
+                r0, r1, c0, c1 = p.window.pixel_bounds(height, width)
+                out.append((c0, r0, c1, r1))
+            return out, [scales.index(p.scale) for p in props]
         tile = s.tile_size
         if tile is None and self.zoom is not None:
             tile = self.model.img_size
@@ -452,6 +792,11 @@ class AutomaticSegmenter:
     def plan(self, height: int, width: int) -> int:
         """Number of progress steps (decoder batches plus one embedding per window)."""
         s = self.settings
+        if self.prompt_mode == "boxes":
+            if s.box_source == "regions":
+                # known with the image only: an estimate (steps() yields the exact total)
+                return 2 * max(1, height * width // 400)
+            return 2 * len(self.proposals(height, width))  # one decoder call per window
         boxes, layers = self.windows(height, width)
         grids = self._grids(max(layers) if layers else 0)
         per = [math.ceil(len(grids[layer]) / s.points_per_batch) + 1 for layer in layers]
@@ -505,6 +850,8 @@ class AutomaticSegmenter:
                 "none, or use_adapter is off): set max_boundary_uncertainty to None"
             )
         rgb = normalize_image(image, channel=channel, percentiles=self.predictor.percentiles)
+        if self.prompt_mode == "boxes":
+            return (yield from self._box_steps(rgb, t0, cancel))
         h, w = rgb.shape[:2]
         boxes, layers = self.windows(h, w)
         grids = self._grids(max(layers) if layers else 0)
@@ -570,6 +917,162 @@ class AutomaticSegmenter:
             encoder_runs=self.predictor.encoder_runs - runs0,
             settings=s,
         )
+
+    def _box_steps(
+        self, rgb: np.ndarray, t0: float, cancel: Callable[[], bool] | None
+    ) -> Generator[tuple[int, int], None, AutomaticResult]:
+        """:meth:`steps` for box proposals: per window one embedding (cached) and one
+        decoder call with all its boxes, then :func:`select_boxes`."""
+        s = self.settings
+        h, w = rgb.shape[:2]
+        runs0 = self.predictor.encoder_runs
+        found, windows, prompts = yield from self._box_masks(rgb, cancel)
+        return AutomaticResult(
+            instances=select_boxes(found, s, (h, w)),
+            image_size=(h, w),
+            windows=windows,
+            prompts=prompts,
+            masks_before_nms=len(found),
+            seconds=time.perf_counter() - t0,
+            encoder_runs=self.predictor.encoder_runs - runs0,
+            settings=s,
+        )
+
+    def _box_masks(
+        self, rgb: np.ndarray, cancel: Callable[[], bool] | None
+    ) -> Generator[
+        tuple[int, int], None, tuple[list[Instance], list[tuple[int, int, int, int]], int]
+    ]:
+        h, w = rgb.shape[:2]
+        props = self.proposals(h, w, rgb)
+        total = 2 * len(props)
+        done = 0
+        n = self.model.img_size
+        found: list[Instance] = []
+        windows: list[tuple[int, int, int, int]] = []
+        prompts = 0
+        for prop in props:
+            if cancel is not None and cancel():
+                break
+            self.predictor.set_image(zoom_crop(rgb, prop.window, n))  # cached embeddings
+            done += 1
+            yield done, total
+            found += _process_boxes(self, prop, (h, w))
+            r0, r1, c0, c1 = prop.window.pixel_bounds(h, w)
+            windows.append((c0, r0, c1, r1))
+            prompts += len(prop.boxes)
+            done += 1
+            yield done, total
+        return found, windows, prompts
+
+    @torch.no_grad()
+    def box_candidates(
+        self, image: np.ndarray, *, channel: int | None = None
+    ) -> tuple[list[Instance], tuple[int, int]]:
+        """Box proposals without NMS: every mask that passed the settings' filters in its
+        window, and the image size. With the thresholds at 0, :func:`select_boxes` then
+        gives the result of any thresholds from these masks (threshold sweeps)."""
+        rgb = normalize_image(image, channel=channel, percentiles=self.predictor.percentiles)
+        gen = self._box_masks(rgb, None)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value[0], (int(rgb.shape[0]), int(rgb.shape[1]))
+
+
+def _process_boxes(
+    seg: AutomaticSegmenter, prop: BoxWindow, orig_size: tuple[int, int]
+) -> list[Instance]:
+    """One decoder call for the boxes of one zoomed window (its embedding set); masks in
+    the image frame (low-res logits pasted bilinearly onto the window's image pixels); the
+    filters of :func:`passes` and the inner-edge rule; box crops."""
+    s = seg.settings
+    pred = seg.predictor
+    model = pred.model
+    dev = pred.device
+    n = model.img_size
+    win = prop.window
+    h0, w0 = orig_size
+    inp = np.stack([win.box_to_input(b, n) for b in prop.boxes])
+    inp = pred.transform.apply_boxes(inp, (n, n))  # the identity for n-px windows
+    use_adapter = bool(s.use_adapter and model.has_adapter)
+    with pred._autocast():
+        out = model.decode(
+            pred.features,
+            guide=pred.guide,
+            boxes=torch.as_tensor(inp, dtype=torch.float, device=dev),
+            multimask_output=False,
+            use_adapter=use_adapter,
+        )
+    iou = out.iou_predictions.float()[:, 0].cpu()
+    keep = torch.ones_like(iou, dtype=torch.bool)
+    if s.pred_iou_thresh > 0.0:
+        keep = iou > s.pred_iou_thresh
+    idx = torch.nonzero(keep).flatten()
+    if idx.numel() == 0:
+        return []
+    low = out.masks.float()[idx.to(out.masks.device), 0].cpu().numpy()
+    part, (r0, r1, c0, c1) = paste_part(low, win, h0, w0)
+    if part.shape[-1] == 0 or part.shape[-2] == 0:
+        return []
+    logits = torch.from_numpy(part)
+    thr = model.mask_threshold
+    stability = calculate_stability_score(logits, thr, s.stability_score_offset)
+    ok = torch.ones_like(stability, dtype=torch.bool)
+    if s.stability_score_thresh > 0.0:
+        ok = stability >= s.stability_score_thresh
+    masks = logits > thr
+    mboxes = batched_mask_to_box(masks)  # in the window part's frame
+    ok &= ~is_box_near_crop_edge(
+        mboxes, [c0, r0, c1, r1], [0, 0, w0, h0], atol=s.box_edge_tolerance
+    )
+    ok &= masks.flatten(1).any(1)
+    sel = torch.nonzero(ok).flatten().numpy()
+    if sel.size == 0:
+        return []
+    off = np.array([c0, r0, c0, r0])
+    mboxes_np = mboxes.numpy().astype(np.int64) + off
+    prompt = prop.boxes[idx.numpy()]
+    agree = box_iou(mboxes_np, prompt)
+    unc_part = None
+    if out.uncertainty is not None:
+        unc_low = out.uncertainty.float()[idx.to(out.uncertainty.device), 0].cpu().numpy()
+        unc_part = np.clip(paste_part(unc_low, win, h0, w0)[0], 0.0, 1.0)
+    masks_np = masks.numpy()
+    d = erosion_iterations(h0, w0, UNCERTAINTY_BAND_RATIO)
+    window = (c0, r0, c1, r1)
+    result: list[Instance] = []
+    for k in sel:
+        if s.min_box_agreement > 0.0 and agree[k] < s.min_box_agreement:
+            continue
+        bx0, by0, bx1, by1 = (int(v) for v in mboxes_np[k] - off)
+        mean_u = band_u = None
+        if unc_part is not None:
+            mean_u, band_u = crop_uncertainty(unc_part[k], masks_np[k], (bx0, by0, bx1, by1), d)
+            if (
+                s.max_boundary_uncertainty is not None
+                and band_u is not None
+                and band_u > s.max_boundary_uncertainty
+            ):
+                continue
+        pb = tuple(int(v) for v in prompt[k])
+        result.append(
+            Instance(
+                crop=np.ascontiguousarray(masks_np[k, by0 : by1 + 1, bx0 : bx1 + 1]),
+                box=(bx0 + c0, by0 + r0, bx1 + c0, by1 + r0),
+                predicted_iou=float(iou[idx[k]]),
+                stability_score=float(stability[k]),
+                point=((pb[0] + pb[2]) / 2.0, (pb[1] + pb[3]) / 2.0),
+                window=window,
+                mean_uncertainty=mean_u,
+                boundary_uncertainty=band_u,
+                prompt_box=pb,  # type: ignore[arg-type]
+                box_agreement=float(agree[k]),
+                scale=prop.scale,
+            )
+        )
+    return result
 
 
 def _process_batch(

@@ -67,11 +67,32 @@ def segment_all_command(
     ] = 32,
     points_per_batch: Annotated[int, typer.Option(min=1, help="Prompts per decoder call.")] = 64,
     pred_iou_thresh: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Keep masks with predicted IoU above this.")
-    ] = 0.88,
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Keep masks with predicted IoU above this (default: the model's: 0.88 for "
+            "whole-image models, AutomaticSettings.for_zoom for zoomed ones).",
+        ),
+    ] = None,
     stability_thresh: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Keep masks with stability at least this.")
-    ] = 0.95,
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Keep masks with stability at least this (default: the model's: 0.95 for "
+            "whole-image models, AutomaticSettings.for_zoom for zoomed ones).",
+        ),
+    ] = None,
+    box_agreement: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Zoomed models (box proposals): keep masks whose bounding box has at least "
+            "this IoU with the proposal box (default: AutomaticSettings.for_zoom).",
+        ),
+    ] = None,
     max_uncertainty: Annotated[
         float | None,
         typer.Option(
@@ -84,7 +105,15 @@ def segment_all_command(
     nms: Annotated[
         str, typer.Option(help="Duplicate removal: mask (IoU of masks) or box.")
     ] = "mask",
-    nms_thresh: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.7,
+    nms_thresh: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="NMS threshold (default: the model's: 0.7 for whole-image models, "
+            "AutomaticSettings.for_zoom for zoomed ones).",
+        ),
+    ] = None,
     crop_layers: Annotated[
         int, typer.Option(min=0, help="SAM's crop layers (whole-image models).")
     ] = 0,
@@ -141,7 +170,7 @@ def segment_all_command(
     with _readable_errors(), distributed.session(device) as rank_device:
         from tqdm import tqdm
 
-        from .automatic import AutomaticSegmenter, AutomaticSettings, result_objects
+        from .automatic import AutomaticSegmenter, default_settings, result_objects
         from .checkpoint import load_model
         from .export import (
             ImageObjects,
@@ -180,11 +209,15 @@ def segment_all_command(
                 else "--max-uncertainty needs the adapter (drop --no-adapter)",
                 param_hint="--max-uncertainty",
             )
-        settings = AutomaticSettings(
+        # zoomed models get their own defaults (box proposals, thresholds chosen on
+        # validation data); options left unset (None) keep the model's default
+        settings = default_settings(
+            model,
             points_per_side=points_per_side,
             points_per_batch=points_per_batch,
             pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_thresh,
+            min_box_agreement=box_agreement,
             max_boundary_uncertainty=max_uncertainty,
             nms=nms,  # type: ignore[arg-type]
             box_nms_thresh=nms_thresh,
@@ -212,6 +245,8 @@ def segment_all_command(
             )
 
             def tick(done: int, total: int, bar=bar) -> None:
+                if bar.total != total:  # region proposals: known once the image is read
+                    bar.total = total
                 bar.update(done - bar.n)
 
             result = segmenter.generate(rgb, progress=tick)

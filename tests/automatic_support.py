@@ -15,10 +15,10 @@ def disc(h: int, w: int, cx: float, cy: float, r: float) -> np.ndarray:
 
 
 class ComponentModel:
-    """A stand-in for the decoder: each point prompt gets the connected foreground component
-    of the window it lies on (bright discs on a dark image) as sharp low-res logits, with
-    predicted IoU 0.95 on an object and 0.3 on background, and a constant uncertainty map
-    whose value is the object's brightness / 255."""
+    """A stand-in for the decoder: each point prompt (or box prompt: its centre) gets the
+    connected foreground component of the window it lies on (bright discs on a dark image)
+    as sharp low-res logits, with predicted IoU 0.95 on an object and 0.3 on background,
+    and a constant uncertainty map whose value is the object's brightness / 255."""
 
     def __init__(self, predictor: PASamPredictor) -> None:
         self.pred = predictor
@@ -33,13 +33,19 @@ class ComponentModel:
         predictor.set_image = set_image  # type: ignore[method-assign]
         predictor.model.decode = self.decode  # type: ignore[method-assign]
 
-    def decode(self, features, *, guide, points, multimask_output, use_adapter, **_):
+    def decode(
+        self, features, *, guide, multimask_output, use_adapter, points=None, boxes=None, **_
+    ):
         self.calls += 1
         pred = self.pred
         model = pred.model
         gray = self.crop[..., 0] if self.crop.ndim == 3 else self.crop
         n, comps = cv2.connectedComponents((gray > 60).astype(np.uint8), connectivity=8)
-        coords = points[0][:, 0, :].double().cpu().numpy()
+        if points is not None:
+            coords = points[0][:, 0, :].double().cpu().numpy()
+        else:  # box prompts: their centres
+            b = boxes.double().cpu().numpy()
+            coords = (b[:, :2] + b[:, 2:]) / 2.0
         xy = coords / pred.transform.target_length * max(gray.shape)  # input -> crop pixels
         img, low = model.img_size, 4 * model.embedding_grid
         ih, iw = pred.input_size

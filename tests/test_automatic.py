@@ -70,13 +70,16 @@ def test_whole_image_models_use_sam_crop_layers_and_zoomed_models_native_tiles()
     assert boxes[0] == (0, 0, 400, 300) and layers == [0, 1, 1, 1, 1]
     small = make_test_model(seed=0, variant="vit_tiny256")
     small.origin = small.origin.derived(metadata={"zoom": ZoomSettings().to_metadata()})
-    seg = AutomaticSegmenter(PASamPredictor(small, device="cpu"), AutomaticSettings())
+    # the point grid on native tiles (prompts="points"; zoomed models default to boxes)
+    seg = AutomaticSegmenter(
+        PASamPredictor(small, device="cpu"), AutomaticSettings(prompts="points")
+    )
     boxes, _ = seg.windows(300, 700)
     assert all(b[2] - b[0] == 256 and b[3] - b[1] == 256 for b in boxes) and len(boxes) == 8
     # grid: points_per_side**2 prompts per window, one progress step per batch + embedding
     seg = AutomaticSegmenter(
         PASamPredictor(small, device="cpu"),
-        AutomaticSettings(points_per_side=10, points_per_batch=64),
+        AutomaticSettings(points_per_side=10, points_per_batch=64, prompts="points"),
     )
     assert seg.plan(300, 700) == 8 * (2 + 1)
 
@@ -178,7 +181,7 @@ def test_every_object_found_once_with_its_uncertainty(zoomed):
     pred = PASamPredictor(model, device="cpu")
     fake = ComponentModel(pred)
     settings = AutomaticSettings(
-        points_per_side=16, pred_iou_thresh=0.88, stability_score_thresh=0.9
+        points_per_side=16, pred_iou_thresh=0.88, stability_score_thresh=0.9, prompts="points"
     )
     seg = AutomaticSegmenter(pred, settings)
     steps = []
@@ -203,6 +206,7 @@ def test_every_object_found_once_with_its_uncertainty(zoomed):
         pred_iou_thresh=0.88,
         stability_score_thresh=0.9,
         max_boundary_uncertainty=0.7,
+        prompts="points",
     )
     runs = pred.encoder_runs
     res2 = seg.generate(img)
