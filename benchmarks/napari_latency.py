@@ -3,7 +3,7 @@ stall of "Annotate this image" and of each click, and click-to-layers latency vs
 core call.
 
 Setup: a ViT-B-sized PA-SAM with random weights (``random:vit_b`` through the widget), a
-1024x1024 image (2x2 tiled EM sections) whose embedding is cached before timing.
+1024x1024 image (2x2 tiled EM sections; `--tiles 4`: 2048x2048) whose embedding is cached before timing.
 
 - **dock open:** a fresh Python process opens a viewer and docks the annotator
   (``add_plugin_dock_widget``); the time of that call, and whether it imported torch.
@@ -84,6 +84,9 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-stall", type=float, default=100.0, help="ms, median per click")
     ap.add_argument("--precision", default="auto", help="encoder: auto, float32 or bf16")
+    ap.add_argument(
+        "--tiles", type=int, default=2, help="k: the image is k x k EM sections (2: 1024 px)"
+    )
     args = ap.parse_args()
 
     ensure_display()
@@ -94,9 +97,10 @@ def main() -> int:
     import torch  # before the GL context exists (see napari_pasam._compat)
     from PIL import Image as PILImage
 
-    tiles = [np.asarray(PILImage.open(args.em_dir / "image" / f"{i}.png")) for i in range(4)]
-    image = np.block([[tiles[0], tiles[1]], [tiles[2], tiles[3]]])
-    assert image.shape == (1024, 1024), image.shape
+    k = args.tiles
+    tiles = [np.asarray(PILImage.open(args.em_dir / "image" / f"{i}.png")) for i in range(k * k)]
+    image = np.block([tiles[r * k : (r + 1) * k] for r in range(k)])
+    size = image.shape[0]
 
     import napari
     from qtpy.QtCore import QEventLoop
@@ -104,7 +108,7 @@ def main() -> int:
 
     viewer = napari.Viewer(show=True, title="PA-SAM latency")
     app = QApplication.instance()
-    layer = viewer.add_image(image, name="EM 1024")
+    layer = viewer.add_image(image, name=f"EM {size}")
     _, widget = viewer.window.add_plugin_dock_widget("pasam-plugins", "PA-SAM Annotator")
     beat = Heartbeat()
 
@@ -131,7 +135,7 @@ def main() -> int:
     stall_start = beat.longest_gap(t0)
 
     t0 = time.perf_counter()
-    widget.layers.points.add([512.0, 512.0])  # first click: embeds the image (worker)
+    widget.layers.points.add([size / 2, size / 2])  # first click: embeds the image (worker)
     wait()
     t_embed = time.perf_counter() - t0
     stall_embed = beat.longest_gap(t0)
@@ -149,7 +153,7 @@ def main() -> int:
     rng = np.random.default_rng(0)
     bare, click, drawn, stalls = [], [], [], []
     for i in range(args.trials):
-        y, x = rng.uniform(100, 924, 2)
+        y, x = rng.uniform(0.1 * size, 0.9 * size, 2)
         pts, lab = np.array([[x, y]], np.float32), np.array([1])
         widget.clear_prompts()
         for _ in range(5):
@@ -180,7 +184,7 @@ def main() -> int:
     stall_med, stall_max = 1000 * float(np.median(stalls)), 1000 * float(np.max(stalls))
     print(
         f"model {args.variant} (random weights) on {widget.slot.predictor.device}, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, encoder "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, {size}x{size} image, encoder "
         f"{widget.slot.predictor.precision}; load {t_load:.1f} s, first click with embedding "
         f"{t_embed:.1f} s; {args.trials} trials"
     )
