@@ -55,6 +55,7 @@ class _QueueThread:
         self._current: Any = None
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self.queue_size = 1  # items waiting at most (set by the subclasses)
         self.counters: dict[str, int] = {}
         self.last_error: str | None = None
 
@@ -81,7 +82,11 @@ class _QueueThread:
             thread.join(timeout)
 
     def _wake(self) -> None:
-        """With the lock held, after queueing: start the thread if needed, notify it."""
+        """With the lock held, after queueing: drop the oldest items beyond ``queue_size``
+        (counted), start the thread if needed, notify it."""
+        while len(self._queue) > self.queue_size:
+            self._queue.popleft()
+            self.counters["dropped"] += 1
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
             self._thread.start()
@@ -156,9 +161,6 @@ class Prefetcher(_QueueThread):
             self.counters["dropped"] += len(self._queue) - len(kept)
             self._queue = deque(kept)
             self._queue.append(_Request(project, int(task_id), config, token))
-            while len(self._queue) > self.queue_size:
-                self._queue.popleft()
-                self.counters["dropped"] += 1
             self._wake()
 
     def status(self) -> dict:
@@ -259,9 +261,6 @@ class Warmer(_QueueThread):
                 return
             for task in tasks:
                 self._queue.append((task, config, token))
-            while len(self._queue) > self.queue_size:
-                self._queue.popleft()
-                self.counters["dropped"] += 1
             self._wake()
 
     def status(self) -> dict:

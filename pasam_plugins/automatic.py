@@ -60,7 +60,7 @@ from torchvision.ops.boxes import batched_nms
 from .imageio import normalize_image
 from .metrics import UNCERTAINTY_BAND_RATIO, erosion_iterations
 from .predictor import PASamPredictor
-from .segment import ZoomSettings
+from .segment import ZoomSettings, summarize_uncertainty
 from .zoom import BOX_CONTEXT, MIN_WINDOW, Window, paste_part, window_around_box
 from .zoom import crop as zoom_crop
 
@@ -1047,15 +1047,11 @@ def _process_boxes(
         if s.min_box_agreement > 0.0 and agree[k] < s.min_box_agreement:
             continue
         bx0, by0, bx1, by1 = (int(v) for v in mboxes_np[k] - off)
-        mean_u = band_u = None
-        if unc_part is not None:
-            mean_u, band_u = crop_uncertainty(unc_part[k], masks_np[k], (bx0, by0, bx1, by1), d)
-            if (
-                s.max_boundary_uncertainty is not None
-                and band_u is not None
-                and band_u > s.max_boundary_uncertainty
-            ):
-                continue
+        kept, mean_u, band_u = _kept_uncertainty(
+            s, None if unc_part is None else unc_part[k], masks_np[k], (bx0, by0, bx1, by1), d
+        )
+        if not kept:
+            continue
         pb = tuple(int(v) for v in prompt[k])
         result.append(
             Instance(
@@ -1140,15 +1136,11 @@ def _process_batch(
     for k in range(len(sel)):
         bx0, by0, bx1, by1 = (int(v) for v in boxes_np[k])
         crop = np.ascontiguousarray(masks_np[k, by0 : by1 + 1, bx0 : bx1 + 1])
-        mean_u = band_u = None
-        if unc_maps is not None:
-            mean_u, band_u = crop_uncertainty(unc_maps[k], masks_np[k], (bx0, by0, bx1, by1), d)
-            if (
-                s.max_boundary_uncertainty is not None
-                and band_u is not None
-                and band_u > s.max_boundary_uncertainty
-            ):
-                continue
+        kept, mean_u, band_u = _kept_uncertainty(
+            s, None if unc_maps is None else unc_maps[k], masks_np[k], (bx0, by0, bx1, by1), d
+        )
+        if not kept:
+            continue
         pi = int(src[idx[sel[k]]])
         result.append(
             Instance(
@@ -1169,24 +1161,26 @@ def crop_uncertainty(
     unc: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int], d: int
 ) -> tuple[float | None, float | None]:
     """(mean uncertainty inside the mask, over its boundary band) of an HxW uncertainty map
-    and bool mask: the values :func:`pasam_plugins.segment.summarize` gives, computed
-    around the mask's ``box`` only (the band reaches ``d`` pixels past the box; the image
-    border is not a boundary)."""
-    h, w = mask.shape
+    and bool mask (a window of the image), around the mask's inclusive ``box`` only, with the
+    whole image's band width ``d``: :func:`pasam_plugins.segment.summarize_uncertainty`."""
     x0, y0, x1, y1 = box
-    r0, r1 = max(0, y0 - d), min(h, y1 + d + 1)
-    c0, c1 = max(0, x0 - d), min(w, x1 + d + 1)
-    u = unc[r0:r1, c0:c1]
-    m = mask[r0:r1, c0:c1]
-    if not m.any():
-        return None, None
-    inside = float(u[m].mean())
-    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * d + 1, 2 * d + 1))
-    mu8 = m.astype(np.uint8)
-    # where the window is cut short of d pixels past the box, it ends at the image border,
-    # where BORDER_REPLICATE is what the full image gets (see metrics.uncertainty_band)
-    band = cv2.dilate(mu8, k) > cv2.erode(mu8, k, borderType=cv2.BORDER_REPLICATE)
-    return inside, float(u[band].mean()) if band.any() else inside
+    s = summarize_uncertainty(mask, unc, bounds=(y0, y1 + 1, x0, x1 + 1), iterations=d)
+    return s.mean, s.boundary
+
+
+def _kept_uncertainty(
+    s: "AutomaticSettings",
+    unc: np.ndarray | None,
+    mask: np.ndarray,
+    box: tuple[int, int, int, int],
+    d: int,
+) -> tuple[bool, float | None, float | None]:
+    """(kept by the boundary-uncertainty filter, mean, boundary uncertainty) of one mask."""
+    if unc is None:
+        return True, None, None
+    mean_u, band_u = crop_uncertainty(unc, mask, box, d)
+    limit = s.max_boundary_uncertainty
+    return limit is None or band_u is None or band_u <= limit, mean_u, band_u
 
 
 # ---------------------------------------------------------------------------- outputs

@@ -208,6 +208,7 @@ def summarize_uncertainty(
     uncertainty: np.ndarray | None,
     *,
     bounds: tuple[int, int, int, int] | None = None,
+    iterations: int | None = None,
 ) -> UncertaintySummary:
     """The :class:`UncertaintySummary` of an object. The band
     (:func:`pasam_plugins.metrics.uncertainty_band`, whose width follows the whole frame)
@@ -215,7 +216,8 @@ def summarize_uncertainty(
     mask is known to lie inside them (a windowed prediction), plus a margin wider than the
     band: the same pixels as on the whole frame (the band never reaches the margin's edge,
     and where the box meets the image border that border is the same), so a small object on
-    a large image costs little."""
+    a large image costs little. ``iterations``: the band width when the arrays are a part
+    of a larger frame (the band follows the whole frame's size; default: these arrays')."""
     if uncertainty is None:
         return UncertaintySummary()
     h, w = mask.shape
@@ -225,7 +227,8 @@ def summarize_uncertainty(
             return UncertaintySummary()
         cols = np.flatnonzero(mask.any(axis=0))
         bounds = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
-    iterations = erosion_iterations(h, w, UNCERTAINTY_BAND_RATIO)
+    if iterations is None:
+        iterations = erosion_iterations(h, w, UNCERTAINTY_BAND_RATIO)
     m = 2 * iterations + 1  # the band of a mask inside bounds lies within bounds + m
     r0, r1, c0, c1 = bounds
     part = (slice(max(0, r0 - m), min(h, r1 + m)), slice(max(0, c0 - m), min(w, c1 + m)))
