@@ -95,11 +95,11 @@ def prefetch_job(slot: ModelSlot, run: PrefetchRun) -> Iterator[PrefetchItem]:
     background segmenter, stopping before the next item once ``run.stop`` is set. Yields
     each item done."""
     try:
-        seg = slot.background()
         for item in run.items:
             if run.stop.is_set():
                 return
             with slot.background_lock:
+                seg = slot.background()  # made once, under the lock of its users
                 runs = seg.predictor.encoder_runs
                 if slot.background_key != item.plane.key:
                     slot.background_key = None
