@@ -1006,10 +1006,7 @@ def _process_boxes(
             use_adapter=use_adapter,
         )
     iou = out.iou_predictions.float()[:, 0].cpu()
-    keep = torch.ones_like(iou, dtype=torch.bool)
-    if s.pred_iou_thresh > 0.0:
-        keep = iou > s.pred_iou_thresh
-    idx = torch.nonzero(keep).flatten()
+    idx = _iou_survivors(iou, s.pred_iou_thresh)
     if idx.numel() == 0:
         return []
     low = out.masks.float()[idx.to(out.masks.device), 0].cpu().numpy()
@@ -1102,10 +1099,7 @@ def _process_batch(
     low = low.flatten(0, 1)
     iou = iou.flatten(0, 1)
     src = torch.arange(len(points), device=dev).repeat_interleave(c)
-    keep = torch.ones_like(iou, dtype=torch.bool)
-    if s.pred_iou_thresh > 0.0:
-        keep = iou > s.pred_iou_thresh
-    idx = torch.nonzero(keep).flatten()
+    idx = _iou_survivors(iou, s.pred_iou_thresh)
     if idx.numel() == 0:
         return []
     # full-resolution logits of the survivors only (SAM's postprocess_masks)
@@ -1155,6 +1149,13 @@ def _process_batch(
             )
         )
     return result
+
+
+def _iou_survivors(iou: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Indices of the masks whose predicted IoU passes ``threshold`` (all when it is 0)."""
+    if threshold <= 0.0:
+        return torch.arange(len(iou), device=iou.device)
+    return torch.nonzero(iou > threshold).flatten()
 
 
 def crop_uncertainty(

@@ -62,13 +62,21 @@ def default_cache_dir() -> Path:
     return cache_dir()
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+def _digests(path: str | Path, *, md5: bool = False) -> tuple[str, str | None]:
+    """(hex SHA-256, hex MD5 when asked) of a file, read once in 1 MiB chunks."""
     h = hashlib.sha256()
+    h_md5 = hashlib.md5(usedforsecurity=False) if md5 else None
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK_BYTES):
             h.update(chunk)
-    return h.hexdigest()
+            if h_md5 is not None:
+                h_md5.update(chunk)
+    return h.hexdigest(), None if h_md5 is None else h_md5.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    return _digests(path)[0]
 
 
 def _marker(path: Path) -> Path:
@@ -100,14 +108,6 @@ def _marker_digest(path: Path) -> str | None:
     return _marker_data(path).get("sha256")
 
 
-def _md5_file(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
         exc = exc.reason if isinstance(exc.reason, BaseException) else exc
@@ -130,8 +130,8 @@ def _check_existing(path: Path, entry: RegistryEntry) -> DownloadResult | None:
             return DownloadResult(
                 path=path, verified=True, reused=True, sha256=recorded["sha256"]
             )
-        if _md5_file(path) == entry.md5:
-            digest = sha256_file(path)
+        digest, md5 = _digests(path, md5=True)
+        if md5 == entry.md5:
             _write_marker(path, digest, entry.md5)
             return DownloadResult(path=path, verified=True, reused=True, sha256=digest)
         path.unlink()
