@@ -259,28 +259,25 @@ def clear_array(layer) -> None:
 def set_points(layer: Points, yx: np.ndarray, positive: np.ndarray) -> None:
     """Show suggestion points with their ``positive`` feature; an empty ``yx`` empties the
     layer (napari 0.9 still draws 2D points whose ``shown`` is False, so hiding is not
-    enough). A new set of the same size and signs is copied in place. Otherwise data,
-    features and colours change under two refreshes, without the layer's data events: those
-    make the viewer recompute its dims from every layer, and the suggestions never leave
-    the image's extent (the thumbnail waits for :func:`refresh_thumbnails`)."""
+    enough). A set of the same size as the one shown (a refinement click's) is written in
+    place. Otherwise the data changes without the layer's data events (those make the
+    viewer recompute its dims from every layer, and the suggestions never leave the image's
+    extent). The ``positive`` feature is written into the layer's table and the colours
+    re-mapped from it only when the signs changed (the thumbnail
+    waits for :func:`refresh_thumbnails`)."""
     if len(yx) == 0 and len(layer.data) == 0:
         return
-    same = len(layer.data) == len(yx) and np.array_equal(
-        layer.features["positive"].to_numpy(bool), positive
-    )
-    if same:
+    positive = np.asarray(positive, bool)
+    resized = len(layer.data) != len(yx)
+    if not resized:
         np.copyto(layer.data, yx)
-        layer.refresh(extent=False, thumbnail=False)
-        return
-    with layer._block_refresh(), layer.events.data.blocker():
-        layer.data = yx if len(yx) else np.zeros((0, layer.ndim))
-    layer.refresh(thumbnail=False)  # the view's points before their colours' events
-    if len(yx) == 0:  # the features went with the points
-        return
-    with layer._block_refresh():
-        layer.features = {"positive": np.asarray(positive, bool)}
-        layer.face_color = "positive"  # re-map colours from the new features
-    layer.refresh(extent=False, thumbnail=False)
+    else:
+        with layer._block_refresh(), layer.events.data.blocker():
+            layer.data = yx if len(yx) else np.zeros((0, layer.ndim))
+    if len(yx) and not np.array_equal(layer.features["positive"].to_numpy(bool), positive):
+        layer.features.loc[:, "positive"] = positive
+        layer.refresh_colors(update_color_mapping=False)
+    layer.refresh(extent=resized, thumbnail=False)
 
 
 def refresh_thumbnails(layers: "AnnotationLayers | None") -> None:

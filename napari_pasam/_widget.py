@@ -35,6 +35,7 @@ from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from . import _layers as lay
 from ._automatic import AutomaticMixin, SegmentAllPanel
+from ._canvas import PaintHold
 from ._editing import EditingMixin
 from ._image import AUTO, ImageMixin
 from ._longtasks import LongTasksMixin
@@ -116,6 +117,7 @@ class AnnotatorWidget(
         self._thumbnails.setSingleShot(True)
         self._thumbnails.setInterval(300)
         self._thumbnails.timeout.connect(lambda: lay.refresh_thumbnails(self.layers))
+        self._paint_hold = PaintHold(self)  # a click's point is drawn with its prediction
         self._init_editing()
         self._init_longtasks()
         self._init_automatic()
@@ -362,11 +364,14 @@ class AnnotatorWidget(
             _progress={"desc": "PA-SAM: embedding"} if embed else False,
         )
         where = f" {leading}" if leading else ""
+        if not embed:  # a short job: the click's repaint waits for its prediction
+            self._paint_hold.hold()
         self.runner.start(
             worker,
             kind="embed" if embed else "predict",
             title=f"Embedding {self.image_layer.name}{where}" if embed else "Predicting",
             on_return=lambda r, slot=self.slot: self._on_predicted(r, slot),
+            on_finish=self._paint_hold.release,
         )
 
     def _on_predicted(self, result, slot) -> None:
