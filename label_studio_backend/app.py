@@ -206,9 +206,9 @@ def create_app(
     @app.post("/predict")
     async def predict(request: Request):
         body = await read_json(request)
-        # serialize in the worker thread with orjson: the RLE lists can hold 10^5 numbers,
+        # serialized in the worker thread by orjson: the RLE arrays can hold 10^5 numbers,
         # which FastAPI's jsonable_encoder or json.dumps on the event loop would walk slowly
-        payload = await run_in_threadpool(lambda: orjson.dumps(backend.predict(body)))
+        payload = await run_in_threadpool(backend.predict_json, body)
         return Response(content=payload, media_type="application/json")
 
     @app.post("/webhook")

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import orjson
 import torch
 
-from pasam_plugins.lsformat import mask_to_rle, rle_region
+from pasam_plugins.lsformat import mask_to_rle_array, rle_region
 from pasam_plugins.metrics import task_score as core_task_score
 from pasam_plugins.predictor import PASamPredictor
 from pasam_plugins.segment import ObjectMask, PromptError, Segmenter
@@ -72,7 +73,7 @@ class RegionResult:
     score needs (boundary-band uncertainty sum and pixel count, area)."""
 
     label: str
-    rle: list[int]
+    rle: np.ndarray  # the brush RLE bytes (uint8)
     score: float
     mean_uncertainty: float | None
     band_uncertainty_sum: float
@@ -309,6 +310,21 @@ class PASamBackend:
 
         Batch: one answer per task; a task without prompt regions gets an empty list (no
         prediction: Label Studio stores nothing, so a later run with prompts predicts it)."""
+        out = self._predict_counted(body)
+        for task in out["results"]:
+            for region in task.get("result", []) if isinstance(task, dict) else []:
+                value = region["value"]
+                if isinstance(value.get("rle"), np.ndarray):
+                    value["rle"] = value["rle"].tolist()
+        return out
+
+    def predict_json(self, body: object) -> bytes:
+        """:meth:`predict`'s answer as JSON bytes, what the HTTP route sends: the brush RLE
+        arrays (10^5 bytes for a ragged mask) are written by orjson directly, not as
+        Python lists."""
+        return orjson.dumps(self._predict_counted(body), option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def _predict_counted(self, body: object) -> dict:
         with self._idle:
             self._in_flight += 1
         try:
@@ -709,7 +725,7 @@ def _region_result(p: Prompt, obj: ObjectMask) -> RegionResult:
     h, w = mask.shape
     return RegionResult(
         label=p.label,
-        rle=mask_to_rle(mask),
+        rle=mask_to_rle_array(mask),
         score=obj.score,
         mean_uncertainty=mean_u,
         band_uncertainty_sum=obj.band_uncertainty_sum,

@@ -77,8 +77,9 @@ def _tokens(lengths: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return _PREFIX[cat] | n | vals.astype(np.uint64), _BITS[cat]
 
 
-def _encode_runs(num: int, lengths: np.ndarray, vals: np.ndarray) -> list[int]:
-    """Pack runs (lengths, uint8 values) of a ``num``-long array into the SDK's bit layout."""
+def _encode_runs(num: int, lengths: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """Pack runs (lengths, uint8 values) of a ``num``-long array into the SDK's bit layout
+    (the bytes as a uint8 array)."""
     head_code, head_bits = _header(num)
     code, nbits = _tokens(lengths, vals)
     code = np.concatenate([np.array([head_code], np.uint64), code])
@@ -103,7 +104,7 @@ def _encode_runs(num: int, lengths: np.ndarray, vals: np.ndarray) -> list[int]:
     words[word[first]] = np.add.reduceat(head, first)
     tail = np.flatnonzero(over)
     words[word[tail] + np.uint64(1)] += code[tail] << (np.uint64(128) - end[tail])
-    return words.astype(">u8").view(np.uint8)[:nbytes].tolist()
+    return words.astype(">u8").view(np.uint8)[:nbytes]
 
 
 def encode_rle_bytes(values: np.ndarray) -> list[int]:
@@ -111,19 +112,25 @@ def encode_rle_bytes(values: np.ndarray) -> list[int]:
     with its defaults (word size 8, run sizes 3/4/8/16)."""
     arr = np.ascontiguousarray(values, dtype=np.uint8).ravel()
     if arr.size == 0:
-        return _encode_runs(0, np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return _encode_runs(0, np.zeros(0, np.int64), np.zeros(0, np.int64)).tolist()
     lengths, vals = _runs(arr)
-    return _encode_runs(arr.size, lengths, vals)
+    return _encode_runs(arr.size, lengths, vals).tolist()
 
 
 def mask_to_rle(mask: np.ndarray) -> list[int]:
     """HxW mask (bool or 0/255 uint8) -> Label Studio brush RLE (RGBA = 255 where set), the
     same bytes as ``label_studio_sdk.converter.brush.mask2rle(mask * 255)``."""
+    return mask_to_rle_array(mask).tolist()
+
+
+def mask_to_rle_array(mask: np.ndarray) -> np.ndarray:
+    """:func:`mask_to_rle` as a uint8 array (what ``orjson`` with ``OPT_SERIALIZE_NUMPY``
+    writes as the same JSON list without a Python int per byte)."""
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"mask must be 2D, got shape {m.shape}")
     if m.size == 0:
-        return encode_rle_bytes(np.zeros(0, np.uint8))
+        return _encode_runs(0, np.zeros(0, np.int64), np.zeros(0, np.int64))
     flat = np.ascontiguousarray(m).ravel() > 0
     lengths, vals = _runs(flat.view(np.uint8))
     # the SDK repeats every pixel into 4 RGBA bytes: runs are 4x longer, values 0/255
@@ -243,7 +250,7 @@ def mask_region(mask: np.ndarray, **fields: Any) -> dict[str, Any]:
 
 
 def rle_region(
-    rle: list[int],
+    rle: "list[int] | np.ndarray",
     width: int,
     height: int,
     *,

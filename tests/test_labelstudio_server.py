@@ -6,6 +6,7 @@ a separate ``PASamPredictor`` on the same weights, called with the pixel coordin
 Label Studio percentages stand for.
 """
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -306,6 +307,11 @@ def test_disk_cache_survives_a_restart(tiny_checkpoint, images, tmp_path):
     assert second.predictor.encoder_runs == 0
     assert list((tmp_path / "emb" / "embeddings").iterdir())  # next to checkpoint downloads
     assert a["results"][0]["result"][0]["value"]["rle"] == b["results"][0]["result"][0]["value"]["rle"]
+    # the HTTP route's bytes (RLE arrays written by orjson) are the same answer as JSON
+    sent = json.loads(second.predict_json(body))
+    for region in (*sent["results"][0]["result"], *b["results"][0]["result"]):
+        region.pop("id")  # a fresh id per answer
+    assert sent == b
 
 
 def test_batch_uses_one_decoder_call_for_several_regions(backend, images, monkeypatch):

@@ -12,6 +12,7 @@ from pasam_plugins.lsformat import (
     encode_rle_bytes,
     mask_region,
     mask_to_rle,
+    mask_to_rle_array,
     region_mask,
 )
 
@@ -39,6 +40,9 @@ def test_mask_rle_matches_the_sdk_and_decodes(mask):
     assert set(np.unique(decoded)) <= {0, 255}
     # our decoder reads the same values
     np.testing.assert_array_equal(decode_rle(ours), brush.decode_rle(ours))
+    # the array form (what the backend's JSON writer takes) holds the same bytes
+    arr = mask_to_rle_array(mask)
+    assert arr.dtype == np.uint8 and arr.tolist() == ours
 
 
 @pytest.mark.parametrize(
