@@ -9,7 +9,9 @@ recommends an allocator that reuses freed memory (jemalloc, tcmalloc) for this r
 :func:`retain_freed_memory` gets the same reuse from glibc itself, in-process.
 
 The ``pasam`` command line and the Label Studio backend call it at start-up. Library users
-and host applications (napari) keep their process's allocator unless they call it.
+and host applications (napari) keep their process's allocator unless they call it; there
+the predictor decodes many prompt sets in passes small enough for glibc to reuse their
+blocks (:meth:`pasam_plugins.predictor.PASamPredictor.predict_torch`).
 """
 
 import ctypes
@@ -61,6 +63,11 @@ def retain_freed_memory() -> bool:
         )
     )
     return _applied
+
+
+def freed_memory_retained() -> bool:
+    """Whether :func:`retain_freed_memory` applied its settings in this process."""
+    return bool(_applied)
 
 
 def cpu_flags() -> frozenset[str] | None:

@@ -104,6 +104,34 @@ def test_batched_prompt_sets_equal_separate_calls():
             assert torch.equal(batched.decoder.mined_indices[i], one.decoder.mined_indices[0])
 
 
+def test_many_prompt_sets_are_decoded_in_passes_under_glibcs_defaults(monkeypatch):
+    """Without retain_freed_memory() (napari, library users) a call with many prompt sets is
+    decoded in passes whose large tensors glibc reuses instead of mapping them afresh; the
+    answer is the one pass's, field by field."""
+    import pasam_plugins.predictor as predictor_module
+
+    model = make_test_model(seed=5)
+    pred = PASamPredictor(model, device="cpu")
+    pred.set_image(_image(h=1024, w=1024))  # masks at the padded input size: 4 MiB per set
+    monkeypatch.setattr(predictor_module, "freed_memory_retained", lambda: False)
+    assert pred._sets_per_pass(16, False) == 4
+    assert pred._sets_per_pass(16, True) == 1  # three masks per set
+    assert pred._sets_per_pass(1, False) == 1
+    g = torch.Generator().manual_seed(0)
+    xy0 = torch.rand(6, 2, generator=g) * 600
+    boxes = torch.cat([xy0, xy0 + 50 + torch.rand(6, 2, generator=g) * 350], 1)
+    passes = pred.predict_torch(None, None, boxes, None, False, return_logits=True)
+    monkeypatch.setattr(predictor_module, "freed_memory_retained", lambda: True)
+    assert pred._sets_per_pass(16, False) == 16
+    one = pred.predict_torch(None, None, boxes, None, False, return_logits=True)
+    for name in ("masks", "scores", "low_res_logits", "uncertainty", "mined_points", "mined_labels"):
+        a, b = getattr(passes, name), getattr(one, name)
+        assert a.shape == b.shape and a.shape[0] == 6, name
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    assert torch.equal(passes.decoder.mined_indices, one.decoder.mined_indices)
+    assert passes.decoder.pa_mask.shape == one.decoder.pa_mask.shape
+
+
 @pytest.mark.parametrize("tokens", [7, 20])
 @pytest.mark.parametrize("grad", [False, True])
 def test_decoder_blocks_compute_exactly_what_sams_modules_compute(grad, tokens):
