@@ -103,7 +103,7 @@ def main() -> None:
         for line in args.rows.read_text().splitlines():
             row = json.loads(line)
             if all(row.get(k) == v for k, v in settings.items()):
-                done[(row["dataset"], row["train images"], row["method"])] = row
+                done.setdefault((row["dataset"], row["train images"], row["method"]), row)
     for ds_name in args.datasets.split(","):
         train_spec, test_spec = SPLITS[ds_name]
         train, test = _one(train_spec), _one(test_spec)
@@ -155,6 +155,7 @@ def main() -> None:
                     **settings,
                 }
                 rows.append(row)
+                done[(ds_name, n, method)] = row  # 'all' may be the same size as '25'
                 if args.rows is not None:
                     with args.rows.open("a") as f:
                         f.write(json.dumps(row) + "\n")
