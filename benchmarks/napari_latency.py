@@ -16,7 +16,8 @@ Setup: a ViT-B-sized PA-SAM with random weights (``random:vit_b`` through the wi
   adding that point to the prompt layer until the current-object, uncertainty and
   suggestion layers hold the new prediction (worker and hand-over to the UI thread
   included; the ratio's numerator, as in the first version of this script), and ``click +
-  draw``, until the canvas has been repainted with it as well. Under Xvfb the canvas is
+  draw``, until the canvas has been repainted with it as well (the point and its
+  prediction in one repaint: :mod:`napari_pasam._canvas`). Under Xvfb the canvas is
   drawn by Mesa's software OpenGL on the same two cores, so the draw costs here what a GPU
   does in a millisecond; it is printed, not part of the ratio.
 
