@@ -174,7 +174,7 @@ def main() -> None:
         f"image (seed {args.seed}); torch threads {torch.get_num_threads()}"
     )
     if args.json:
-        meta = vars(args) | {"base": str(args.base), "json": str(args.json)}
+        meta = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         args.json.write_text(json.dumps({"args": meta, "rows": rows}, indent=1))
 
 
