@@ -1,5 +1,5 @@
-"""Per-click layer work in a real napari viewer: the click's repaint waits for its prediction
-(:mod:`napari_pasam._canvas`) and the suggestions layer is written in place
+"""Per-click layer work in a real napari viewer: the window's repaint waits for the click's
+prediction (:mod:`napari_pasam._canvas`) and the suggestions layer is written in place
 (:func:`napari_pasam._layers.set_points`)."""
 
 import numpy as np
@@ -11,7 +11,7 @@ pytest.importorskip("pytestqt")
 from napari_support import click, dock, loaded_widget  # noqa: E402
 
 from napari_pasam import _layers as lay  # noqa: E402
-from napari_pasam._canvas import PaintHold, find_canvas  # noqa: E402
+from napari_pasam._canvas import PaintHold, viewer_window  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -28,17 +28,16 @@ def test_click_is_drawn_once_with_its_prediction(
     viewer = make_napari_viewer(show=True)
     image = viewer.add_image(em_section, name="em")
     widget = loaded_widget(viewer, qtbot, tiny_checkpoint)
-    canvas = find_canvas(widget)
-    assert canvas is viewer.window._qt_viewer.canvas.native
+    assert viewer_window(widget) is viewer.window._qt_window
     widget.start(image)
     qtbot.waitUntil(lambda: all(la in viewer.layers for la in widget.layers.all()), timeout=60_000)
 
-    seen = []  # (canvas repaints allowed, draws so far) when each prediction arrives
+    seen = []  # (window repaints allowed, canvas draws so far) when each prediction arrives
     draws = _draw_counter(viewer)
     on_predicted = widget._on_predicted
 
     def record(result, slot):
-        seen.append((canvas.updatesEnabled(), len(draws)))
+        seen.append((widget.window().updatesEnabled(), len(draws)))
         on_predicted(result, slot)
 
     widget._on_predicted = record
@@ -52,9 +51,10 @@ def test_click_is_drawn_once_with_its_prediction(
         click(qtbot, widget, yx)
         enabled, drawn = seen[-1]
         assert not enabled and drawn == before, "the point waited for its prediction"
-        assert canvas.updatesEnabled() and not widget._paint_hold.held
+        assert widget.window().updatesEnabled() and not widget._paint_hold.held
         qtbot.waitUntil(lambda b=before: len(draws) > b, timeout=5_000)  # then one repaint
     np.testing.assert_array_equal(widget.layers.current.data > 0, widget.current.mask)
+    widget._on_predicted = on_predicted  # nothing of this test keeps the viewer alive
 
 
 def test_hold_lets_go_after_its_limit_and_needs_a_viewer(make_napari_viewer, qtbot):
@@ -64,13 +64,13 @@ def test_hold_lets_go_after_its_limit_and_needs_a_viewer(make_napari_viewer, qtb
     widget = dock(viewer)
     hold = PaintHold(widget, max_ms=50)
     hold.hold()
-    canvas = find_canvas(widget)
-    assert hold.held and not canvas.updatesEnabled()
-    qtbot.waitUntil(canvas.updatesEnabled, timeout=2_000)  # a slow prediction: drawn anyway
+    window = viewer_window(widget)
+    assert hold.held and not window.updatesEnabled()
+    qtbot.waitUntil(window.updatesEnabled, timeout=2_000)  # a slow prediction: drawn anyway
     assert not hold.held
 
     loose = QWidget()  # not docked in a viewer: nothing to hold, nothing fails
-    assert find_canvas(loose) is None
+    assert viewer_window(loose) is None
     PaintHold(loose).hold()
     PaintHold(loose).release()
 
