@@ -118,22 +118,6 @@ class BatchPrediction:
     def __iter__(self) -> Iterator[Tensor]:
         return iter((self.masks, self.scores, self.low_res_logits))
 
-    @staticmethod
-    def cat(parts: "list[BatchPrediction]") -> "BatchPrediction":
-        """The predictions of consecutive groups of prompt sets as one."""
-
-        def cat(ts: list) -> Tensor | None:
-            return None if ts[0] is None else torch.cat(ts)
-
-        decoder = DecoderOutput(
-            **{
-                f.name: cat([getattr(p.decoder, f.name) for p in parts])
-                for f in fields(DecoderOutput)
-            }
-        )
-        names = ("masks", "scores", "low_res_logits", "uncertainty", "mined_points", "mined_labels")
-        return BatchPrediction(*(cat([getattr(p, n) for p in parts]) for n in names), decoder)
-
     def item(self, i: int) -> Prediction:
         """The i-th prompt set as a numpy :class:`Prediction`."""
 
@@ -148,6 +132,17 @@ class BatchPrediction:
             mined_points=np_(self.mined_points),
             mined_labels=np_(self.mined_labels),
         )
+
+
+def _cat_outputs(outs: list[DecoderOutput]) -> DecoderOutput:
+    """The decoder outputs of consecutive groups of prompt sets as one."""
+
+    def cat(ts: list) -> Tensor | None:
+        return None if ts[0] is None else torch.cat(ts)
+
+    return DecoderOutput(
+        **{f.name: cat([getattr(o, f.name) for o in outs]) for f in fields(DecoderOutput)}
+    )
 
 
 class PASamPredictor:
@@ -581,45 +576,50 @@ class PASamPredictor:
         assert self.original_size is not None and self.input_size is not None
         n = next((len(t) for t in (boxes, point_coords, mask_input) if t is not None), 1)
         k = self._sets_per_pass(n, multimask_output)
-        if k < n:
 
-            def part(t: Tensor | None, i: int) -> Tensor | None:
-                return None if t is None else t[i : i + k]
+        def part(t: Tensor | None, i: int) -> Tensor | None:
+            return t if t is None or k >= n else t[i : i + k]
 
-            return BatchPrediction.cat(
-                [
-                    self._predict_sets(
-                        part(point_coords, i),
-                        part(point_labels, i),
-                        part(boxes, i),
-                        part(mask_input, i),
-                        multimask_output,
-                        return_logits,
-                        use_adapter,
+        points = (point_coords, point_labels) if point_coords is not None else None
+        outs = []
+        for i in range(0, n, k):
+            with self._autocast():
+                outs.append(
+                    self.model.decode(
+                        self.features,
+                        guide=self.guide,
+                        points=None if points is None else (part(points[0], i), part(points[1], i)),
+                        boxes=part(boxes, i),
+                        mask_input=part(mask_input, i),
+                        multimask_output=multimask_output,
+                        use_adapter=use_adapter,
                     )
-                    for i in range(0, n, k)
-                ]
-            )
-        return self._predict_sets(
-            point_coords,
-            point_labels,
-            boxes,
-            mask_input,
-            multimask_output,
-            return_logits,
-            use_adapter,
-        )
+                )
+        out = outs[0] if len(outs) == 1 else _cat_outputs(outs)
+        low_res = out.masks.float()
+        iou = out.iou_predictions.float()
+        if out.uncertainty is not None and not multimask_output:
+            iou = iou[:, :1]  # the official single-mask output carries all 4 IoU predictions
+        threshold = None if return_logits else self.model.mask_threshold
+        masks = self._full_size(low_res, k, threshold=threshold)
+        unc = pts = lbl = None
+        if out.uncertainty is not None:
+            unc = self._full_size(out.uncertainty.float(), k, clamp=True)[:, 0]
+            if out.mined_indices is not None:
+                pts, lbl = self._mined_to_pixels(out.mined_indices)
+        return BatchPrediction(masks, iou, low_res, unc, pts, lbl, out)
 
     def _sets_per_pass(self, n: int, multimask_output: bool) -> int:
-        """How many of ``n`` prompt sets one decoder pass takes: all of them, except on a CPU
-        whose C library unmaps large freed blocks (glibc's defaults, unless
-        :func:`~pasam_plugins.runtime.retain_freed_memory` ran). There a pass takes only as
-        many sets as keep its largest tensors (per set: the image-side tokens, GxG x C, and
-        the masks at the padded input size, float32) under 16 MiB, half the 32 MiB above
-        which glibc maps every block afresh and faults it in page by page on each call.
+        """How many of ``n`` prompt sets one decoder pass (and one full-size upsampling) takes:
+        all of them, except on a CPU whose C library unmaps large freed blocks (glibc's
+        defaults, unless :func:`~pasam_plugins.runtime.retain_freed_memory` ran). There a
+        pass takes only as many sets as keep its largest temporaries (per set: the
+        image-side tokens, GxG x C, and the masks at the padded input size, float32) under
+        16 MiB, half the 32 MiB above which glibc maps every block afresh and faults it in
+        page by page on each call; the full-size results are written into one output.
         Measured (1024x1024, ViT-B random weights, 16 box sets, one thread, glibc's
-        defaults): one pass 448 MiB of page faults per call and 0.975 s CPU; passes of 4
-        sets none and 0.838 s; 16 single calls 1.033 s."""
+        defaults): one pass 448 MiB of page faults per call and 0.975 s CPU, passes of 4
+        sets none and 0.838 s (without the outputs), 16 single calls 1.033 s."""
         if n <= 1 or self.device.type != "cpu" or freed_memory_retained():
             return n
         assert self.features is not None and self.original_size is not None
@@ -630,40 +630,31 @@ class PASamPredictor:
         per_set = 4 * max(g * g * c, masks * img * img, masks * h * w)
         return max(1, min(n, (16 << 20) // per_set))
 
-    def _predict_sets(
-        self,
-        point_coords: Tensor | None,
-        point_labels: Tensor | None,
-        boxes: Tensor | None,
-        mask_input: Tensor | None,
-        multimask_output: bool,
-        return_logits: bool,
-        use_adapter: bool,
-    ) -> BatchPrediction:
-        points = (point_coords, point_labels) if point_coords is not None else None
-        with self._autocast():
-            out = self.model.decode(
-                self.features,
-                guide=self.guide,
-                points=points,
-                boxes=boxes,
-                mask_input=mask_input,
-                multimask_output=multimask_output,
-                use_adapter=use_adapter,
-            )
-        low_res = out.masks.float()
-        iou = out.iou_predictions.float()
-        if out.uncertainty is not None and not multimask_output:
-            iou = iou[:, :1]  # the official single-mask output carries all 4 IoU predictions
-        masks = self._upsample(low_res)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
-        unc = pts = lbl = None
-        if out.uncertainty is not None:
-            unc = self._upsample(out.uncertainty.float())[:, 0].clamp_(0.0, 1.0)
-            if out.mined_indices is not None:
-                pts, lbl = self._mined_to_pixels(out.mined_indices)
-        return BatchPrediction(masks, iou, low_res, unc, pts, lbl, out)
+    def _full_size(
+        self, maps: Tensor, k: int, *, threshold: float | None = None, clamp: bool = False
+    ) -> Tensor:
+        """:meth:`_upsample` of ``maps``, thresholded (``maps > threshold``) or clamped to
+        [0, 1], ``k`` sets at a time into one output (the temporaries stay small)."""
+
+        def finish(x: Tensor, out: Tensor | None = None) -> Tensor:
+            if threshold is not None:
+                return torch.gt(x, threshold, out=out) if out is not None else x > threshold
+            if clamp:
+                return torch.clamp(x, 0.0, 1.0, out=out) if out is not None else x.clamp_(0.0, 1.0)
+            if out is not None:
+                out.copy_(x)
+            return x
+
+        n = len(maps)
+        if k >= n:
+            return finish(self._upsample(maps))
+        first = self._upsample(maps[:k])
+        dtype = torch.bool if threshold is not None else first.dtype
+        result = torch.empty((n, *first.shape[1:]), dtype=dtype, device=first.device)
+        finish(first, result[:k])
+        for i in range(k, n, k):
+            finish(self._upsample(maps[i : i + k]), result[i : i + k])
+        return result
 
     def _upsample(self, maps: Tensor) -> Tensor:
         """BxCxhxw (256x256 logits, 64x64 maps) -> BxCxHxW in the original image frame.
