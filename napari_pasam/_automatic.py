@@ -13,6 +13,7 @@ review first get a red ring in a "review first" points layer (with their id as t
 are listed in the status line.
 """
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -196,31 +197,36 @@ class AutomaticMixin:
         atoms, review_pts, review_ids, ids = [], [], [], []
         for leading, result in results.items():
             labels = result.label_image()
-            attrs = instance_attributes(result)
+            kept = []  # (instance, atom, painted pixels, object id) of the objects painted
             for i, inst in enumerate(result.instances):
                 atom, painted = self.paint_plane(
                     leading, labels == i + 1, next_id, rule=OVERLAP_KEEP
                 )
-                if atom is None:
+                if atom is None:  # the plane holds it already (e.g. painted by hand)
                     continue
+                kept.append((inst, atom, painted, next_id))
+                next_id += 1
+            # review ranks and flags among the objects painted: one left out must not take
+            # its plane's review flag
+            attrs = instance_attributes(replace(result, instances=[k[0] for k in kept]))
+            for (inst, atom, painted, object_id), attr in zip(kept, attrs, strict=True):
                 atoms.append(atom)
                 self.emit(
                     "accept",
                     leading,
-                    object_id=next_id,
+                    object_id=object_id,
                     predicted_iou=float(inst.predicted_iou),
                     area=int(np.count_nonzero(painted)),
                     source="segment all",
                 )
                 self.objects.record_found(
-                    next_id, leading, inst.predicted_iou, inst.mean_uncertainty, attrs[i]
+                    object_id, leading, inst.predicted_iou, inst.mean_uncertainty, attr
                 )
-                if attrs[i]["needs_review"]:
+                if attr["needs_review"]:
                     ys, xs = np.nonzero(painted)
                     review_pts.append([*leading, float(ys.mean()), float(xs.mean())])
-                    review_ids.append(next_id)
-                ids.append(next_id)
-                next_id += 1
+                    review_ids.append(object_id)
+                ids.append(object_id)
         if atoms:
             self.write_labels(atoms)  # one undo step for the whole run
         self.layers.labels.refresh()
