@@ -13,10 +13,11 @@ features CSV, "COCO JSON" / "Objects CSV" export them as the core's exports do.
 
 Where things are: Qt-free state in :mod:`napari_pasam.session`, work off the UI thread in
 :mod:`napari_pasam.jobs` (every prediction through the core's ``Segmenter``), worker
-plumbing in :mod:`napari_pasam._workers`, layers in :mod:`napari_pasam._layers`, panels in
-:mod:`napari_pasam._panels`; the model panel's logic, the image panel's logic (axes,
-slice and channel position), accept/undo/save, propagation/fine-tuning, and "Segment all"
-with the exports in the mixins :mod:`napari_pasam._model`, :mod:`napari_pasam._image`,
+plumbing in :mod:`napari_pasam._workers`, layers in :mod:`napari_pasam._layers` (one repaint
+per click: :mod:`napari_pasam._canvas`), panels in :mod:`napari_pasam._panels`; the model
+panel's logic, the image panel's logic (axes, slice and channel position),
+accept/undo/save, propagation/fine-tuning, and "Segment all" with the exports in the
+mixins :mod:`napari_pasam._model`, :mod:`napari_pasam._image`,
 :mod:`napari_pasam._editing`, :mod:`napari_pasam._longtasks` and
 :mod:`napari_pasam._automatic`. Every failure is a napari notification; nothing raises into
 the event loop.
