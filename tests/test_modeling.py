@@ -130,6 +130,13 @@ def test_many_prompt_sets_are_decoded_in_passes_under_glibcs_defaults(monkeypatc
         torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
     assert torch.equal(passes.decoder.mined_indices, one.decoder.mined_indices)
     assert passes.decoder.pa_mask.shape == one.decoder.pa_mask.shape
+    # thresholded masks (written into one bool output pass by pass): the same pixels, but
+    # for logits within rounding of the threshold
+    monkeypatch.setattr(predictor_module, "freed_memory_retained", lambda: False)
+    bool_passes = pred.predict_torch(None, None, boxes, None, False).masks
+    assert bool_passes.dtype == torch.bool and bool_passes.shape == one.masks.shape
+    near = (one.masks - pred.model.mask_threshold).abs() < 1e-3
+    assert torch.equal(bool_passes[~near], (one.masks > pred.model.mask_threshold)[~near])
 
 
 @pytest.mark.parametrize("tokens", [7, 20])
