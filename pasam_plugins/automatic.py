@@ -1013,18 +1013,14 @@ def _process_boxes(
     part, (r0, r1, c0, c1) = paste_part(low, win, h0, w0)
     if part.shape[-1] == 0 or part.shape[-2] == 0:
         return []
-    logits = torch.from_numpy(part)
-    thr = model.mask_threshold
-    stability = calculate_stability_score(logits, thr, s.stability_score_offset)
-    ok = torch.ones_like(stability, dtype=torch.bool)
-    if s.stability_score_thresh > 0.0:
-        ok = stability >= s.stability_score_thresh
-    masks = logits > thr
-    mboxes = batched_mask_to_box(masks)  # in the window part's frame
-    ok &= ~is_box_near_crop_edge(
-        mboxes, [c0, r0, c1, r1], [0, 0, w0, h0], atol=s.box_edge_tolerance
+    masks, mboxes, stability, ok = _mask_filters(  # boxes in the window part's frame
+        torch.from_numpy(part),
+        model.mask_threshold,
+        s,
+        [c0, r0, c1, r1],
+        (h0, w0),
+        s.box_edge_tolerance,
     )
-    ok &= masks.flatten(1).any(1)
     sel = torch.nonzero(ok).flatten().numpy()
     if sel.size == 0:
         return []
@@ -1104,16 +1100,10 @@ def _process_batch(
         return []
     # full-resolution logits of the survivors only (SAM's postprocess_masks)
     logits = pred._upsample(low[idx][:, None])[:, 0]
-    thr = model.mask_threshold
-    stability = calculate_stability_score(logits, thr, s.stability_score_offset)
-    ok = torch.ones_like(stability, dtype=torch.bool)
-    if s.stability_score_thresh > 0.0:
-        ok = stability >= s.stability_score_thresh
-    masks = logits > thr
-    boxes = batched_mask_to_box(masks)
     h0, w0 = orig_size
-    ok &= ~is_box_near_crop_edge(boxes, list(crop_box), [0, 0, w0, h0], atol=s.edge_tolerance)
-    ok &= masks.flatten(1).any(1)  # empty masks are never objects
+    masks, boxes, stability, ok = _mask_filters(
+        logits, model.mask_threshold, s, list(crop_box), (h0, w0), s.edge_tolerance
+    )
     sel = torch.nonzero(ok).flatten()
     if sel.numel() == 0:
         return []
@@ -1149,6 +1139,30 @@ def _process_batch(
             )
         )
     return result
+
+
+def _mask_filters(
+    logits: torch.Tensor,
+    threshold: float,
+    s: AutomaticSettings,
+    crop_box: list[int],
+    image_size: tuple[int, int],
+    edge_tolerance: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SAM's per-mask filters after the predicted IoU, for NxHxW ``logits`` of a crop:
+    ``(masks, boxes, stability, ok)`` with ``ok`` = stable enough (when
+    ``stability_score_thresh`` is set), not cut by the crop's edge (``crop_box`` x0, y0,
+    x1, y1 inside an image of ``image_size`` (h, w)) and not empty (never an object)."""
+    stability = calculate_stability_score(logits, threshold, s.stability_score_offset)
+    ok = torch.ones_like(stability, dtype=torch.bool)
+    if s.stability_score_thresh > 0.0:
+        ok = stability >= s.stability_score_thresh
+    masks = logits > threshold
+    boxes = batched_mask_to_box(masks)
+    h, w = image_size
+    ok &= ~is_box_near_crop_edge(boxes, crop_box, [0, 0, w, h], atol=edge_tolerance)
+    ok &= masks.flatten(1).any(1)
+    return masks, boxes, stability, ok
 
 
 def _iou_survivors(iou: torch.Tensor, threshold: float) -> torch.Tensor:
