@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Same-hour comparison of this checkout with an earlier revision of the project.
+#
+# The README's timing ratios are only comparable when both sides ran under the same
+# conditions: on this 2-core machine the same code gives ratios up to ~10% apart from one
+# run to the next, and more between a loaded and an idle hour. This runs each revision's
+# own benchmark scripts (click_latency, labelstudio_latency, napari_latency: each script
+# measures what that revision's README reported) in this checkout's virtual environment,
+# alternating the two revisions, and writes every output to OUT_DIR.
+#
+#   benchmarks/compare_revision.sh <revision> [OUT_DIR] [ROUNDS]
+#
+# e.g. benchmarks/compare_revision.sh 0660ee2 runs/compare 2   (the 2026-11-23 README's code)
+set -euo pipefail
+
+rev=${1:?usage: benchmarks/compare_revision.sh <revision> [OUT_DIR] [ROUNDS]}
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=$(mkdir -p "${2:-$root/runs/compare-$rev}" && cd "${2:-$root/runs/compare-$rev}" && pwd)
+rounds=${3:-1}
+py=$root/.venv/bin/python
+em=$(cd "$root/../shared/data/isbi2012-em" && pwd)
+
+old=$(mktemp -d "${TMPDIR:-/tmp}/pasam-rev-XXXXXX")
+git -C "$root" worktree add --detach --force "$old" "$rev" >/dev/null
+trap 'git -C "$root" worktree remove --force "$old"' EXIT
+
+# run_script <tree> <label> <script> [args...]: that tree's script with that tree's code
+run_script() {
+    local tree=$1 label=$2 script=$3
+    shift 3
+    [ -f "$tree/benchmarks/$script" ] || { echo "$label: no $script" >"$out/$label-$script.txt"; return; }
+    local args=("$@")
+    if [ "$script" = click_latency.py ] && grep -q -- "--sizes" "$tree/benchmarks/$script"; then
+        args+=(--sizes 1024x1024)  # the size every revision measures
+    fi
+    if [ "$script" = napari_latency.py ]; then
+        args+=(--em-dir "$em")
+    fi
+    echo "== $label $script ${args[*]}" >&2
+    local status=0
+    (cd "$tree" && PYTHONPATH="$tree" "$py" "benchmarks/$script" "${args[@]}") \
+        >"$out/$label-${script%.py}-$round.txt" 2>&1 || status=$?
+    # the scripts exit 1 when a target is missed: that is a result, read the output
+    [ "$status" -eq 0 ] || echo "$label $script exited with status $status" >&2
+}
+
+for round in $(seq 1 "$rounds"); do
+    for script in click_latency.py labelstudio_latency.py napari_latency.py; do
+        if [ $((round % 2)) -eq 1 ]; then order="new old"; else order="old new"; fi
+        for side in $order; do
+            if [ "$side" = new ]; then
+                run_script "$root" current "$script"
+            else
+                run_script "$old" "rev-$rev" "$script"
+            fi
+        done
+    done
+done
+echo "outputs in $out" >&2
+grep -H -E "ratio|x  \(target" "$out"/*.txt || true
