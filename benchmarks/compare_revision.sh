@@ -11,14 +11,18 @@
 #   benchmarks/compare_revision.sh <revision> [OUT_DIR] [ROUNDS]
 #
 # e.g. benchmarks/compare_revision.sh 0660ee2 runs/compare 2   (the 2026-11-23 README's code)
+#
+# PASAM_PYTHON (default: this checkout's .venv/bin/python) runs both sides; napari_latency
+# gets --em-dir PASAM_EM_DIR (default: ../shared/data/isbi2012-em) where that folder exists.
 set -euo pipefail
 
 rev=${1:?usage: benchmarks/compare_revision.sh <revision> [OUT_DIR] [ROUNDS]}
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "${2:-$root/runs/compare-$rev}" && cd "${2:-$root/runs/compare-$rev}" && pwd)
 rounds=${3:-1}
-py=$root/.venv/bin/python
-em=$(cd "$root/../shared/data/isbi2012-em" && pwd)
+py=${PASAM_PYTHON:-$root/.venv/bin/python}
+em=${PASAM_EM_DIR:-$root/../shared/data/isbi2012-em}
+[ -d "$em" ] && em=$(cd "$em" && pwd) || em=""
 
 old=$(mktemp -d "${TMPDIR:-/tmp}/pasam-rev-XXXXXX")
 git -C "$root" worktree add --detach --force "$old" "$rev" >/dev/null
@@ -33,8 +37,8 @@ run_script() {
     if [ "$script" = click_latency.py ] && grep -q -- "--sizes" "$tree/benchmarks/$script"; then
         args+=(--sizes 1024x1024)  # the size every revision measures
     fi
-    if [ "$script" = napari_latency.py ]; then
-        args+=(--em-dir "$em")
+    if [ "$script" = napari_latency.py ] && [ -n "$em" ]; then
+        args+=(--em-dir "$em")  # older scripts look for it next to their own checkout
     fi
     echo "== $label $script ${args[*]}" >&2
     local status=0
