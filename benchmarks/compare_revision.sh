@@ -17,8 +17,9 @@
 set -euo pipefail
 
 rev=${1:?usage: benchmarks/compare_revision.sh <revision> [OUT_DIR] [ROUNDS]}
+tag=${rev//[^A-Za-z0-9._-]/_}  # for file names (a revision may be a branch such as a/b)
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=$(mkdir -p "${2:-$root/runs/compare-$rev}" && cd "${2:-$root/runs/compare-$rev}" && pwd)
+out=$(mkdir -p "${2:-$root/runs/compare-$tag}" && cd "${2:-$root/runs/compare-$tag}" && pwd)
 rounds=${3:-1}
 py=${PASAM_PYTHON:-$root/.venv/bin/python}
 em=${PASAM_EM_DIR:-$root/../shared/data/isbi2012-em}
@@ -55,7 +56,7 @@ for round in $(seq 1 "$rounds"); do
             if [ "$side" = new ]; then
                 run_script "$root" current "$script"
             else
-                run_script "$old" "rev-$rev" "$script"
+                run_script "$old" "rev-$tag" "$script"
             fi
         done
     done
