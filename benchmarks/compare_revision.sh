@@ -33,7 +33,8 @@ trap 'git -C "$root" worktree remove --force "$old"' EXIT
 run_script() {
     local tree=$1 label=$2 script=$3
     shift 3
-    [ -f "$tree/benchmarks/$script" ] || { echo "$label: no $script" >"$out/$label-$script.txt"; return; }
+    local log=$out/$label-${script%.py}-$round.txt
+    [ -f "$tree/benchmarks/$script" ] || { echo "$label: no $script" >"$log"; return; }
     local args=("$@")
     if [ "$script" = click_latency.py ] && grep -q -- "--sizes" "$tree/benchmarks/$script"; then
         args+=(--sizes 1024x1024)  # the size every revision measures
@@ -43,8 +44,8 @@ run_script() {
     fi
     echo "== $label $script ${args[*]}" >&2
     local status=0
-    (cd "$tree" && PYTHONPATH="$tree" "$py" "benchmarks/$script" "${args[@]}") \
-        >"$out/$label-${script%.py}-$round.txt" 2>&1 || status=$?
+    (cd "$tree" && PYTHONPATH="$tree" "$py" "benchmarks/$script" "${args[@]}") >"$log" 2>&1 \
+        || status=$?
     # the scripts exit 1 when a target is missed: that is a result, read the output
     [ "$status" -eq 0 ] || echo "$label $script exited with status $status" >&2
 }
